@@ -1,0 +1,27 @@
+"""Built-in demo embedder: every text in the batch encoded in one padded forward pass."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from runtime.demo_models import support
+from runtime.demo_models.nn import Encoder, pad, tokenize
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        p = support.parameters(args)
+        self.vocab = support.int_param(p, "vocab", 8192)
+        self.max_tokens = support.int_param(p, "max_tokens", 128)
+        self.encoder = Encoder.random(
+            seed=11,
+            vocab=self.vocab,
+            d=support.int_param(p, "hidden", 256),
+            ffn=support.int_param(p, "ffn", 1024),
+            layers=support.int_param(p, "layers", 3),
+        )
+
+    def execute(self, requests):
+        per_request = [support.texts(pb_utils, r, "TEXT") for r in requests]
+        flat = [tokenize(t, self.vocab, self.max_tokens) for texts in per_request for t in texts]
+        vectors = self.encoder.pooled(*pad(flat))
+        return support.split_responses(pb_utils, [len(t) for t in per_request], "EMBEDDING", vectors.astype(np.float32))

@@ -1,0 +1,30 @@
+"""Built-in demo reranker: query and document encoded together, scored from the first position."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from runtime.demo_models import support
+from runtime.demo_models.nn import Encoder, pad, tokenize
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        p = support.parameters(args)
+        self.vocab = support.int_param(p, "vocab", 8192)
+        self.max_tokens = support.int_param(p, "max_tokens", 256)
+        d = support.int_param(p, "hidden", 256)
+        self.encoder = Encoder.random(
+            seed=13, vocab=self.vocab, d=d, ffn=support.int_param(p, "ffn", 1024),
+            layers=support.int_param(p, "layers", 4),
+        )
+        self.head = np.random.default_rng(14).standard_normal(d).astype(np.float32) / np.sqrt(d)
+
+    def execute(self, requests):
+        pairs = [
+            list(zip(support.texts(pb_utils, r, "QUERY"), support.texts(pb_utils, r, "DOCUMENT")))
+            for r in requests
+        ]
+        flat = [tokenize(q + b" [SEP] " + d, self.vocab, self.max_tokens) for ps in pairs for q, d in ps]
+        hidden = self.encoder.forward(*pad(flat))
+        scores = (hidden[:, 0, :] @ self.head).astype(np.float32)
+        return support.split_responses(pb_utils, [len(ps) for ps in pairs], "SCORE", scores.reshape(-1, 1))

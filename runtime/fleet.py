@@ -1,0 +1,312 @@
+"""The running fleet: servers started (or attached to) from a spec, supervised, and reconfigured live.
+
+`runtime/` is the only package that talks to Triton. Callers state the knobs a model should run
+with; `Fleet.apply` validates them, changes the running model through the model-repository API,
+reads the result back from Triton and keeps the on-disk repository in step, so a server that dies
+is restarted with its last applied configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tritonclient.grpc as grpcclient
+from pydantic import ValidationError
+from tritonclient.utils import InferenceServerException
+
+from runtime import render
+from runtime.render import ModelConfig
+from runtime.server import (
+    Endpoints,
+    Ports,
+    ServerError,
+    TritonProcess,
+    find_tritonserver,
+    free_ports,
+    python_backend_dir,
+    server_environment,
+)
+from runtime.spec import FleetSpec, Knobs, ServerSpec, memory_problems
+
+log = logging.getLogger("slatune.runtime")
+
+ApplyPath = Literal["unchanged", "in-place", "reload"]
+
+
+class ReconfigurationError(RuntimeError):
+    """A reconfiguration was refused or failed; the model keeps its previous configuration."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    model: str
+    before: Knobs
+    after: Knobs
+    path: ApplyPath
+    seconds: float
+
+
+@dataclass
+class _Server:
+    spec: ServerSpec
+    endpoints: Endpoints
+    process: TritonProcess | None  # None for a server slatune attached to
+    restarts: int = 0
+
+
+class Fleet:
+    """Start with `with Fleet(spec, work_dir) as fleet:` or `start()` / `stop()`."""
+
+    def __init__(self, spec: FleetSpec, work_dir: Path, *, supervise: bool = True) -> None:
+        self.spec = spec
+        self.work_dir = Path(work_dir)
+        self.supervise = supervise
+        self._servers: dict[str, _Server] = {}
+        self._applied: dict[str, ModelConfig] = {}
+        self._locks = {m.name: threading.Lock() for m in spec.models}
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self, timeout: float = 120.0) -> dict[str, float]:
+        """Render every model repository, start or attach to every server, and wait until all
+        models are ready. Returns the seconds each server took. On failure nothing is left running."""
+        self._stopping.clear()
+        timings: dict[str, float] = {}
+        try:
+            managed = [s for s in self.spec.servers if not s.attached]
+            if managed:
+                binary = find_tritonserver(self.spec.tritonserver)
+                backends = python_backend_dir(self.work_dir)
+                env = server_environment()
+            for s in self.spec.servers:
+                began = time.monotonic()
+                if s.attached:
+                    self._attach(s)
+                else:
+                    self._start_managed(s, binary, backends, env, timeout)
+                timings[s.name] = time.monotonic() - began
+        except BaseException:
+            self.stop()
+            raise
+        if self.supervise and any(not s.attached for s in self.spec.servers):
+            self._watcher = threading.Thread(target=self._watch, name="slatune-supervisor", daemon=True)
+            self._watcher.start()
+        return timings
+
+    def _start_managed(self, s: ServerSpec, binary: Path, backends: Path, env: dict[str, str], timeout: float) -> None:
+        repo = self.work_dir / "repositories" / s.name
+        if repo.exists():
+            shutil.rmtree(repo)
+        repo.mkdir(parents=True)
+        for m in self.spec.models_on(s.name):
+            config = render.render(m, m.knobs, self.spec.device(m.device))
+            render.write_model(repo, m, config)
+            self._applied[m.name] = config
+        picked = iter(free_ports(3))
+        ports = Ports(
+            http=s.http_port or next(picked),
+            grpc=s.grpc_port or next(picked),
+            metrics=s.metrics_port or next(picked),
+        )
+        process = TritonProcess(
+            s.name, binary, repo, backends, self.work_dir / "logs" / f"{s.name}.log",
+            ports, s.rate_limit_resources, env,
+        )
+        self._servers[s.name] = _Server(s, process.endpoints, process)
+        process.start(timeout)
+
+    def _attach(self, s: ServerSpec) -> None:
+        assert s.http_url and s.grpc_url and s.metrics_url
+        endpoints = Endpoints(_hostport(s.http_url), _hostport(s.grpc_url), s.metrics_url)
+        self._servers[s.name] = _Server(s, endpoints, None)
+        with self._client(s.name) as client:
+            try:
+                if not client.is_server_ready():
+                    raise ServerError(f"server {s.name!r} at {s.grpc_url} is not ready")
+            except InferenceServerException as exc:
+                raise ServerError(f"server {s.name!r} at {s.grpc_url} cannot be reached: {exc.message()}") from None
+            for m in self.spec.models_on(s.name):
+                if not client.is_model_ready(m.name):
+                    raise ServerError(
+                        f"model {m.name!r} is not loaded on server {s.name!r} ({s.grpc_url}); "
+                        "load it there, or drop it from the spec"
+                    )
+                self._applied[m.name] = self._observed(client, m.name)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
+        for server in self._servers.values():
+            if server.process is not None:
+                server.process.stop()
+
+    def __enter__(self) -> Fleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _watch(self) -> None:
+        """Restart a managed server that died, with its last applied configuration (the on-disk
+        repository is kept in step by every apply). Backs off 1, 2, 4 ... 30 s between tries."""
+        backoff: dict[str, float] = {}
+        while not self._stopping.wait(0.5):
+            for name, server in self._servers.items():
+                proc = server.process
+                if proc is None or proc.alive() or proc.proc is None:
+                    continue
+                status = proc.proc.poll()
+                wait = backoff.get(name, 1.0)
+                log.warning("server %s exited (status %s); restarting in %.0f s", name, status, wait)
+                if self._stopping.wait(wait):
+                    return
+                with self._all_models_locked(name):
+                    proc.stop()
+                    try:
+                        proc.start()
+                        server.restarts += 1
+                        backoff.pop(name, None)
+                        log.warning("server %s restarted (restart #%d)", name, server.restarts)
+                    except ServerError as exc:
+                        backoff[name] = min(wait * 2, 30.0)
+                        log.error("restart of server %s failed: %s", name, exc)
+
+    @contextmanager
+    def _all_models_locked(self, server: str) -> Iterator[None]:
+        locks = [self._locks[m.name] for m in self.spec.models_on(server)]
+        for lock in locks:
+            lock.acquire()
+        try:
+            yield
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    # ----------------------------------------------------------------- reading
+    def endpoints(self, server: str) -> Endpoints:
+        return self._servers[server].endpoints
+
+    def model_endpoints(self, model: str) -> Endpoints:
+        return self.endpoints(self.spec.model(model).server)
+
+    def restarts(self, server: str) -> int:
+        return self._servers[server].restarts
+
+    def log_path(self, server: str) -> Path | None:
+        proc = self._servers[server].process
+        return None if proc is None else proc.log_path
+
+    def knobs(self, model: str) -> Knobs:
+        """The knobs last applied to `model` (as slatune applied them and Triton confirmed)."""
+        self.spec.model(model)
+        return render.knobs_of(self._applied[model])
+
+    def all_knobs(self) -> dict[str, Knobs]:
+        return {name: render.knobs_of(cfg) for name, cfg in self._applied.items()}
+
+    def applied_config(self, model: str) -> ModelConfig:
+        return self._applied[model]
+
+    def observed_config(self, model: str) -> ModelConfig:
+        """The model's configuration as the running Triton reports it."""
+        with self._client(self.spec.model(model).server) as client:
+            return self._observed(client, model)
+
+    @staticmethod
+    def _observed(client: grpcclient.InferenceServerClient, model: str) -> ModelConfig:
+        reply: Any = client.get_model_config(model, as_json=True)
+        return render.from_json(reply["config"])
+
+    @contextmanager
+    def _client(self, server: str) -> Iterator[grpcclient.InferenceServerClient]:
+        client = grpcclient.InferenceServerClient(self._servers[server].endpoints.grpc)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    # ----------------------------------------------------------------- reconfiguration
+    def validate(self, model: str, changes: dict[str, Any]) -> Knobs:
+        """The knobs `model` would run with after `changes`, or ReconfigurationError naming the
+        bad field. Checks types and ranges, rate-limiter resources and the device memory budget."""
+        spec = self.spec.model(model)
+        current = self.knobs(model)
+        unknown = sorted(set(changes) - set(Knobs.model_fields))
+        if unknown:
+            raise ReconfigurationError(
+                f"{model}: unknown knob(s) {', '.join(unknown)} (knobs: {', '.join(Knobs.model_fields)})"
+            )
+        try:
+            knobs = Knobs.model_validate({**current.model_dump(), **changes})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ReconfigurationError(f"{model}: {problems}") from None
+        server = self.spec.server(spec.server)
+        for res, count in knobs.resources.items():
+            total = server.rate_limit_resources.get(res)
+            if total is not None and count > total:
+                raise ReconfigurationError(
+                    f"{model}: resources.{res}={count} exceeds server {server.name!r}'s {total}"
+                )
+        memory = memory_problems(self.spec, {**self.all_knobs(), model: knobs})
+        if memory:
+            raise ReconfigurationError(f"{model}: instances={knobs.instances} does not fit: {memory[0]}")
+        return knobs
+
+    def apply(self, model: str, knobs: Knobs | None = None, **changes: Any) -> ApplyResult:
+        """Run `model` with `knobs` (or its current knobs with `changes`), live.
+
+        An instance-count change alone goes through Triton's in-place path (instances added or
+        removed, the others keep serving); any other change reloads the model, which Triton does
+        by loading the new version beside the serving one and switching when it is ready. Either
+        way the result is read back from Triton before it counts as applied. Applying what is
+        already applied does nothing."""
+        if knobs is not None:
+            changes = {**knobs.model_dump(), **changes}
+        spec = self.spec.model(model)
+        with self._locks[model]:
+            began = time.monotonic()
+            target = self.validate(model, changes)
+            before_cfg = self._applied[model]
+            before = render.knobs_of(before_cfg)
+            new_cfg = ModelConfig()
+            new_cfg.CopyFrom(before_cfg)
+            render.set_knobs(new_cfg, target, self.spec.device(spec.device), spec.backend)
+            if new_cfg == before_cfg:
+                return ApplyResult(model, before, before, "unchanged", time.monotonic() - began)
+            path: ApplyPath = "in-place" if render.instance_groups_only(before_cfg, new_cfg) else "reload"
+            with self._client(spec.server) as client:
+                try:
+                    client.load_model(model, config=render.to_json(new_cfg))
+                    observed = self._observed(client, model)
+                except InferenceServerException as exc:
+                    raise ReconfigurationError(
+                        f"{model}: Triton refused the new configuration, the previous one stays: {exc.message()}"
+                    ) from None
+            if render.knobs_of(observed) != target:
+                raise ReconfigurationError(
+                    f"{model}: Triton reports {render.knobs_of(observed)} after applying {target}"
+                )
+            self._applied[model] = new_cfg
+            server = self._servers[spec.server]
+            if server.process is not None:
+                render.write_config(server.process.repository, new_cfg)
+            return ApplyResult(model, before, target, path, time.monotonic() - began)
+
+
+def _hostport(url: str) -> str:
+    """`http://host:port/...` or `host:port` -> `host:port` (what tritonclient takes)."""
+    rest = url.split("://", 1)[-1]
+    return rest.split("/", 1)[0]

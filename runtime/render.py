@@ -1,0 +1,199 @@
+"""Model configurations: a base config (the built-in's or the user's config.pbtxt, or a TensorRT-LLM
+config built here) with the spec's knobs laid over it, as typed `ModelConfig` protobufs.
+
+Nothing here is a string template: configs are built and read with tritonclient's
+`model_config_pb2` and protobuf's `text_format` / `json_format`, so what is written is exactly
+what Triton parses, and what Triton reports can be read back into knobs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runtime.spec import DeviceSpec, Knobs, ModelSpec
+
+ModelConfig = mc.ModelConfig
+
+
+def builtin_dir(name: str) -> Path:
+    return Path(str(resources.files("runtime") / "demo_models" / name))
+
+
+def parse_pbtxt(text: str, source: str = "config.pbtxt") -> mc.ModelConfig:
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def to_pbtxt(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def to_json(config: mc.ModelConfig) -> str:
+    """The JSON form that the model-repository API's load(config=...) takes."""
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+
+
+def from_json(data: str | dict[str, object]) -> mc.ModelConfig:
+    """A config as Triton reports it (get_model_config(as_json=True)) back into a ModelConfig."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    return json_format.Parse(text, mc.ModelConfig(), ignore_unknown_fields=True)
+
+
+def base_config(model: ModelSpec) -> mc.ModelConfig:
+    """The model's config before slatune's knobs: from the built-in, the user's repository, or
+    the standard TensorRT-LLM in-flight batching model."""
+    src = model.source
+    if src.builtin is not None:
+        path = builtin_dir(src.builtin) / "config.pbtxt"
+        return parse_pbtxt(path.read_text(), str(path))
+    if src.repository is not None:
+        path = src.repository / model.name / "config.pbtxt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model {model.name!r}: no {path}; source.repository must be the repository folder "
+                f"that holds {model.name}/config.pbtxt"
+            )
+        return parse_pbtxt(path.read_text(), str(path))
+    assert src.engine_dir is not None
+    return tensorrtllm_config(src.engine_dir)
+
+
+# In-flight batching settings of the TensorRT-LLM backend that slatune sets by default; a model's
+# spec `parameters` override them.
+TRTLLM_DEFAULTS = {
+    "gpt_model_type": "inflight_fused_batching",
+    "batch_scheduler_policy": "guaranteed_no_evict",
+    "kv_cache_free_gpu_mem_fraction": "0.85",
+    "enable_chunked_context": "true",
+    "exclude_input_in_output": "true",
+}
+
+
+def tensorrtllm_config(engine_dir: Path, max_batch_size: int = 64) -> mc.ModelConfig:
+    """The `tensorrt_llm` model of NVIDIA's tensorrtllm_backend, decoupled for streaming."""
+    cfg = mc.ModelConfig(backend="tensorrtllm", max_batch_size=max_batch_size)
+    cfg.model_transaction_policy.decoupled = True
+    for name, dtype, dims, optional in (
+        ("input_ids", mc.TYPE_INT32, [-1], False),
+        ("input_lengths", mc.TYPE_INT32, [1], False),
+        ("request_output_len", mc.TYPE_INT32, [1], False),
+        ("end_id", mc.TYPE_INT32, [1], True),
+        ("pad_id", mc.TYPE_INT32, [1], True),
+        ("streaming", mc.TYPE_BOOL, [1], True),
+        ("temperature", mc.TYPE_FP32, [1], True),
+    ):
+        inp = cfg.input.add(name=name, data_type=dtype, dims=dims, optional=optional)
+        if dims == [1]:
+            inp.reshape.SetInParent()  # reshape { shape: [ ] }: a scalar per request
+    for name, dtype, dims in (
+        ("output_ids", mc.TYPE_INT32, [-1, -1]),
+        ("sequence_length", mc.TYPE_INT32, [-1]),
+    ):
+        cfg.output.add(name=name, data_type=dtype, dims=dims)
+    cfg.parameters["gpt_model_path"].string_value = str(engine_dir)
+    for key, value in TRTLLM_DEFAULTS.items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
+def render(model: ModelSpec, knobs: Knobs, device: DeviceSpec) -> mc.ModelConfig:
+    """The full config Triton should run for `model` with `knobs`."""
+    cfg = mc.ModelConfig()
+    cfg.CopyFrom(base_config(model))
+    cfg.name = model.name
+    for key, value in model.parameters.items():
+        cfg.parameters[key].string_value = value
+    set_knobs(cfg, knobs, device, model.backend)
+    return cfg
+
+
+def set_knobs(cfg: mc.ModelConfig, knobs: Knobs, device: DeviceSpec, backend: str) -> None:
+    """Lay the knobs over a config in place: dynamic batching and its queue policy, one instance
+    group with its rate limiter."""
+    batching = cfg.dynamic_batching
+    batching.max_queue_delay_microseconds = knobs.max_queue_delay_us
+    policy = batching.default_queue_policy
+    policy.max_queue_size = knobs.max_queue_size
+    policy.default_timeout_microseconds = knobs.queue_timeout_us
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    del cfg.instance_group[:]
+    group = cfg.instance_group.add(count=knobs.instances)
+    if device.kind == "gpu" and backend != "tensorrtllm":
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        group.gpus.append(device.index)
+    else:
+        # TensorRT-LLM runs one CPU-side instance that drives the GPU(s) itself.
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+    if backend == "tensorrtllm" and device.kind == "gpu":
+        cfg.parameters["gpu_device_ids"].string_value = str(device.index)
+    group.rate_limiter.priority = knobs.priority
+    for name, count in sorted(knobs.resources.items()):
+        group.rate_limiter.resources.add(name=name, count=count)
+
+
+def knobs_of(cfg: mc.ModelConfig) -> Knobs:
+    """Read the knobs back from a config, e.g. as Triton reports it for a running model."""
+    groups = list(cfg.instance_group)
+    resources_: dict[str, int] = {}
+    priority = 1
+    if groups:
+        priority = groups[0].rate_limiter.priority or 1
+        resources_ = {r.name: r.count for r in groups[0].rate_limiter.resources}
+    policy = cfg.dynamic_batching.default_queue_policy
+    return Knobs(
+        max_queue_delay_us=cfg.dynamic_batching.max_queue_delay_microseconds,
+        instances=sum(g.count for g in groups) or 1,
+        priority=priority,
+        resources=resources_,
+        max_queue_size=policy.max_queue_size,
+        queue_timeout_us=policy.default_timeout_microseconds,
+    )
+
+
+def instance_groups_only(old: mc.ModelConfig, new: mc.ModelConfig) -> bool:
+    """True when the two configs differ in their instance groups alone: Triton then adds or
+    removes instances in place instead of reloading the model."""
+    a, b = mc.ModelConfig(), mc.ModelConfig()
+    a.CopyFrom(old)
+    b.CopyFrom(new)
+    del a.instance_group[:]
+    del b.instance_group[:]
+    return a == b and list(old.instance_group) != list(new.instance_group)
+
+
+def write_model(repo: Path, model: ModelSpec, config: mc.ModelConfig) -> Path:
+    """Write `<repo>/<model>/config.pbtxt` and the model's version folder (copied for built-ins,
+    linked for a user's repository and engines, which may be large)."""
+    target = repo / model.name
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.pbtxt").write_text(to_pbtxt(config))
+    src = model.source
+    if src.builtin is not None:
+        version = target / "1"
+        version.mkdir(exist_ok=True)
+        shutil.copyfile(builtin_dir(src.builtin) / "model.py", version / "model.py")
+    elif src.repository is not None:
+        for entry in (src.repository / model.name).iterdir():
+            link = target / entry.name
+            if entry.name != "config.pbtxt" and not link.exists():
+                link.symlink_to(entry.resolve())
+    else:
+        (target / "1").mkdir(exist_ok=True)
+    return target
+
+
+def write_config(repo: Path, config: mc.ModelConfig) -> None:
+    """Keep the on-disk config in step with the applied one, so a restarted server comes back
+    with the last applied configuration."""
+    path = repo / config.name / "config.pbtxt"
+    tmp = path.with_suffix(".pbtxt.tmp")
+    tmp.write_text(to_pbtxt(config))
+    tmp.replace(path)

@@ -1,0 +1,278 @@
+"""One tritonserver process: found, configured, started on loopback, watched and stopped.
+
+The bundled server is the one inside the nvidia-pytriton wheel. Its python backend finds its stub
+inside the backend's own folder, and the stub must link the running interpreter's libpython and
+find this environment's packages, so the backend folder and the environment are assembled here
+(see shared/TRITON-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """A server could not be found, started or reached; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a server answers: host:port for the HTTP and gRPC clients, a URL for metrics."""
+
+    http: str
+    grpc: str
+    metrics_url: str
+
+    @classmethod
+    def loopback(cls, ports: Ports) -> Endpoints:
+        return cls(
+            f"{LOOPBACK}:{ports.http}", f"{LOOPBACK}:{ports.grpc}", f"http://{LOOPBACK}:{ports.metrics}/metrics"
+        )
+
+
+def _pytriton_root() -> Path:
+    import pytriton  # the wheel that bundles tritonserver
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def _pytriton_libs() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+
+
+def find_tritonserver(configured: Path | None = None) -> Path:
+    """The configured binary, else the one bundled with nvidia-pytriton."""
+    if configured is not None:
+        if not (configured.is_file() and os.access(configured, os.X_OK)):
+            raise ServerError(f"tritonserver {configured} is not an executable file: fix `tritonserver` in the spec")
+        return configured
+    try:
+        binary = _pytriton_root() / "bin" / "tritonserver"
+    except ImportError:
+        raise ServerError(
+            "no tritonserver: install nvidia-pytriton (it bundles one) or set `tritonserver` in the spec"
+        ) from None
+    if not binary.is_file():
+        raise ServerError(f"the nvidia-pytriton install has no {binary}: reinstall nvidia-pytriton==0.7.0")
+    return binary
+
+
+def python_backend_dir(work_dir: Path) -> Path:
+    """A backend directory whose python/ folder links the bundled backend and the stub built for
+    this interpreter's version (links, not copies: the stub finds its libraries relative to itself)."""
+    root = _pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {version}; use Python 3.11")
+    backends = work_dir / "backends"
+    target = backends / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    for src in (
+        root / "backends" / "python" / "libtriton_python.so",
+        root / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
+        link = target / src.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src)
+    return backends
+
+
+def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the server (and so each model's stub) runs with: this interpreter's
+    libpython and bin first, one math thread per model instance (instances are the parallelism)."""
+    env = dict(os.environ if base is None else base)
+    libdirs = [str(sysconfig.get_config_var("LIBDIR")), str(_pytriton_libs())]
+    if env.get("LD_LIBRARY_PATH"):
+        libdirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(libdirs)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    return env
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free on 127.0.0.1 right now."""
+    socks, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: be sent SIGTERM if slatune dies, so no server is orphaned."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class TritonProcess:
+    """A tritonserver in its own process group, logging to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        binary: Path,
+        repository: Path,
+        backend_dir: Path,
+        log_path: Path,
+        ports: Ports,
+        rate_limit_resources: Mapping[str, int],
+        env: Mapping[str, str],
+    ) -> None:
+        self.name = name
+        self.binary = binary
+        self.repository = repository
+        self.backend_dir = backend_dir
+        self.log_path = log_path
+        self.ports = ports
+        self.rate_limit_resources = dict(rate_limit_resources)
+        self.env = dict(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints.loopback(self.ports)
+
+    def command(self) -> list[str]:
+        p = self.ports
+        cmd = [
+            str(self.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self.backend_dir}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--strict-readiness=true",
+            f"--http-address={LOOPBACK}",
+            f"--grpc-address={LOOPBACK}",
+            f"--metrics-address={LOOPBACK}",
+            f"--http-port={p.http}",
+            f"--grpc-port={p.grpc}",
+            f"--metrics-port={p.metrics}",
+            "--metrics-config=summary_latencies=true",
+            "--metrics-interval-ms=1000",
+            "--rate-limit=execution_count",
+            "--exit-timeout-secs=15",
+            "--log-verbose=0",
+        ]
+        cmd += [f"--rate-limit-resource={n}:{c}" for n, c in sorted(self.rate_limit_resources.items())]
+        return cmd
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start and wait until the server and every model are ready; return the seconds it took."""
+        for field, port in (("http_port", self.ports.http), ("grpc_port", self.ports.grpc), ("metrics_port", self.ports.metrics)):
+            if port_in_use(port):
+                raise ServerError(
+                    f"server {self.name!r}: {field} {port} is already in use on {LOOPBACK}; "
+                    "choose another port in the spec, or leave it out to have a free one picked"
+                )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== slatune: starting {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = began + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(self._failure(f"exited with status {self.proc.returncode} while starting"))
+            if self.ready():
+                return time.monotonic() - began
+            time.sleep(0.1)
+        self.stop()
+        raise ServerError(self._failure(f"was not ready within {timeout:.0f} s"))
+
+    def ready(self) -> bool:
+        url = f"http://{self.endpoints.http}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the server's process group (the server and its model stubs), then SIGKILL."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stubs left behind by a server that exited
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def log_tail(self, lines: int = 40) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
+    def _failure(self, what: str) -> str:
+        tail = self.log_tail()
+        hints = [line.strip() for line in tail if "failed to load" in line or "error:" in line.lower() or " E" in line[:2]]
+        msg = f"tritonserver {self.name!r} {what}"
+        if hints:
+            msg += ":\n  " + "\n  ".join(hints[-8:])
+        return msg + f"\nfull log: {self.log_path}"

@@ -1,0 +1,408 @@
+"""The fleet spec: one YAML file naming devices, Triton servers and the models they serve.
+
+Everything slatune does starts from a validated spec, so a bad spec must fail before any process
+starts, with the file, the field path and the reason. Field-level rules live on the pydantic models;
+rules that relate fields to each other (references, ports, memory budgets, knobs within bounds) live
+in `FleetSpec.problems()`, which returns every problem at once rather than the first one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+Name = str  # validated by NAME_PATTERN where it is declared
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Role = Literal["latency-critical", "bulk"]
+BUILTIN_MODELS = ("chat", "embedder", "reranker", "guard")
+KNOB_NAMES = (
+    "max_queue_delay_us",
+    "instances",
+    "priority",
+    "max_queue_size",
+    "queue_timeout_us",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Knobs(_Strict):
+    """The scheduling knobs of one model: what the tuner moves and `apply` changes live."""
+
+    max_queue_delay_us: NonNegativeInt = 0
+    """Dynamic batching: how long a request may wait for others to form a batch."""
+    instances: PositiveInt = 1
+    """Execution instances of the model (each holds memory_gb_per_instance)."""
+    priority: PositiveInt = 1
+    """Rate-limiter priority: a weight, 1 is scheduled most often, 2 half as often."""
+    resources: dict[str, PositiveInt] = Field(default_factory=dict)
+    """Rate-limiter resources each instance must hold to execute (e.g. {"cpu": 1})."""
+    max_queue_size: NonNegativeInt = 0
+    """Queue policy: requests beyond this many waiting are rejected; 0 means unbounded."""
+    queue_timeout_us: NonNegativeInt = 0
+    """Queue policy: a request waiting longer is rejected; 0 means no timeout."""
+
+
+class IntRange(_Strict):
+    """An inclusive range, written `[low, high]` in YAML."""
+
+    low: int
+    high: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, data: Any) -> Any:
+        if isinstance(data, list | tuple):
+            if len(data) != 2:
+                raise ValueError("a range is written [low, high]")
+            return {"low": data[0], "high": data[1]}
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.low < 0:
+            raise ValueError(f"low {self.low} is negative")
+        return self
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and self.low <= value <= self.high
+
+
+class Bounds(_Strict):
+    """Where the tuner may move each knob. A knob without bounds stays at its starting value."""
+
+    max_queue_delay_us: IntRange | None = None
+    instances: IntRange | None = None
+    priority: IntRange | None = None
+    max_queue_size: IntRange | None = None
+    queue_timeout_us: IntRange | None = None
+    resources: dict[str, IntRange] = Field(default_factory=dict)
+
+
+class Sla(_Strict):
+    metric: Literal["ttft_p99", "latency_p99"]
+    """ttft_p99: time to first token (streaming models); latency_p99: whole-request latency."""
+    target_ms: PositiveFloat
+
+
+class Source(_Strict):
+    """Where a model comes from: exactly one of a built-in demo model, a user's model repository
+    (the folder holding `<model name>/config.pbtxt` and its version folders), or a TensorRT-LLM
+    engine directory."""
+
+    builtin: Literal["chat", "embedder", "reranker", "guard"] | None = None
+    repository: Path | None = None
+    engine_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        given = [k for k in ("builtin", "repository", "engine_dir") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of builtin, repository, engine_dir (got {given or 'none'})"
+            )
+        return self
+
+
+class DeviceSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["cpu", "gpu"]
+    memory_gb: PositiveFloat
+    """The memory budget models on this device may use, instances x memory per instance."""
+    index: NonNegativeInt = 0
+    """The GPU's index on its host (kind gpu only)."""
+
+
+class ServerSpec(_Strict):
+    """A Triton server: started by slatune (ports optional, picked free on 127.0.0.1), or an
+    existing one to attach to by URL (it must run with --model-control-mode=explicit)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    http_port: PositiveInt | None = Field(default=None, le=65535)
+    grpc_port: PositiveInt | None = Field(default=None, le=65535)
+    metrics_port: PositiveInt | None = Field(default=None, le=65535)
+    rate_limit_resources: dict[str, PositiveInt] = Field(default_factory=dict)
+    """Totals for the rate limiter (--rate-limit-resource name:count), e.g. {"cpu": 2}."""
+    http_url: str | None = None
+    grpc_url: str | None = None
+    metrics_url: str | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self.grpc_url is not None
+
+    @model_validator(mode="after")
+    def _attach_or_start(self) -> ServerSpec:
+        urls = [self.http_url, self.grpc_url, self.metrics_url]
+        if any(urls) and not all(urls):
+            raise ValueError("an attached server needs all of http_url, grpc_url, metrics_url")
+        if all(urls) and any((self.http_port, self.grpc_port, self.metrics_port)):
+            raise ValueError("give ports for a server slatune starts, URLs for one it attaches to")
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    role: Role
+    server: str
+    device: str
+    source: Source
+    backend: Literal["python", "tensorrtllm"] = "python"
+    streaming: bool = False
+    """Decoupled model that streams tokens (time to first token is its SLA metric)."""
+    memory_gb_per_instance: PositiveFloat
+    sla: Sla | None = None
+    knobs: Knobs = Field(default_factory=Knobs)
+    bounds: Bounds = Field(default_factory=Bounds)
+    parameters: dict[str, str] = Field(default_factory=dict)
+    """Extra config.pbtxt `parameters` (demo model sizes, TensorRT-LLM batching settings)."""
+
+
+class FleetSpec(_Strict):
+    name: str = Field(default="fleet", pattern=NAME_PATTERN)
+    tritonserver: Path | None = None
+    """The tritonserver binary; default: the one bundled with nvidia-pytriton."""
+    devices: list[DeviceSpec] = Field(min_length=1)
+    servers: list[ServerSpec] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1)
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"unknown model {name!r} (fleet has: {', '.join(self.model_names)})")
+
+    def server(self, name: str) -> ServerSpec:
+        return next(s for s in self.servers if s.name == name)
+
+    def device(self, name: str) -> DeviceSpec:
+        return next(d for d in self.devices if d.name == name)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def models_on(self, server: str) -> list[ModelSpec]:
+        return [m for m in self.models if m.server == server]
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every cross-field problem as (field path, reason); empty when the spec is sound."""
+        out: list[tuple[str, str]] = []
+        for kind, items in (("devices", self.devices), ("servers", self.servers), ("models", self.models)):
+            counts = Counter(i.name for i in items)
+            for i, item in enumerate(items):
+                if counts[item.name] > 1:
+                    out.append((f"{kind}[{i}].name", f"duplicate name {item.name!r}"))
+        out += _port_problems(self.servers)
+        devices = {d.name: d for d in self.devices}
+        servers = {s.name: s for s in self.servers}
+        for i, m in enumerate(self.models):
+            at = f"models[{i}]"
+            if m.server not in servers:
+                out.append((f"{at}.server", f"unknown server {m.server!r} (known: {', '.join(servers)})"))
+            if m.device not in devices:
+                out.append((f"{at}.device", f"unknown device {m.device!r} (known: {', '.join(devices)})"))
+            out += [(f"{at}.{path}", why) for path, why in model_problems(m, devices.get(m.device))]
+            server = servers.get(m.server)
+            if server is not None:
+                for res, count in m.knobs.resources.items():
+                    total = server.rate_limit_resources.get(res)
+                    if total is not None and count > total:
+                        out.append((
+                            f"{at}.knobs.resources.{res}",
+                            f"asks for {count} but server {server.name!r} has {total}",
+                        ))
+        knobs = {m.name: m.knobs for m in self.models}
+        out += [("devices", why) for why in memory_problems(self, knobs)]
+        return out
+
+
+def model_problems(m: ModelSpec, device: DeviceSpec | None) -> list[tuple[str, str]]:
+    """Problems of one model on its own: backend/source fit, SLA, knobs within bounds."""
+    out: list[tuple[str, str]] = []
+    if m.backend == "tensorrtllm" and m.source.engine_dir is None:
+        out.append(("source", "a tensorrtllm model needs source.engine_dir"))
+    if m.backend == "python" and m.source.engine_dir is not None:
+        out.append(("source", "engine_dir is for backend tensorrtllm"))
+    if m.backend == "tensorrtllm" and device is not None and device.kind != "gpu":
+        out.append(("backend", f"tensorrtllm needs a gpu device, {device.name!r} is {device.kind}"))
+    if m.role == "latency-critical" and m.sla is None:
+        out.append(("sla", "a latency-critical model needs an SLA"))
+    if m.sla is not None and m.sla.metric == "ttft_p99" and not m.streaming:
+        out.append(("sla.metric", "ttft_p99 is for streaming models; use latency_p99"))
+    for path, why in knob_bound_problems(m.knobs, m.bounds):
+        out.append((path, why))
+    return out
+
+
+def knob_bound_problems(knobs: Knobs, bounds: Bounds) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for name in KNOB_NAMES:
+        rng: IntRange | None = getattr(bounds, name)
+        value = getattr(knobs, name)
+        if rng is not None and value not in rng:
+            out.append((f"knobs.{name}", f"{value} is outside bounds [{rng.low}, {rng.high}]"))
+    for res, rng in bounds.resources.items():
+        value = knobs.resources.get(res)
+        if value is None:
+            out.append((f"bounds.resources.{res}", f"bounded but knobs.resources has no {res!r}"))
+        elif value not in rng:
+            out.append((f"knobs.resources.{res}", f"{value} is outside bounds [{rng.low}, {rng.high}]"))
+    return out
+
+
+def memory_problems(spec: FleetSpec, knobs: Mapping[str, Knobs]) -> list[str]:
+    """Devices whose models' instances x memory per instance exceed the device's budget."""
+    used = device_memory_used(spec, knobs)
+    out = []
+    for d in spec.devices:
+        if used[d.name] > d.memory_gb + 1e-9:
+            parts = ", ".join(
+                f"{m.name} {knobs[m.name].instances}x{m.memory_gb_per_instance:g}"
+                for m in spec.models
+                if m.device == d.name
+            )
+            out.append(
+                f"device {d.name!r}: instances need {used[d.name]:g} GB but the budget is "
+                f"{d.memory_gb:g} GB ({parts})"
+            )
+    return out
+
+
+def device_memory_used(spec: FleetSpec, knobs: Mapping[str, Knobs]) -> dict[str, float]:
+    used: dict[str, float] = defaultdict(float)
+    for d in spec.devices:
+        used[d.name] = 0.0
+    for m in spec.models:
+        used[m.device] += knobs[m.name].instances * m.memory_gb_per_instance
+    return dict(used)
+
+
+def _port_problems(servers: Iterable[ServerSpec]) -> list[tuple[str, str]]:
+    seen: dict[int, str] = {}
+    out = []
+    for i, s in enumerate(servers):
+        for field in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(s, field)
+            if port is None:
+                continue
+            where = f"servers[{i}].{field}"
+            if port in seen:
+                out.append((where, f"port {port} is already used by {seen[port]}"))
+            else:
+                seen[port] = where
+    return out
+
+
+class SpecError(ValueError):
+    """A fleet spec that cannot be used; the message names the file, each field path and why."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"fleet spec {source} is invalid:"]
+        lines += [f"  {path}: {why}" for path, why in problems]
+        super().__init__("\n".join(lines))
+
+
+def _loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """Turn pydantic's location tuple into `models[1](chat-llm).knobs.instances`."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                out += f"({node['name']})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> FleetSpec:
+    """Validate a spec already read into Python objects; raise SpecError listing every problem."""
+    try:
+        spec = FleetSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_loc(e["loc"], data), e["msg"]) for e in exc.errors()]
+        raise SpecError(source, problems) from None
+    problems = spec.problems()
+    if problems:
+        # Name models by their index and name, as field errors do.
+        named = []
+        for path, why in problems:
+            if path.startswith("models["):
+                idx = int(path[len("models[") : path.index("]")])
+                path = path.replace(f"models[{idx}]", f"models[{idx}]({spec.models[idx].name})", 1)
+            named.append((path, why))
+        raise SpecError(source, named)
+    return spec
+
+
+def load_spec(path: str | Path) -> FleetSpec:
+    """Read and validate a fleet spec file. Relative source paths are taken from the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(str(path), [("(file)", exc.strerror or str(exc))]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [("(yaml)", str(exc))]) from None
+    if not isinstance(data, dict):
+        raise SpecError(str(path), [("(top level)", "expected a mapping with devices, servers, models")])
+    spec = parse_spec(data, str(path))
+    return _resolve_paths(spec, path.parent)
+
+
+def _resolve_paths(spec: FleetSpec, base: Path) -> FleetSpec:
+    models = []
+    for m in spec.models:
+        src = m.source
+        if src.repository is not None and not src.repository.is_absolute():
+            src = src.model_copy(update={"repository": (base / src.repository).resolve()})
+        if src.engine_dir is not None and not src.engine_dir.is_absolute():
+            src = src.model_copy(update={"engine_dir": (base / src.engine_dir).resolve()})
+        models.append(m.model_copy(update={"source": src}))
+    return spec.model_copy(update={"models": models})
+
+
+EMBEDDED_FLEETS = ("default", "large", "gpu-trtllm")
+
+
+def embedded_spec_path(name: str = "default") -> Path:
+    """Path of a spec shipped with slatune: default (one 80 GB device), large (two), gpu-trtllm."""
+    if name not in EMBEDDED_FLEETS:
+        raise SpecError(name, [("(name)", f"no embedded fleet {name!r} (have: {', '.join(EMBEDDED_FLEETS)})")])
+    return Path(str(resources.files("runtime") / "fleets" / f"{name}.yaml"))
+
+
+def resolve_spec(spec: str | Path | None) -> FleetSpec:
+    """A spec from a path, an embedded fleet's name, or the embedded default when None."""
+    if spec is None:
+        return load_spec(embedded_spec_path("default"))
+    if isinstance(spec, str) and spec in EMBEDDED_FLEETS and not Path(spec).exists():
+        return load_spec(embedded_spec_path(spec))
+    return load_spec(spec)
