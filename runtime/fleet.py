@@ -8,7 +8,9 @@ is restarted with its last applied configuration.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -39,6 +41,7 @@ from runtime.spec import FleetSpec, Knobs, ServerSpec, memory_problems
 log = logging.getLogger("slatune.runtime")
 
 ApplyPath = Literal["unchanged", "in-place", "reload"]
+STATE_FILE = "fleet.json"
 
 
 class ReconfigurationError(RuntimeError):
@@ -97,6 +100,7 @@ class Fleet:
         except BaseException:
             self.stop()
             raise
+        self._write_state()
         if self.supervise and any(not s.attached for s in self.spec.servers):
             self._watcher = threading.Thread(target=self._watch, name="slatune-supervisor", daemon=True)
             self._watcher.start()
@@ -150,6 +154,21 @@ class Fleet:
         for server in self._servers.values():
             if server.process is not None:
                 server.process.stop()
+        self.state_path.unlink(missing_ok=True)
+
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / STATE_FILE
+
+    def _write_state(self) -> None:
+        """Tell other slatune commands (`slatune load`) where this running fleet answers."""
+        state = {
+            "pid": os.getpid(),
+            "spec": self.spec.model_dump(mode="json"),
+            "servers": {name: vars(s.endpoints) for name, s in self._servers.items()},
+        }
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(json.dumps(state, indent=2))
 
     def __enter__(self) -> Fleet:
         self.start()
@@ -310,3 +329,29 @@ def _hostport(url: str) -> str:
     """`http://host:port/...` or `host:port` -> `host:port` (what tritonclient takes)."""
     rest = url.split("://", 1)[-1]
     return rest.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class RunningFleet:
+    """What a running fleet wrote about itself: its spec and each server's endpoints."""
+
+    spec: FleetSpec
+    endpoints: dict[str, Endpoints]
+    pid: int
+
+
+def read_state(work_dir: Path) -> RunningFleet:
+    path = Path(work_dir) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ServerError(f"no running fleet in {work_dir} (no {STATE_FILE}); start one with `slatune fleet up`") from None
+    try:
+        os.kill(int(state["pid"]), 0)
+    except ProcessLookupError:
+        raise ServerError(f"the fleet in {work_dir} is not running (process {state['pid']} is gone)") from None
+    return RunningFleet(
+        FleetSpec.model_validate(state["spec"]),
+        {name: Endpoints(**e) for name, e in state["servers"].items()},
+        int(state["pid"]),
+    )

@@ -23,6 +23,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -52,12 +53,19 @@ class Knobs(_Strict):
     """Execution instances of the model (each holds memory_gb_per_instance)."""
     priority: PositiveInt = 1
     """Rate-limiter priority: a weight, 1 is scheduled most often, 2 half as often."""
-    resources: dict[str, PositiveInt] = Field(default_factory=dict)
-    """Rate-limiter resources each instance must hold to execute (e.g. {"cpu": 1})."""
+    resources: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    """Rate-limiter resources each instance must hold to execute (e.g. {"compute": 1}); a count
+    of 0 means the model does not take that resource (it is dropped)."""
     max_queue_size: NonNegativeInt = 0
     """Queue policy: requests beyond this many waiting are rejected; 0 means unbounded."""
     queue_timeout_us: NonNegativeInt = 0
     """Queue policy: a request waiting longer is rejected; 0 means no timeout."""
+
+
+    @field_validator("resources")
+    @classmethod
+    def _drop_zero(cls, value: dict[str, int]) -> dict[str, int]:
+        return {k: v for k, v in sorted(value.items()) if v > 0}
 
 
 class IntRange(_Strict):
@@ -262,10 +270,8 @@ def knob_bound_problems(knobs: Knobs, bounds: Bounds) -> list[tuple[str, str]]:
         if rng is not None and value not in rng:
             out.append((f"knobs.{name}", f"{value} is outside bounds [{rng.low}, {rng.high}]"))
     for res, rng in bounds.resources.items():
-        value = knobs.resources.get(res)
-        if value is None:
-            out.append((f"bounds.resources.{res}", f"bounded but knobs.resources has no {res!r}"))
-        elif value not in rng:
+        value = knobs.resources.get(res, 0)
+        if value not in rng:
             out.append((f"knobs.resources.{res}", f"{value} is outside bounds [{rng.low}, {rng.high}]"))
     return out
 

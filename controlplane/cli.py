@@ -1,0 +1,242 @@
+"""The `slatune` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from controlplane.settings import get_settings
+from runtime.fleet import Fleet, read_state
+from runtime.load import LoadReport, LoadRun, ModelLoad, ModelStats, demo_mix, format_ms, targets_for
+from runtime.render import render, to_pbtxt, write_model
+from runtime.server import ServerError
+from runtime.spec import FleetSpec, Knobs, SpecError, resolve_spec
+
+app = typer.Typer(
+    help="slatune: run a Triton fleet, watch it, and keep its SLAs by re-tuning it live.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+fleet_app = typer.Typer(help="Validate, render and run a fleet spec.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+console = Console()
+
+SpecOpt = Annotated[
+    str | None,
+    typer.Option("--spec", "-s", help="Fleet spec: a YAML path, or an embedded fleet (default, large, gpu-trtllm)."),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where repositories, logs and state live [env SLATUNE_DATA_DIR].")
+]
+
+
+def _spec(spec: str | None) -> FleetSpec:
+    try:
+        return resolve_spec(spec)
+    except SpecError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _fleet_dir(data_dir: Path | None) -> Path:
+    return (data_dir / "fleet") if data_dir else get_settings().fleet_dir
+
+
+def _start(spec: FleetSpec, work_dir: Path) -> Fleet:
+    fleet = Fleet(spec, work_dir)
+    began = time.monotonic()
+    with console.status(f"starting fleet {spec.name!r}: {len(spec.models)} models on {len(spec.servers)} server(s)"):
+        try:
+            fleet.start()
+        except (ServerError, OSError, ValueError) as exc:
+            console.print(f"[red]fleet did not start:[/red] {exc}")
+            raise typer.Exit(1) from None
+    console.print(f"[green]fleet {spec.name!r} up and serving in {time.monotonic() - began:.1f} s[/green]")
+    for s in spec.servers:
+        e = fleet.endpoints(s.name)
+        logp = fleet.log_path(s.name)
+        console.print(f"  {s.name}: grpc {e.grpc}  http {e.http}  metrics {e.metrics_url}" + (f"  log {logp}" if logp else ""))
+    return fleet
+
+
+def stats_table(title: str, stats: Mapping[str, ModelStats], spec: FleetSpec, knobs: Mapping[str, Knobs] | None = None) -> Table:
+    """Per model: traffic, latency against its SLA, and (when given) the knobs it runs with."""
+    t = Table(title=title, title_justify="left")
+    for col in ("model", "role", "req/s", "ok", "failed", "items/s", "p50 ms", "p99 ms", "SLA", "met"):
+        t.add_column(col, justify="right" if col not in ("model", "role", "SLA", "met") else "left")
+    if knobs:
+        t.add_column("knobs (delay us / inst / prio / res)")
+    for name, s in stats.items():
+        m = spec.model(name)
+        ttft = s.ttft_p50_ms is not None
+        p50 = s.ttft_p50_ms if ttft else s.latency_p50_ms
+        p99 = s.ttft_p99_ms if ttft else s.latency_p99_ms
+        sla = f"{'ttft' if m.sla.metric == 'ttft_p99' else 'p99'} <= {m.sla.target_ms:g} ms" if m.sla else "-"
+        met = "-" if s.sla_met is None else ("[green]yes[/green]" if s.sla_met else "[red]NO[/red]")
+        failed = ", ".join(f"{k}={v}" for k, v in s.failed.items()) or "0"
+        row = [name, m.role, f"{s.rate:.1f}", str(s.ok), failed, f"{s.goodput:.1f}", format_ms(p50), format_ms(p99), sla, met]
+        if knobs:
+            k = knobs[name]
+            res = ",".join(f"{r}:{c}" for r, c in k.resources.items()) or "-"
+            row.append(f"{k.max_queue_delay_us} / {k.instances} / {k.priority} / {res}")
+        t.add_row(*row)
+    return t
+
+
+def _drive(run: LoadRun, spec: FleetSpec, fleet: Fleet | None, window_s: float = 5.0) -> LoadReport:
+    run.start()
+    with Live(console=console, refresh_per_second=2) as live:
+        try:
+            while run._thread is not None and run._thread.is_alive():
+                title = f"live, last {window_s:.0f} s  ({run.elapsed:.0f} / {run.duration_s:.0f} s)  Ctrl-C stops"
+                live.update(stats_table(title, run.snapshot(window_s), spec, fleet.all_knobs() if fleet else None))
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            run.stop()
+    return run.join()
+
+
+def _print_report(report: LoadReport, spec: FleetSpec, json_out: Path | None) -> None:
+    console.print(stats_table(f"whole run: {report.duration_s:.0f} s, {report.sent} requests", report.models, spec))
+    for reason, example in report.errors.items():
+        console.print(f"  [yellow]{reason}[/yellow]: {example}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        console.print(f"report written to {json_out}")
+
+
+@app.command()
+def demo(
+    spec: SpecOpt = None,
+    duration: Annotated[float, typer.Option(help="Seconds of demo traffic (bounded).", min=1, max=3600)] = 60.0,
+    scale: Annotated[float, typer.Option(help="Multiply the chat and guard request rates.", min=0.1, max=10)] = 1.0,
+    data_dir: DataDirOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Start the fleet (the embedded default unless --spec) and drive the mixed demo traffic,
+    with a live per-model table: rate, p50/p99 against each SLA, and the knobs each model runs with."""
+    fs = _spec(spec)
+    fleet = _start(fs, _fleet_dir(data_dir))
+    try:
+        targets = targets_for(fs, lambda s: fleet.endpoints(s).grpc)
+        loads = [ld for ld in demo_mix(scale) if ld.model in targets]
+        report = _drive(LoadRun(loads, targets, duration_s=duration, max_requests=int(duration * 200)), fs, fleet)
+        _print_report(report, fs, json_out)
+    finally:
+        with console.status("stopping the fleet"):
+            fleet.stop()
+    console.print("fleet stopped")
+
+
+def _pairs(values: list[str], what: str) -> dict[str, float]:
+    out = {}
+    for v in values:
+        name, sep, num = v.partition("=")
+        try:
+            out[name] = float(num)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise typer.BadParameter(f"{v!r}: write MODEL=NUMBER", param_hint=what)
+    return out
+
+
+@app.command()
+def load(
+    rate: Annotated[list[str], typer.Option(help="Open-loop Poisson traffic, MODEL=REQUESTS_PER_S (repeatable).")] = [],  # noqa: B006
+    backlog: Annotated[list[str], typer.Option(help="Closed-loop backlog, MODEL=WORKERS (repeatable).")] = [],  # noqa: B006
+    batch: Annotated[list[str], typer.Option(help="Items per request, MODEL=N (repeatable; default 1).")] = [],  # noqa: B006
+    demo_traffic: Annotated[bool, typer.Option("--demo", help="Use the default fleet's mixed demo workload.")] = False,
+    duration: Annotated[float, typer.Option(help="Seconds to run (bounded).", min=1, max=86400)] = 30.0,
+    max_requests: Annotated[int, typer.Option(help="Stop after this many requests.", min=1)] = 100_000,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.", min=0.1)] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed of the arrival times and prompts.")] = 0,
+    data_dir: DataDirOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+) -> None:
+    """Drive traffic at a running fleet (started by `slatune fleet up` or `slatune demo`).
+
+    Example: slatune load --rate chat-llm=3 --rate safety-guard=15 --backlog embeddings=2 --batch embeddings=8
+    """
+    try:
+        running = read_state(_fleet_dir(data_dir))
+    except ServerError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    fs = running.spec
+    rates, backlogs, batches = _pairs(rate, "--rate"), _pairs(backlog, "--backlog"), _pairs(batch, "--batch")
+    try:
+        if demo_traffic:
+            loads = [ld for ld in demo_mix() if ld.model in fs.model_names]
+        else:
+            loads = [
+                ModelLoad(m, rate=rates.get(m, 0.0), concurrency=int(backlogs.get(m, 0)), batch=int(batches.get(m, 1)))
+                for m in sorted(set(rates) | set(backlogs))
+            ]
+        if not loads:
+            raise ValueError("nothing to send: give --rate and/or --backlog, or --demo")
+        run = LoadRun(loads, targets_for(fs, lambda s: running.endpoints[s].grpc),
+                      duration_s=duration, max_requests=max_requests, request_timeout_s=timeout, seed=seed)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _print_report(_drive(run, fs, None), fs, json_out)
+
+
+@fleet_app.command("check")
+def fleet_check(spec: SpecOpt = None) -> None:
+    """Validate a fleet spec and print its memory plan; exit 2 naming every bad field."""
+    fs = _spec(spec)
+    from runtime.spec import device_memory_used
+
+    used = device_memory_used(fs, {m.name: m.knobs for m in fs.models})
+    console.print(f"[green]fleet spec {fs.name!r} is valid[/green]: {len(fs.models)} models, {len(fs.servers)} server(s)")
+    for d in fs.devices:
+        console.print(f"  device {d.name} ({d.kind}): {used[d.name]:g} of {d.memory_gb:g} GB at the starting knobs")
+
+
+@fleet_app.command("render")
+def fleet_render(
+    out: Annotated[Path, typer.Argument(help="Folder to write one model repository per server into.")],
+    spec: SpecOpt = None,
+) -> None:
+    """Write the model repositories (config.pbtxt per model) without starting anything."""
+    fs = _spec(spec)
+    for m in fs.models:
+        cfg = render(m, m.knobs, fs.device(m.device))
+        write_model(out / m.server, m, cfg)
+        console.print(f"[bold]{out / m.server / m.name / 'config.pbtxt'}[/bold]")
+        console.print(to_pbtxt(cfg), markup=False, highlight=False)
+
+
+@fleet_app.command("up")
+def fleet_up(spec: SpecOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Start the fleet and keep it running (supervised) until Ctrl-C or SIGTERM."""
+    fs = _spec(spec)
+    fleet = _start(fs, _fleet_dir(data_dir))
+    console.print("serving; drive traffic with `slatune load --demo`; Ctrl-C stops")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fleet.stop()
+        console.print("fleet stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,422 @@
+"""The load generator: open-loop Poisson traffic and closed-loop backlog against a fleet.
+
+Latency-critical traffic arrives open-loop (Poisson, at a rate, whatever the server's state), so
+queueing shows up as latency the way it does in production; bulk traffic is a closed-loop backlog
+of workers that always have the next batch ready. Streaming models are consumed token by token and
+their time to first token is measured at the client. Every run is bounded in time and in requests,
+and only loopback addresses are accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from runtime.spec import FleetSpec, Sla
+
+WORDS = np.array(
+    "the a model token query answer server latency request batch queue policy window rate fleet "
+    "device memory instance priority budget prompt stream embed rank guard safe chat cost core "
+    "delay config version trial score tune apply reload metric count sum bucket label value".split()
+)
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """Traffic for one model: open-loop `rate` requests/s and/or `concurrency` closed-loop workers."""
+
+    model: str
+    rate: float = 0.0
+    concurrency: int = 0
+    batch: int = 1
+    """Items per request (the client-side batch)."""
+    words: tuple[int, int] = (32, 160)
+    """Prompt / text length range in words, drawn uniformly per request."""
+    max_tokens: int = 16
+    """Tokens to generate per chat request."""
+
+    def __post_init__(self) -> None:
+        if self.rate < 0 or self.concurrency < 0:
+            raise ValueError(f"{self.model}: rate and concurrency must be >= 0")
+        if self.rate == 0 and self.concurrency == 0:
+            raise ValueError(f"{self.model}: give a rate (open loop) or a concurrency (backlog)")
+        if self.batch < 1 or not 1 <= self.words[0] <= self.words[1]:
+            raise ValueError(f"{self.model}: batch must be >= 1 and words a range of >= 1")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and what a model is: its gRPC endpoint, built-in kind, streaming flag and SLA."""
+
+    grpc: str
+    kind: str | None
+    streaming: bool
+    sla: Sla | None
+
+
+@dataclass(frozen=True)
+class Record:
+    model: str
+    started: float  # monotonic seconds
+    latency: float
+    ttft: float | None
+    items: int
+    error: str | None = None  # failure reason, None when it succeeded
+
+
+@dataclass
+class ModelStats:
+    model: str
+    sent: int = 0
+    ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    rate: float = 0.0
+    goodput: float = 0.0
+    """Successful items per second."""
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    sla_metric: str | None = None
+    sla_target_ms: float | None = None
+    sla_value_ms: float | None = None
+    sla_met: bool | None = None
+
+
+@dataclass
+class LoadReport:
+    duration_s: float
+    models: dict[str, ModelStats]
+    errors: dict[str, str] = field(default_factory=dict)
+    """One example message per failure reason."""
+
+    @property
+    def failed(self) -> int:
+        return sum(sum(s.failed.values()) for s in self.models.values())
+
+    @property
+    def sent(self) -> int:
+        return sum(s.sent for s in self.models.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "duration_s": self.duration_s,
+            "sent": self.sent,
+            "failed": self.failed,
+            "models": {k: asdict(v) for k, v in self.models.items()},
+            "errors": self.errors,
+        }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values), q))
+
+
+def summarize(
+    records: Iterable[Record], duration: float, slas: Mapping[str, Sla | None], models: Iterable[str] = ()
+) -> dict[str, ModelStats]:
+    """Per-model statistics of a set of request records over `duration` seconds."""
+    by_model: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_model[r.model].append(r)
+    out = {}
+    for name in sorted(set(by_model) | set(models)):
+        rs = by_model.get(name, [])
+        good = [r for r in rs if r.error is None]
+        lat = [r.latency * 1000 for r in good]
+        ttft = [r.ttft * 1000 for r in good if r.ttft is not None]
+        s = ModelStats(
+            model=name,
+            sent=len(rs),
+            ok=len(good),
+            failed=dict(Counter(r.error for r in rs if r.error is not None)),
+            rate=len(rs) / duration if duration > 0 else 0.0,
+            goodput=sum(r.items for r in good) / duration if duration > 0 else 0.0,
+            latency_p50_ms=percentile(lat, 50),
+            latency_p99_ms=percentile(lat, 99),
+            ttft_p50_ms=percentile(ttft, 50),
+            ttft_p99_ms=percentile(ttft, 99),
+        )
+        sla = slas.get(name)
+        if sla is not None:
+            s.sla_metric = sla.metric
+            s.sla_target_ms = sla.target_ms
+            s.sla_value_ms = s.ttft_p99_ms if sla.metric == "ttft_p99" else s.latency_p99_ms
+            s.sla_met = s.sla_value_ms is not None and s.sla_value_ms <= sla.target_ms and not s.failed
+        out[name] = s
+    return out
+
+
+def failure_reason(message: str) -> str:
+    """A short, stable reason for a failed request, from Triton's or gRPC's message."""
+    m = message.lower()
+    if "timeout expired" in m:
+        return "queue-timeout"
+    if "exceeds maximum queue size" in m or "maximum queue size" in m:
+        return "queue-full"
+    if "deadline" in m:
+        return "client-timeout"
+    if "unavailable" in m or "not ready" in m or "connect" in m or "unknown model" in m:
+        return "unavailable"
+    if "cancel" in m:
+        return "canceled"
+    return "error"
+
+
+def require_loopback(hostport: str) -> None:
+    """Refuse any target that is not on this machine's loopback."""
+    host = hostport.rsplit(":", 1)[0].strip("[]")
+    try:
+        addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        raise ValueError(f"cannot resolve {host!r}") from None
+    for addr in addrs:
+        if not ipaddress.ip_address(addr.split("%")[0]).is_loopback:
+            raise ValueError(f"load is only sent to loopback addresses; {hostport} resolves to {addr}")
+
+
+def targets_for(spec: FleetSpec, grpc_of_server: Callable[[str], str]) -> dict[str, Target]:
+    return {
+        m.name: Target(grpc_of_server(m.server), m.source.builtin, m.streaming, m.sla)
+        for m in spec.models
+    }
+
+
+def _text(rng: np.random.Generator, words: tuple[int, int]) -> bytes:
+    n = int(rng.integers(words[0], words[1] + 1))
+    return " ".join(rng.choice(WORDS, n)).encode()
+
+
+def _bytes_input(name: str, values: list[bytes]) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput(name, [len(values), 1], "BYTES")
+    inp.set_data_from_numpy(np.array(values, dtype=object).reshape(-1, 1))
+    return inp
+
+
+def build_inputs(kind: str | None, load: ModelLoad, rng: np.random.Generator) -> list[grpcclient.InferInput]:
+    """Inputs for one request to a built-in demo model of `kind`."""
+    n = load.batch
+    if kind == "chat":
+        tokens = grpcclient.InferInput("MAX_TOKENS", [1, 1], "INT32")
+        tokens.set_data_from_numpy(np.array([[load.max_tokens]], dtype=np.int32))
+        return [_bytes_input("PROMPT", [_text(rng, load.words)]), tokens]
+    if kind in ("embedder", "guard"):
+        return [_bytes_input("TEXT", [_text(rng, load.words) for _ in range(n)])]
+    if kind == "reranker":
+        return [
+            _bytes_input("QUERY", [_text(rng, (4, 12)) for _ in range(n)]),
+            _bytes_input("DOCUMENT", [_text(rng, load.words) for _ in range(n)]),
+        ]
+    raise ValueError(f"{load.model}: the load generator drives the built-in demo models; {kind!r} is not one")
+
+
+class LoadRun:
+    """One bounded run. `run()` blocks; `start()` runs it on a thread so the caller can watch
+    `snapshot()` or reconfigure the fleet meanwhile, then `join()` returns the report."""
+
+    def __init__(
+        self,
+        loads: Iterable[ModelLoad],
+        targets: Mapping[str, Target],
+        *,
+        duration_s: float,
+        max_requests: int = 100_000,
+        request_timeout_s: float = 30.0,
+        seed: int = 0,
+    ) -> None:
+        self.loads = list(loads)
+        for load in self.loads:
+            if load.model not in targets:
+                raise ValueError(f"no model {load.model!r} in the fleet (have: {', '.join(targets)})")
+            require_loopback(targets[load.model].grpc)
+        if not 0 < duration_s <= 24 * 3600:
+            raise ValueError("duration_s must be within (0, 86400]")
+        self.targets = dict(targets)
+        self.duration_s = duration_s
+        self.max_requests = max_requests
+        self.request_timeout_s = request_timeout_s
+        self.seed = seed
+        self.records: list[Record] = []
+        self._errors: dict[str, str] = {}
+        self._started_at: float | None = None
+        self._ended_at: float | None = None
+        self._budget = max_requests
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._report: LoadReport | None = None
+        self._exception: BaseException | None = None
+
+    # ------------------------------------------------------------------ control
+    def run(self) -> LoadReport:
+        asyncio.run(self._main())
+        return self.report()
+
+    def start(self) -> LoadRun:
+        def target() -> None:
+            try:
+                self.run()
+            except BaseException as exc:  # surfaced by join()
+                self._exception = exc
+
+        self._thread = threading.Thread(target=target, name="slatune-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End early: no new requests; those in flight finish or time out."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> LoadReport:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self.report()
+
+    @property
+    def elapsed(self) -> float:
+        if self._started_at is None:
+            return 0.0
+        return (self._ended_at or time.monotonic()) - self._started_at
+
+    def report(self) -> LoadReport:
+        duration = self.elapsed
+        slas = {name: t.sla for name, t in self.targets.items()}
+        models = [ld.model for ld in self.loads]
+        return LoadReport(duration, summarize(list(self.records), duration, slas, models), dict(self._errors))
+
+    def snapshot(self, window_s: float = 5.0) -> dict[str, ModelStats]:
+        """Statistics of the requests started in the last `window_s` seconds (for live tables)."""
+        now = time.monotonic()
+        recent = [r for r in list(self.records) if r.started >= now - window_s - self.request_timeout_s]
+        recent = [r for r in recent if r.started + r.latency >= now - window_s]
+        slas = {name: t.sla for name, t in self.targets.items()}
+        return summarize(recent, min(window_s, self.elapsed) or window_s, slas, [ld.model for ld in self.loads])
+
+    # ------------------------------------------------------------------ the run
+    async def _main(self) -> None:
+        clients: dict[str, aioclient.InferenceServerClient] = {}
+        for url in {self.targets[ld.model].grpc for ld in self.loads}:
+            clients[url] = aioclient.InferenceServerClient(url)
+        self._started_at = time.monotonic()
+        deadline = self._started_at + self.duration_s
+        tasks: list[asyncio.Task[None]] = []
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            for i, load in enumerate(self.loads):
+                client = clients[self.targets[load.model].grpc]
+                rng = np.random.default_rng(self.seed * 1000 + i)
+                if load.rate > 0:
+                    tasks.append(asyncio.create_task(self._open_loop(client, load, rng, deadline, in_flight)))
+                for w in range(load.concurrency):
+                    wrng = np.random.default_rng(self.seed * 1000 + i * 100 + w + 1)
+                    tasks.append(asyncio.create_task(self._closed_loop(client, load, wrng, deadline)))
+            await asyncio.gather(*tasks)
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=self.request_timeout_s + 5)
+        finally:
+            self._ended_at = time.monotonic()
+            for c in clients.values():
+                await c.close()
+
+    def _take(self, deadline: float) -> bool:
+        if self._stop.is_set() or time.monotonic() >= deadline or self._budget <= 0:
+            return False
+        self._budget -= 1
+        return True
+
+    async def _open_loop(
+        self,
+        client: aioclient.InferenceServerClient,
+        load: ModelLoad,
+        rng: np.random.Generator,
+        deadline: float,
+        in_flight: set[asyncio.Task[None]],
+    ) -> None:
+        next_at = time.monotonic()
+        while True:
+            next_at += float(rng.exponential(1.0 / load.rate))
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+            if not self._take(deadline):
+                return
+            task = asyncio.create_task(self._one(client, load, rng))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
+    async def _closed_loop(
+        self, client: aioclient.InferenceServerClient, load: ModelLoad, rng: np.random.Generator, deadline: float
+    ) -> None:
+        while self._take(deadline):
+            await self._one(client, load, rng)
+
+    async def _one(self, client: aioclient.InferenceServerClient, load: ModelLoad, rng: np.random.Generator) -> None:
+        target = self.targets[load.model]
+        inputs = build_inputs(target.kind, load, rng)
+        started = time.monotonic()
+        ttft: float | None = None
+        error: str | None = None
+        try:
+            if target.streaming:
+                ttft = await self._stream(client, load.model, inputs, started)
+            else:
+                await client.infer(load.model, inputs, client_timeout=self.request_timeout_s)
+        except InferenceServerException as exc:
+            error = failure_reason(str(exc.message() or exc))
+            self._errors.setdefault(error, str(exc.message() or exc)[:300])
+        except (TimeoutError, asyncio.TimeoutError):
+            error = "client-timeout"
+        items = 1 if target.streaming else load.batch
+        self.records.append(Record(load.model, started, time.monotonic() - started, ttft, items, error))
+
+    async def _stream(
+        self, client: aioclient.InferenceServerClient, model: str, inputs: list[grpcclient.InferInput], started: float
+    ) -> float:
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": model, "inputs": inputs, "parameters": {"slatune_sent_ns": time.time_ns()}}
+
+        ttft: float | None = None
+        stream = client.stream_infer(one_request(), stream_timeout=self.request_timeout_s)
+        async for result, error in stream:
+            if error is not None:
+                raise error
+            if ttft is None:
+                ttft = time.monotonic() - started
+            params = result.get_response().parameters
+            if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                break
+        if ttft is None:
+            raise InferenceServerException("stream ended without a response")
+        return ttft
+
+
+def format_ms(v: float | None) -> str:
+    return "-" if v is None or math.isnan(v) else f"{v:.1f}"
+
+
+def demo_mix(scale: float = 1.0) -> list[ModelLoad]:
+    """The mixed workload of the embedded default fleet: open-loop chat and guard traffic at rates
+    that matter, and a bulk backlog of embeddings and reranking. `scale` multiplies the rates."""
+    return [
+        ModelLoad("chat-llm", rate=3.0 * scale, words=(32, 160), max_tokens=16),
+        ModelLoad("safety-guard", rate=15.0 * scale, words=(16, 64)),
+        ModelLoad("embeddings", concurrency=2, batch=8, words=(16, 96)),
+        ModelLoad("reranker", concurrency=1, batch=4, words=(16, 96)),
+    ]

@@ -1,0 +1,188 @@
+"""The runtime against a real tritonserver running the default fleet: every model answers, chat
+streams tokens, the metrics page carries every model and the custom TTFT histogram, and every
+knob is reconfigured live and read back from Triton."""
+
+from __future__ import annotations
+
+import queue
+import time
+import urllib.request
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from runtime.fleet import Fleet, ReconfigurationError
+from runtime.load import LoadRun, ModelLoad, targets_for
+from runtime.spec import Knobs
+
+pytestmark = pytest.mark.integration
+
+
+def text_input(name: str, texts: list[str]) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput(name, [len(texts), 1], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object).reshape(-1, 1))
+    return inp
+
+
+@pytest.fixture
+def client(default_fleet: Fleet) -> Any:
+    c = grpcclient.InferenceServerClient(default_fleet.endpoints("triton0").grpc)
+    yield c
+    c.close()
+
+
+def test_embeddings_are_deterministic_and_normalised(client: Any) -> None:
+    texts = ["the quick brown fox", "an entirely different sentence about queues", "the quick brown fox"]
+    out = client.infer("embeddings", [text_input("TEXT", texts)]).as_numpy("EMBEDDING")
+    assert out.shape == (3, 256)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
+    assert np.allclose(out[0], out[2]) and not np.allclose(out[0], out[1])
+
+
+def test_reranker_scores_each_pair(client: Any) -> None:
+    res = client.infer("reranker", [text_input("QUERY", ["q1", "q2"]), text_input("DOCUMENT", ["doc a", "doc b b"])])
+    scores = res.as_numpy("SCORE")
+    assert scores.shape == (2, 1) and np.isfinite(scores).all() and scores[0, 0] != scores[1, 0]
+
+
+def test_guard_gives_a_probability(client: Any) -> None:
+    prob = client.infer("safety-guard", [text_input("TEXT", ["is this safe"])]).as_numpy("UNSAFE_PROB")
+    assert prob.shape == (1, 1) and 0.0 <= prob[0, 0] <= 1.0
+
+
+def stream_chat(client: Any, prompt: str, max_tokens: int, sent_ns: int | None = None) -> list[tuple[int, bool]]:
+    """Stream one chat request; return (token, final) per response."""
+    responses: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        tokens = grpcclient.InferInput("MAX_TOKENS", [1, 1], "INT32")
+        tokens.set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
+        params = {} if sent_ns is None else {"slatune_sent_ns": sent_ns}
+        client.async_stream_infer("chat-llm", [text_input("PROMPT", [prompt]), tokens], parameters=params)
+        out = []
+        while True:
+            result, error = responses.get(timeout=30)
+            if error is not None:
+                raise RuntimeError(error.message())
+            final = result.get_response().parameters["triton_final_response"].bool_param
+            out.append((int(result.as_numpy("TOKEN")[0]), final))
+            if final:
+                return out
+    finally:
+        client.stop_stream()
+
+
+def test_chat_streams_one_response_per_token(client: Any) -> None:
+    got = stream_chat(client, "tell me about dynamic batching " * 8, max_tokens=12, sent_ns=time.time_ns())
+    assert len(got) == 12
+    assert [final for _, final in got] == [False] * 11 + [True]
+    # greedy decoding from fixed weights: the same prompt streams the same tokens
+    again = stream_chat(client, "tell me about dynamic batching " * 8, max_tokens=12)
+    assert [t for t, _ in again] == [t for t, _ in got]
+
+
+def test_chat_rejects_a_bad_token_budget(client: Any) -> None:
+    with pytest.raises(RuntimeError, match="MAX_TOKENS must be within"):
+        stream_chat(client, "hello", max_tokens=1000)
+
+
+def metrics(fleet: Fleet) -> str:
+    with urllib.request.urlopen(fleet.endpoints("triton0").metrics_url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def test_metrics_page_has_every_model_and_the_ttft_histogram(default_fleet: Fleet, client: Any) -> None:
+    stream_chat(client, "a prompt for the metric", max_tokens=2, sent_ns=time.time_ns())
+    page = metrics(default_fleet)
+    for model in default_fleet.spec.model_names:
+        assert f'nv_inference_request_success{{model="{model}",version="1"}}' in page
+        assert f'nv_inference_queue_duration_us{{model="{model}",version="1"}}' in page
+    assert 'nv_inference_request_summary_us{model="embeddings",version="1",quantile="0.99"}' in page
+    assert "# TYPE slatune_ttft_ms histogram" in page
+    count = next(
+        line for line in page.splitlines()
+        if line.startswith('slatune_ttft_ms_count{model="chat-llm",origin="client"}')
+    )
+    assert float(count.split()[-1]) >= 1
+    assert "nv_cpu_utilization" in page
+
+
+# Each knob moved live, then read back from the running Triton, then restored.
+KNOB_CHANGES = [
+    ("embeddings", {"max_queue_delay_us": 3000}, "reload"),
+    ("embeddings", {"instances": 3}, "in-place"),
+    ("reranker", {"priority": 3}, "in-place"),
+    ("reranker", {"resources": {"compute": 2}}, "in-place"),
+    ("safety-guard", {"resources": {}}, "in-place"),
+    ("chat-llm", {"max_queue_size": 16, "queue_timeout_us": 1_500_000}, "reload"),
+]
+
+
+@pytest.mark.parametrize(("model", "change", "path"), KNOB_CHANGES)
+def test_each_knob_is_reconfigured_live_and_read_back(
+    default_fleet: Fleet, model: str, change: dict[str, Any], path: str
+) -> None:
+    before = default_fleet.knobs(model)
+    result = default_fleet.apply(model, **change)
+    try:
+        assert result.path == path
+        expected = before.model_copy(update=change)
+        assert result.after == expected
+        observed = default_fleet.observed_config(model)
+        from runtime.render import knobs_of
+
+        assert knobs_of(observed) == expected
+        assert default_fleet.knobs(model) == expected
+        # the model still serves after the change
+        client = grpcclient.InferenceServerClient(default_fleet.endpoints("triton0").grpc)
+        assert client.is_model_ready(model)
+        client.close()
+        # applying the same knobs again does nothing
+        assert default_fleet.apply(model, **change).path == "unchanged"
+    finally:
+        default_fleet.apply(model, before)
+    assert knobs_of(default_fleet.observed_config(model)) == before
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "message"),
+    [
+        ("embeddings", {"max_queue_delay_us": -1}, "max_queue_delay_us: Input should be greater than or equal to 0"),
+        ("embeddings", {"instances": 16}, "instances=16 does not fit"),
+        ("reranker", {"resources": {"compute": 5}}, "resources.compute=5 exceeds server 'triton0'"),
+        ("reranker", {"speed": 11}, "unknown knob(s) speed"),
+    ],
+)
+def test_bad_reconfiguration_is_refused_and_nothing_changes(
+    default_fleet: Fleet, model: str, change: dict[str, Any], message: str
+) -> None:
+    from runtime.render import knobs_of
+
+    before = knobs_of(default_fleet.observed_config(model))
+    with pytest.raises(ReconfigurationError) as err:
+        default_fleet.apply(model, **change)
+    assert message in str(err.value)
+    assert knobs_of(default_fleet.observed_config(model)) == before == default_fleet.knobs(model)
+
+
+def test_load_generator_reports_what_it_sent(default_fleet: Fleet) -> None:
+    targets = targets_for(default_fleet.spec, lambda s: default_fleet.endpoints(s).grpc)
+    loads = [
+        ModelLoad("chat-llm", rate=4.0, words=(8, 32), max_tokens=4),
+        ModelLoad("safety-guard", rate=20.0, words=(4, 16)),
+        ModelLoad("embeddings", concurrency=1, batch=4, words=(8, 16)),
+    ]
+    report = LoadRun(loads, targets, duration_s=4.0, max_requests=60, seed=3).run()
+    assert report.sent == 60  # the request bound stops it before the time bound
+    assert report.failed == 0, report.errors
+    chat = report.models["chat-llm"]
+    assert chat.ttft_p99_ms is not None and chat.ttft_p99_ms <= chat.latency_p99_ms  # type: ignore[operator]
+    assert report.models["embeddings"].goodput == pytest.approx(4 * report.models["embeddings"].ok / report.duration_s)
+
+
+def test_knobs_type_is_what_apply_takes(default_fleet: Fleet) -> None:
+    knobs = default_fleet.knobs("safety-guard")
+    assert isinstance(knobs, Knobs)
+    assert default_fleet.apply("safety-guard", knobs).path == "unchanged"

@@ -1,0 +1,119 @@
+"""Rendering configs with model_config_pb2: knobs laid over a base config survive the round trip
+through config.pbtxt text and through the JSON that Triton's load API takes and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from runtime import render
+from runtime.spec import DeviceSpec, Knobs, ModelSpec, Source, resolve_spec
+
+CPU = DeviceSpec(name="dev0", kind="cpu", memory_gb=80)
+GPU = DeviceSpec(name="gpu1", kind="gpu", memory_gb=80, index=1)
+
+KNOBS = [
+    Knobs(),
+    Knobs(max_queue_delay_us=2500, instances=3, priority=4, resources={"compute": 2},
+          max_queue_size=32, queue_timeout_us=250_000),
+    Knobs(instances=2, resources={"compute": 1, "mem": 3}),
+]
+
+
+@pytest.mark.parametrize("knobs", KNOBS)
+@pytest.mark.parametrize("model", resolve_spec(None).models, ids=lambda m: m.name)
+def test_knobs_survive_pbtxt_and_json(model: ModelSpec, knobs: Knobs) -> None:
+    cfg = render.render(model, knobs, CPU)
+    assert cfg.name == model.name
+    parsed = render.parse_pbtxt(render.to_pbtxt(cfg))
+    assert parsed == cfg
+    assert render.knobs_of(parsed) == knobs
+    assert render.knobs_of(render.from_json(render.to_json(cfg))) == knobs
+
+
+def test_rendered_queue_policy_and_instance_group() -> None:
+    model = resolve_spec(None).model("embeddings")
+    cfg = render.render(model, KNOBS[1], CPU)
+    batching = cfg.dynamic_batching
+    assert batching.max_queue_delay_microseconds == 2500
+    assert batching.default_queue_policy.max_queue_size == 32
+    assert batching.default_queue_policy.default_timeout_microseconds == 250_000
+    assert batching.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    (group,) = cfg.instance_group
+    assert (group.count, group.kind) == (3, mc.ModelInstanceGroup.KIND_CPU)
+    assert group.rate_limiter.priority == 4
+    assert [(r.name, r.count) for r in group.rate_limiter.resources] == [("compute", 2)]
+    # the built-in's own parts are kept
+    assert [i.name for i in cfg.input] == ["TEXT"] and cfg.max_batch_size == 64
+
+
+def test_gpu_device_gets_a_gpu_instance_group() -> None:
+    model = resolve_spec(None).model("embeddings")
+    (group,) = render.render(model, Knobs(instances=2), GPU).instance_group
+    assert group.kind == mc.ModelInstanceGroup.KIND_GPU and list(group.gpus) == [1]
+
+
+def test_tensorrtllm_config_parses_back() -> None:
+    model = resolve_spec("gpu-trtllm").model("chat-llm")
+    text = render.to_pbtxt(render.render(model, model.knobs, GPU))
+    cfg = render.parse_pbtxt(text)
+    assert cfg.backend == "tensorrtllm"
+    assert cfg.model_transaction_policy.decoupled
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["gpt_model_path"] == "/models/engines/chat-llm"
+    assert params["gpt_model_type"] == "inflight_fused_batching"
+    assert params["batch_scheduler_policy"] == "guaranteed_no_evict"
+    assert params["kv_cache_free_gpu_mem_fraction"] == "0.5"  # the spec's override of 0.85
+    assert params["gpu_device_ids"] == "1"
+    (group,) = cfg.instance_group
+    assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 1
+    assert {i.name for i in cfg.input} >= {"input_ids", "input_lengths", "request_output_len"}
+
+
+@pytest.mark.parametrize(
+    ("change", "in_place"),
+    [
+        ({"instances": 3}, True),
+        ({"priority": 2}, True),
+        ({"resources": {}}, True),
+        ({"max_queue_delay_us": 100}, False),
+        ({"queue_timeout_us": 100}, False),
+        ({"instances": 3, "max_queue_size": 4}, False),
+        ({}, False),  # nothing changed: nothing to apply at all
+    ],
+)
+def test_instance_groups_only(change: dict[str, object], in_place: bool) -> None:
+    model = resolve_spec(None).model("reranker")
+    old = render.render(model, model.knobs, CPU)
+    new = render.render(model, model.knobs.model_copy(update=change), CPU)
+    assert render.instance_groups_only(old, new) is in_place
+
+
+def test_user_repository_source(tmp_path: Path) -> None:
+    repo = tmp_path / "user-repo"
+    (repo / "mymodel" / "1").mkdir(parents=True)
+    (repo / "mymodel" / "1" / "model.py").write_text("# user's model\n")
+    (repo / "mymodel" / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 4\ninput { name: "X" data_type: TYPE_FP32 dims: [ 2 ] }\n'
+    )
+    model = ModelSpec(name="mymodel", role="bulk", server="s", device="dev0",
+                      source=Source(repository=repo), memory_gb_per_instance=1)
+    cfg = render.render(model, Knobs(instances=2), CPU)
+    assert cfg.max_batch_size == 4 and cfg.instance_group[0].count == 2
+    out = render.write_model(tmp_path / "rendered", model, cfg)
+    assert (out / "1").is_symlink() and (out / "1" / "model.py").read_text() == "# user's model\n"
+    assert render.parse_pbtxt((out / "config.pbtxt").read_text()) == cfg
+
+
+def test_user_repository_without_the_model_says_where_it_looked(tmp_path: Path) -> None:
+    model = ModelSpec(name="absent", role="bulk", server="s", device="dev0",
+                      source=Source(repository=tmp_path), memory_gb_per_instance=1)
+    with pytest.raises(FileNotFoundError, match="absent/config.pbtxt"):
+        render.render(model, Knobs(), CPU)
+
+
+def test_bad_pbtxt_names_the_file() -> None:
+    with pytest.raises(ValueError, match=r"my/config.pbtxt: .*"):
+        render.parse_pbtxt("max_batch_size: lots", "my/config.pbtxt")
