@@ -27,10 +27,12 @@ from tritonclient.utils import InferenceServerException
 from runtime import render
 from runtime.render import ModelConfig
 from runtime.server import (
+    START_NICE,
     Endpoints,
     Ports,
     ServerError,
     TritonProcess,
+    can_restore_priority,
     find_tritonserver,
     free_ports,
     python_backend_dir,
@@ -68,13 +70,27 @@ class _Server:
 class Fleet:
     """Start with `with Fleet(spec, work_dir) as fleet:` or `start()` / `stop()`."""
 
-    def __init__(self, spec: FleetSpec, work_dir: Path, *, supervise: bool = True) -> None:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        work_dir: Path,
+        *,
+        supervise: bool = True,
+        warmup: bool = True,
+        low_priority_start: bool = True,
+    ) -> None:
+        """`warmup` and `low_priority_start` are what keep live reconfiguration lossless; only the
+        benchmark that shows what happens without them switches them off."""
         self.spec = spec
         self.work_dir = Path(work_dir)
         self.supervise = supervise
+        self.warmup = warmup
+        self.low_priority_start = low_priority_start
         self._servers: dict[str, _Server] = {}
         self._applied: dict[str, ModelConfig] = {}
-        self._locks = {m.name: threading.Lock() for m in spec.models}
+        # One reconfiguration per server at a time: concurrent reloads would stack their start-up
+        # CPU bursts on the instances that are serving. The supervisor's restarts take it too.
+        self._locks = {s.name: threading.Lock() for s in spec.servers}
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -88,7 +104,12 @@ class Fleet:
             managed = [s for s in self.spec.servers if not s.attached]
             if managed:
                 binary = find_tritonserver(self.spec.tritonserver)
-                backends = python_backend_dir(self.work_dir)
+                nice = START_NICE if self.low_priority_start and can_restore_priority() else 0
+                if self.low_priority_start and not nice:
+                    log.warning(
+                        "cannot raise CPU priority back (not root, no CAP_SYS_NICE): instances start at normal priority"
+                    )
+                backends = python_backend_dir(self.work_dir, start_nice=nice)
                 env = server_environment()
             for s in self.spec.servers:
                 began = time.monotonic()
@@ -106,13 +127,15 @@ class Fleet:
             self._watcher.start()
         return timings
 
-    def _start_managed(self, s: ServerSpec, binary: Path, backends: Path, env: dict[str, str], timeout: float) -> None:
+    def _start_managed(
+        self, s: ServerSpec, binary: Path, backends: Path, env: dict[str, str], timeout: float
+    ) -> None:
         repo = self.work_dir / "repositories" / s.name
         if repo.exists():
             shutil.rmtree(repo)
         repo.mkdir(parents=True)
         for m in self.spec.models_on(s.name):
-            config = render.render(m, m.knobs, self.spec.device(m.device))
+            config = render.render(m, m.knobs, self.spec.device(m.device), warmup=self.warmup)
             render.write_model(repo, m, config)
             self._applied[m.name] = config
         picked = iter(free_ports(3))
@@ -122,8 +145,14 @@ class Fleet:
             metrics=s.metrics_port or next(picked),
         )
         process = TritonProcess(
-            s.name, binary, repo, backends, self.work_dir / "logs" / f"{s.name}.log",
-            ports, s.rate_limit_resources, env,
+            s.name,
+            binary,
+            repo,
+            backends,
+            self.work_dir / "logs" / f"{s.name}.log",
+            ports,
+            s.rate_limit_resources,
+            env,
         )
         self._servers[s.name] = _Server(s, process.endpoints, process)
         process.start(timeout)
@@ -137,7 +166,9 @@ class Fleet:
                 if not client.is_server_ready():
                     raise ServerError(f"server {s.name!r} at {s.grpc_url} is not ready")
             except InferenceServerException as exc:
-                raise ServerError(f"server {s.name!r} at {s.grpc_url} cannot be reached: {exc.message()}") from None
+                raise ServerError(
+                    f"server {s.name!r} at {s.grpc_url} cannot be reached: {exc.message()}"
+                ) from None
             for m in self.spec.models_on(s.name):
                 if not client.is_model_ready(m.name):
                     raise ServerError(
@@ -191,7 +222,7 @@ class Fleet:
                 log.warning("server %s exited (status %s); restarting in %.0f s", name, status, wait)
                 if self._stopping.wait(wait):
                     return
-                with self._all_models_locked(name):
+                with self._locks[name]:
                     proc.stop()
                     try:
                         proc.start()
@@ -202,16 +233,10 @@ class Fleet:
                         backoff[name] = min(wait * 2, 30.0)
                         log.error("restart of server %s failed: %s", name, exc)
 
-    @contextmanager
-    def _all_models_locked(self, server: str) -> Iterator[None]:
-        locks = [self._locks[m.name] for m in self.spec.models_on(server)]
-        for lock in locks:
-            lock.acquire()
-        try:
-            yield
-        finally:
-            for lock in reversed(locks):
-                lock.release()
+    def _restore_priority(self, server: str) -> None:
+        process = self._servers[server].process
+        if process is not None:
+            process.restore_priority()
 
     # ----------------------------------------------------------------- reading
     def endpoints(self, server: str) -> Endpoints:
@@ -287,15 +312,19 @@ class Fleet:
     def apply(self, model: str, knobs: Knobs | None = None, **changes: Any) -> ApplyResult:
         """Run `model` with `knobs` (or its current knobs with `changes`), live.
 
-        An instance-count change alone goes through Triton's in-place path (instances added or
-        removed, the others keep serving); any other change reloads the model, which Triton does
-        by loading the new version beside the serving one and switching when it is ready. Either
-        way the result is read back from Triton before it counts as applied. Applying what is
-        already applied does nothing."""
+        A change of the instance group alone (count, priority, resources) goes through Triton's
+        in-place path: instances are added or replaced while the others keep serving. Any other
+        change reloads the model: Triton loads the new version beside the serving one and switches
+        when it is ready. Either way no request should be lost, and three things see to it:
+        new instances run the config's warmup samples before they take traffic (a cold first
+        batch holds the queue past short queue timeouts); they start at low CPU priority and are
+        raised to normal once ready (their start-up would otherwise take the CPU from serving
+        instances); and one reconfiguration per server runs at a time. The result is read back
+        from Triton before it counts as applied. Applying what is applied does nothing."""
         if knobs is not None:
             changes = {**knobs.model_dump(), **changes}
         spec = self.spec.model(model)
-        with self._locks[model]:
+        with self._locks[spec.server]:
             began = time.monotonic()
             target = self.validate(model, changes)
             before_cfg = self._applied[model]
@@ -309,6 +338,7 @@ class Fleet:
             with self._client(spec.server) as client:
                 try:
                     client.load_model(model, config=render.to_json(new_cfg))
+                    self._restore_priority(spec.server)
                     observed = self._observed(client, model)
                 except InferenceServerException as exc:
                     raise ReconfigurationError(
@@ -345,11 +375,15 @@ def read_state(work_dir: Path) -> RunningFleet:
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ServerError(f"no running fleet in {work_dir} (no {STATE_FILE}); start one with `slatune fleet up`") from None
+        raise ServerError(
+            f"no running fleet in {work_dir} (no {STATE_FILE}); start one with `slatune fleet up`"
+        ) from None
     try:
         os.kill(int(state["pid"]), 0)
     except ProcessLookupError:
-        raise ServerError(f"the fleet in {work_dir} is not running (process {state['pid']} is gone)") from None
+        raise ServerError(
+            f"the fleet in {work_dir} is not running (process {state['pid']} is gone)"
+        ) from None
     return RunningFleet(
         FleetSpec.model_validate(state["spec"]),
         {name: Endpoints(**e) for name, e in state["servers"].items()},

@@ -26,12 +26,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from runtime.spec import FleetSpec, Sla
-
-WORDS = np.array(
-    "the a model token query answer server latency request batch queue policy window rate fleet "
-    "device memory instance priority budget prompt stream embed rank guard safe chat cost core "
-    "delay config version trial score tune apply reload metric count sum bucket label value".split()
-)
+from runtime.words import WORDS
 
 
 @dataclass(frozen=True)
@@ -183,7 +178,7 @@ def require_loopback(hostport: str) -> None:
     """Refuse any target that is not on this machine's loopback."""
     host = hostport.rsplit(":", 1)[0].strip("[]")
     try:
-        addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
+        addrs = {str(ai[4][0]) for ai in socket.getaddrinfo(host, None)}
     except socket.gaierror:
         raise ValueError(f"cannot resolve {host!r}") from None
     for addr in addrs:
@@ -193,8 +188,7 @@ def require_loopback(hostport: str) -> None:
 
 def targets_for(spec: FleetSpec, grpc_of_server: Callable[[str], str]) -> dict[str, Target]:
     return {
-        m.name: Target(grpc_of_server(m.server), m.source.builtin, m.streaming, m.sla)
-        for m in spec.models
+        m.name: Target(grpc_of_server(m.server), m.source.builtin, m.streaming, m.sla) for m in spec.models
     }
 
 
@@ -307,7 +301,9 @@ class LoadRun:
         recent = [r for r in list(self.records) if r.started >= now - window_s - self.request_timeout_s]
         recent = [r for r in recent if r.started + r.latency >= now - window_s]
         slas = {name: t.sla for name, t in self.targets.items()}
-        return summarize(recent, min(window_s, self.elapsed) or window_s, slas, [ld.model for ld in self.loads])
+        return summarize(
+            recent, min(window_s, self.elapsed) or window_s, slas, [ld.model for ld in self.loads]
+        )
 
     # ------------------------------------------------------------------ the run
     async def _main(self) -> None:
@@ -362,12 +358,18 @@ class LoadRun:
             task.add_done_callback(in_flight.discard)
 
     async def _closed_loop(
-        self, client: aioclient.InferenceServerClient, load: ModelLoad, rng: np.random.Generator, deadline: float
+        self,
+        client: aioclient.InferenceServerClient,
+        load: ModelLoad,
+        rng: np.random.Generator,
+        deadline: float,
     ) -> None:
         while self._take(deadline):
             await self._one(client, load, rng)
 
-    async def _one(self, client: aioclient.InferenceServerClient, load: ModelLoad, rng: np.random.Generator) -> None:
+    async def _one(
+        self, client: aioclient.InferenceServerClient, load: ModelLoad, rng: np.random.Generator
+    ) -> None:
         target = self.targets[load.model]
         inputs = build_inputs(target.kind, load, rng)
         started = time.monotonic()
@@ -381,13 +383,17 @@ class LoadRun:
         except InferenceServerException as exc:
             error = failure_reason(str(exc.message() or exc))
             self._errors.setdefault(error, str(exc.message() or exc)[:300])
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             error = "client-timeout"
         items = 1 if target.streaming else load.batch
         self.records.append(Record(load.model, started, time.monotonic() - started, ttft, items, error))
 
     async def _stream(
-        self, client: aioclient.InferenceServerClient, model: str, inputs: list[grpcclient.InferInput], started: float
+        self,
+        client: aioclient.InferenceServerClient,
+        model: str,
+        inputs: list[grpcclient.InferInput],
+        started: float,
     ) -> float:
         async def one_request() -> AsyncIterator[dict[str, Any]]:
             yield {"model_name": model, "inputs": inputs, "parameters": {"slatune_sent_ns": time.time_ns()}}

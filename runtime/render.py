@@ -9,14 +9,18 @@ what Triton parses, and what Triton reports can be read back into knobs.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import serialize_byte_tensor
 
 from runtime.spec import DeviceSpec, Knobs, ModelSpec
+from runtime.words import WORDS
 
 ModelConfig = mc.ModelConfig
 
@@ -33,12 +37,12 @@ def parse_pbtxt(text: str, source: str = "config.pbtxt") -> mc.ModelConfig:
 
 
 def to_pbtxt(config: mc.ModelConfig) -> str:
-    return text_format.MessageToString(config)
+    return str(text_format.MessageToString(config))
 
 
 def to_json(config: mc.ModelConfig) -> str:
     """The JSON form that the model-repository API's load(config=...) takes."""
-    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+    return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
 
 
 def from_json(data: str | dict[str, object]) -> mc.ModelConfig:
@@ -104,11 +108,17 @@ def tensorrtllm_config(engine_dir: Path, max_batch_size: int = 64) -> mc.ModelCo
     return cfg
 
 
-def render(model: ModelSpec, knobs: Knobs, device: DeviceSpec) -> mc.ModelConfig:
-    """The full config Triton should run for `model` with `knobs`."""
+def render(model: ModelSpec, knobs: Knobs, device: DeviceSpec, *, warmup: bool = True) -> mc.ModelConfig:
+    """The full config Triton should run for `model` with `knobs`.
+
+    `warmup=False` drops the base config's `model_warmup` samples. Only benchmarks do that, to
+    show what warmup prevents: without it the first batch a reloaded model serves runs cold (50x
+    slower for the guard), requests queue behind it, and those with a short queue timeout fail."""
     cfg = mc.ModelConfig()
     cfg.CopyFrom(base_config(model))
     cfg.name = model.name
+    if not warmup:
+        del cfg.model_warmup[:]
     for key, value in model.parameters.items():
         cfg.parameters[key].string_value = value
     set_knobs(cfg, knobs, device, model.backend)
@@ -180,6 +190,11 @@ def write_model(repo: Path, model: ModelSpec, config: mc.ModelConfig) -> Path:
         version = target / "1"
         version.mkdir(exist_ok=True)
         shutil.copyfile(builtin_dir(src.builtin) / "model.py", version / "model.py")
+        data = warmup_data(config)
+        if data:
+            (target / "warmup").mkdir(exist_ok=True)
+            for name, blob in data.items():
+                (target / "warmup" / name).write_bytes(blob)
     elif src.repository is not None:
         for entry in (src.repository / model.name).iterdir():
             link = target / entry.name
@@ -188,6 +203,23 @@ def write_model(repo: Path, model: ModelSpec, config: mc.ModelConfig) -> Path:
     else:
         (target / "1").mkdir(exist_ok=True)
     return target
+
+
+def warmup_data(config: mc.ModelConfig) -> dict[str, bytes]:
+    """Data files for the config's warmup samples: for each text input read from a file, one batch
+    item of prompt-like text (Triton repeats it batch_size times), serialised as Triton reads BYTES
+    tensors (4-byte length, then the bytes)."""
+    rng = np.random.default_rng(0)
+    out: dict[str, bytes] = {}
+    for sample in config.model_warmup:
+        for inp in sample.inputs.values():
+            if inp.input_data_file and inp.data_type == mc.TYPE_STRING:
+                count = math.prod(inp.dims)
+                texts = np.array(
+                    [" ".join(rng.choice(WORDS, 48)).encode() for _ in range(count)], dtype=object
+                )
+                out[inp.input_data_file] = serialize_byte_tensor(texts).item()
+    return out
 
 
 def write_config(repo: Path, config: mc.ModelConfig) -> None:

@@ -8,8 +8,11 @@ find this environment's packages, so the backend folder and the environment are 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -47,7 +50,9 @@ class Endpoints:
     @classmethod
     def loopback(cls, ports: Ports) -> Endpoints:
         return cls(
-            f"{LOOPBACK}:{ports.http}", f"{LOOPBACK}:{ports.grpc}", f"http://{LOOPBACK}:{ports.metrics}/metrics"
+            f"{LOOPBACK}:{ports.http}",
+            f"{LOOPBACK}:{ports.grpc}",
+            f"http://{LOOPBACK}:{ports.metrics}/metrics",
         )
 
 
@@ -67,7 +72,9 @@ def find_tritonserver(configured: Path | None = None) -> Path:
     """The configured binary, else the one bundled with nvidia-pytriton."""
     if configured is not None:
         if not (configured.is_file() and os.access(configured, os.X_OK)):
-            raise ServerError(f"tritonserver {configured} is not an executable file: fix `tritonserver` in the spec")
+            raise ServerError(
+                f"tritonserver {configured} is not an executable file: fix `tritonserver` in the spec"
+            )
         return configured
     try:
         binary = _pytriton_root() / "bin" / "tritonserver"
@@ -80,14 +87,29 @@ def find_tritonserver(configured: Path | None = None) -> Path:
     return binary
 
 
-def python_backend_dir(work_dir: Path) -> Path:
+# The python backend launches each model instance's stub from the backend directory. Through this
+# wrapper a new instance starts at low CPU priority, so that its start-up, initialize and warmup
+# never take the CPU from the instances serving traffic; once Triton reports the model ready,
+# `restore_priority` raises the new instances to normal priority. The wrapper execs the real stub
+# by its own path, which the stub needs to find its libraries.
+STUB_WRAPPER = """#!/bin/sh
+# Written by slatune: start model instances at low CPU priority (see runtime/server.py).
+exec nice -n {nice} {stub} "$@"
+"""
+START_NICE = 10
+
+
+def python_backend_dir(work_dir: Path, start_nice: int = 0) -> Path:
     """A backend directory whose python/ folder links the bundled backend and the stub built for
-    this interpreter's version (links, not copies: the stub finds its libraries relative to itself)."""
+    this interpreter's version (links, not copies: the stub finds its libraries relative to itself).
+    With `start_nice` > 0 the stub is launched through a wrapper at that niceness."""
     root = _pytriton_root()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
-        raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {version}; use Python 3.11")
+        raise ServerError(
+            f"nvidia-pytriton ships no python backend stub for Python {version}; use Python 3.11"
+        )
     backends = work_dir / "backends"
     target = backends / "python"
     target.mkdir(parents=True, exist_ok=True)
@@ -99,8 +121,45 @@ def python_backend_dir(work_dir: Path) -> Path:
         link = target / src.name
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(src)
+        if src == stub and start_nice > 0:
+            link.write_text(STUB_WRAPPER.format(nice=start_nice, stub=shlex.quote(str(src))))
+            link.chmod(0o755)
+        else:
+            link.symlink_to(src)
     return backends
+
+
+def can_restore_priority() -> bool:
+    """Whether this process may raise a child's CPU priority back to normal (root or CAP_SYS_NICE).
+    Without that, instances must not start niced: they would stay slow."""
+    child = subprocess.Popen(["sleep", "5"], preexec_fn=lambda: os.nice(1))
+    try:
+        os.setpriority(os.PRIO_PROCESS, child.pid, 0)
+        return True
+    except PermissionError:
+        return False
+    finally:
+        child.kill()
+        child.wait()
+
+
+def restore_priority(server_pid: int) -> int:
+    """Raise the server's niced children (model stubs that finished starting) to normal CPU
+    priority; returns how many were raised."""
+    raised = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid, nice = int(fields[1]), int(fields[16])  # stat fields 4 and 19
+        if ppid == server_pid and nice > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.setpriority(os.PRIO_PROCESS, int(proc.name), 0)
+                raised += 1
+    return raised
 
 
 def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -202,7 +261,11 @@ class TritonProcess:
 
     def start(self, timeout: float = 120.0) -> float:
         """Start and wait until the server and every model are ready; return the seconds it took."""
-        for field, port in (("http_port", self.ports.http), ("grpc_port", self.ports.grpc), ("metrics_port", self.ports.metrics)):
+        for field, port in (
+            ("http_port", self.ports.http),
+            ("grpc_port", self.ports.grpc),
+            ("metrics_port", self.ports.metrics),
+        ):
             if port_in_use(port):
                 raise ServerError(
                     f"server {self.name!r}: {field} {port} is already in use on {LOOPBACK}; "
@@ -227,6 +290,7 @@ class TritonProcess:
             if self.proc.poll() is not None:
                 raise ServerError(self._failure(f"exited with status {self.proc.returncode} while starting"))
             if self.ready():
+                self.restore_priority()
                 return time.monotonic() - began
             time.sleep(0.1)
         self.stop()
@@ -240,6 +304,10 @@ class TritonProcess:
         except (urllib.error.URLError, OSError):
             return False
 
+    def restore_priority(self) -> int:
+        """Normal CPU priority for model instances that finished starting (see STUB_WRAPPER)."""
+        return restore_priority(self.proc.pid) if self.proc is not None else 0
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -249,18 +317,12 @@ class TritonProcess:
         if proc is None:
             return
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # stubs left behind by a server that exited
-        except ProcessLookupError:
-            pass
         proc.wait()
 
     def log_tail(self, lines: int = 40) -> list[str]:
@@ -270,9 +332,28 @@ class TritonProcess:
             return []
 
     def _failure(self, what: str) -> str:
-        tail = self.log_tail()
-        hints = [line.strip() for line in tail if "failed to load" in line or "error:" in line.lower() or " E" in line[:2]]
+        """Why the server did not come up, from its log: models that failed to load first."""
+        tail = self.log_tail(400)
+        reasons = []
+        for line in tail:
+            match = _LOAD_FAILURE.search(line)
+            if match:
+                reasons.append(f"model {match['model']!r} failed to load: {match['why'].strip()}")
+        if reasons:
+            reasons.append("fix the model (or drop it from the spec) and start again")
+        else:
+            reasons = [ln.strip() for ln in tail if ln.startswith("E") and not any(n in ln for n in _NOISE)][
+                -6:
+            ]
+            reasons += [
+                ln.strip() for ln in tail if "error:" in ln.lower() and not any(n in ln for n in _NOISE)
+            ][-3:]
         msg = f"tritonserver {self.name!r} {what}"
-        if hints:
-            msg += ":\n  " + "\n  ".join(hints[-8:])
+        if reasons:
+            msg += ":\n  " + "\n  ".join(reasons)
         return msg + f"\nfull log: {self.log_path}"
+
+
+_LOAD_FAILURE = re.compile(r"failed to load '(?P<model>[^']+)' version \d+: (?P<why>.*?)(?:\\n|\"|$)")
+# Lines every CPU-only start prints; they are not why a start failed.
+_NOISE = ("NVML", "CudaDriverHelper", "DCGM", "CUDA driver")

@@ -61,7 +61,6 @@ class Knobs(_Strict):
     queue_timeout_us: NonNegativeInt = 0
     """Queue policy: a request waiting longer is rejected; 0 means no timeout."""
 
-
     @field_validator("resources")
     @classmethod
     def _drop_zero(cls, value: dict[str, int]) -> dict[str, int]:
@@ -125,9 +124,7 @@ class Source(_Strict):
     def _exactly_one(self) -> Source:
         given = [k for k in ("builtin", "repository", "engine_dir") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(
-                f"give exactly one of builtin, repository, engine_dir (got {given or 'none'})"
-            )
+            raise ValueError(f"give exactly one of builtin, repository, engine_dir (got {given or 'none'})")
         return self
 
 
@@ -215,11 +212,16 @@ class FleetSpec(_Strict):
     def problems(self) -> list[tuple[str, str]]:
         """Every cross-field problem as (field path, reason); empty when the spec is sound."""
         out: list[tuple[str, str]] = []
-        for kind, items in (("devices", self.devices), ("servers", self.servers), ("models", self.models)):
-            counts = Counter(i.name for i in items)
-            for i, item in enumerate(items):
-                if counts[item.name] > 1:
-                    out.append((f"{kind}[{i}].name", f"duplicate name {item.name!r}"))
+        named: tuple[tuple[str, list[str]], ...] = (
+            ("devices", [d.name for d in self.devices]),
+            ("servers", [s.name for s in self.servers]),
+            ("models", self.model_names),
+        )
+        for kind, names in named:
+            counts = Counter(names)
+            for i, name in enumerate(names):
+                if counts[name] > 1:
+                    out.append((f"{kind}[{i}].name", f"duplicate name {name!r}"))
         out += _port_problems(self.servers)
         devices = {d.name: d for d in self.devices}
         servers = {s.name: s for s in self.servers}
@@ -235,10 +237,12 @@ class FleetSpec(_Strict):
                 for res, count in m.knobs.resources.items():
                     total = server.rate_limit_resources.get(res)
                     if total is not None and count > total:
-                        out.append((
-                            f"{at}.knobs.resources.{res}",
-                            f"asks for {count} but server {server.name!r} has {total}",
-                        ))
+                        out.append(
+                            (
+                                f"{at}.knobs.resources.{res}",
+                                f"asks for {count} but server {server.name!r} has {total}",
+                            )
+                        )
         knobs = {m.name: m.knobs for m in self.models}
         out += [("devices", why) for why in memory_problems(self, knobs)]
         return out
@@ -401,7 +405,9 @@ EMBEDDED_FLEETS = ("default", "large", "gpu-trtllm")
 def embedded_spec_path(name: str = "default") -> Path:
     """Path of a spec shipped with slatune: default (one 80 GB device), large (two), gpu-trtllm."""
     if name not in EMBEDDED_FLEETS:
-        raise SpecError(name, [("(name)", f"no embedded fleet {name!r} (have: {', '.join(EMBEDDED_FLEETS)})")])
+        raise SpecError(
+            name, [("(name)", f"no embedded fleet {name!r} (have: {', '.join(EMBEDDED_FLEETS)})")]
+        )
     return Path(str(resources.files("runtime") / "fleets" / f"{name}.yaml"))
 
 

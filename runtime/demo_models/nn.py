@@ -67,7 +67,9 @@ class Block:
 
         return cls(w(d, 3 * d), w(d, d), w(d, ffn), w(ffn, d))
 
-    def forward(self, x: Array, mask: Array | None = None, causal: bool = False) -> tuple[Array, Array, Array]:
+    def forward(
+        self, x: Array, mask: Array | None = None, causal: bool = False
+    ) -> tuple[Array, Array, Array]:
         """x: [B, L, d]. Returns the new x and this block's keys and values (for a decoder's cache)."""
         d = x.shape[-1]
         q, k, v = np.split(_norm(x) @ self.wqkv, 3, axis=-1)

@@ -42,7 +42,9 @@ def test_embeddings_are_deterministic_and_normalised(client: Any) -> None:
 
 
 def test_reranker_scores_each_pair(client: Any) -> None:
-    res = client.infer("reranker", [text_input("QUERY", ["q1", "q2"]), text_input("DOCUMENT", ["doc a", "doc b b"])])
+    res = client.infer(
+        "reranker", [text_input("QUERY", ["q1", "q2"]), text_input("DOCUMENT", ["doc a", "doc b b"])]
+    )
     scores = res.as_numpy("SCORE")
     assert scores.shape == (2, 1) and np.isfinite(scores).all() and scores[0, 0] != scores[1, 0]
 
@@ -52,7 +54,9 @@ def test_guard_gives_a_probability(client: Any) -> None:
     assert prob.shape == (1, 1) and 0.0 <= prob[0, 0] <= 1.0
 
 
-def stream_chat(client: Any, prompt: str, max_tokens: int, sent_ns: int | None = None) -> list[tuple[int, bool]]:
+def stream_chat(
+    client: Any, prompt: str, max_tokens: int, sent_ns: int | None = None
+) -> list[tuple[int, bool]]:
     """Stream one chat request; return (token, final) per response."""
     responses: queue.Queue[Any] = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
@@ -102,7 +106,8 @@ def test_metrics_page_has_every_model_and_the_ttft_histogram(default_fleet: Flee
     assert 'nv_inference_request_summary_us{model="embeddings",version="1",quantile="0.99"}' in page
     assert "# TYPE slatune_ttft_ms histogram" in page
     count = next(
-        line for line in page.splitlines()
+        line
+        for line in page.splitlines()
         if line.startswith('slatune_ttft_ms_count{model="chat-llm",origin="client"}')
     )
     assert float(count.split()[-1]) >= 1
@@ -149,7 +154,11 @@ def test_each_knob_is_reconfigured_live_and_read_back(
 @pytest.mark.parametrize(
     ("model", "change", "message"),
     [
-        ("embeddings", {"max_queue_delay_us": -1}, "max_queue_delay_us: Input should be greater than or equal to 0"),
+        (
+            "embeddings",
+            {"max_queue_delay_us": -1},
+            "max_queue_delay_us: Input should be greater than or equal to 0",
+        ),
         ("embeddings", {"instances": 16}, "instances=16 does not fit"),
         ("reranker", {"resources": {"compute": 5}}, "resources.compute=5 exceeds server 'triton0'"),
         ("reranker", {"speed": 11}, "unknown knob(s) speed"),
@@ -179,10 +188,38 @@ def test_load_generator_reports_what_it_sent(default_fleet: Fleet) -> None:
     assert report.failed == 0, report.errors
     chat = report.models["chat-llm"]
     assert chat.ttft_p99_ms is not None and chat.ttft_p99_ms <= chat.latency_p99_ms  # type: ignore[operator]
-    assert report.models["embeddings"].goodput == pytest.approx(4 * report.models["embeddings"].ok / report.duration_s)
+    assert report.models["embeddings"].goodput == pytest.approx(
+        4 * report.models["embeddings"].ok / report.duration_s
+    )
 
 
 def test_knobs_type_is_what_apply_takes(default_fleet: Fleet) -> None:
     knobs = default_fleet.knobs("safety-guard")
     assert isinstance(knobs, Knobs)
     assert default_fleet.apply("safety-guard", knobs).path == "unchanged"
+
+
+def test_no_request_fails_while_a_model_is_reconfigured_under_load(default_fleet: Fleet) -> None:
+    """The guard under open-loop traffic with a tight queue timeout (50 ms), reloaded and resized
+    repeatedly: every request must succeed. Without warmup the first batch a new version serves
+    runs cold (about 50x slower) and requests queued behind it time out."""
+    before = default_fleet.knobs("safety-guard")
+    default_fleet.apply("safety-guard", queue_timeout_us=50_000)
+    targets = targets_for(default_fleet.spec, lambda s: default_fleet.endpoints(s).grpc)
+    run = LoadRun(
+        [ModelLoad("safety-guard", rate=25.0, words=(16, 48))],
+        targets,
+        duration_s=30,
+        max_requests=2000,
+        seed=9,
+    ).start()
+    try:
+        changes = [{"max_queue_delay_us": 200}, {"instances": 2}, {"max_queue_delay_us": 0}, {"priority": 2}]
+        results = [default_fleet.apply("safety-guard", **c) for c in changes]
+        assert [r.path for r in results] == ["reload", "in-place", "reload", "in-place"]
+    finally:
+        run.stop()
+        report = run.join()
+        default_fleet.apply("safety-guard", before)
+    assert report.sent > 50
+    assert report.failed == 0, report.errors

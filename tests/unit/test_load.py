@@ -8,7 +8,9 @@ from runtime.load import ModelLoad, Record, failure_reason, percentile, require_
 from runtime.spec import Sla
 
 
-def rec(model: str, latency: float, ttft: float | None = None, items: int = 1, error: str | None = None) -> Record:
+def rec(
+    model: str, latency: float, ttft: float | None = None, items: int = 1, error: str | None = None
+) -> Record:
     return Record(model, 0.0, latency, ttft, items, error)
 
 

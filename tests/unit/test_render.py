@@ -16,8 +16,14 @@ GPU = DeviceSpec(name="gpu1", kind="gpu", memory_gb=80, index=1)
 
 KNOBS = [
     Knobs(),
-    Knobs(max_queue_delay_us=2500, instances=3, priority=4, resources={"compute": 2},
-          max_queue_size=32, queue_timeout_us=250_000),
+    Knobs(
+        max_queue_delay_us=2500,
+        instances=3,
+        priority=4,
+        resources={"compute": 2},
+        max_queue_size=32,
+        queue_timeout_us=250_000,
+    ),
     Knobs(instances=2, resources={"compute": 1, "mem": 3}),
 ]
 
@@ -98,8 +104,14 @@ def test_user_repository_source(tmp_path: Path) -> None:
     (repo / "mymodel" / "config.pbtxt").write_text(
         'backend: "python"\nmax_batch_size: 4\ninput { name: "X" data_type: TYPE_FP32 dims: [ 2 ] }\n'
     )
-    model = ModelSpec(name="mymodel", role="bulk", server="s", device="dev0",
-                      source=Source(repository=repo), memory_gb_per_instance=1)
+    model = ModelSpec(
+        name="mymodel",
+        role="bulk",
+        server="s",
+        device="dev0",
+        source=Source(repository=repo),
+        memory_gb_per_instance=1,
+    )
     cfg = render.render(model, Knobs(instances=2), CPU)
     assert cfg.max_batch_size == 4 and cfg.instance_group[0].count == 2
     out = render.write_model(tmp_path / "rendered", model, cfg)
@@ -108,12 +120,48 @@ def test_user_repository_source(tmp_path: Path) -> None:
 
 
 def test_user_repository_without_the_model_says_where_it_looked(tmp_path: Path) -> None:
-    model = ModelSpec(name="absent", role="bulk", server="s", device="dev0",
-                      source=Source(repository=tmp_path), memory_gb_per_instance=1)
-    with pytest.raises(FileNotFoundError, match="absent/config.pbtxt"):
+    model = ModelSpec(
+        name="absent",
+        role="bulk",
+        server="s",
+        device="dev0",
+        source=Source(repository=tmp_path),
+        memory_gb_per_instance=1,
+    )
+    with pytest.raises(FileNotFoundError, match=r"absent/config\.pbtxt"):
         render.render(model, Knobs(), CPU)
 
 
 def test_bad_pbtxt_names_the_file() -> None:
     with pytest.raises(ValueError, match=r"my/config.pbtxt: .*"):
         render.parse_pbtxt("max_batch_size: lots", "my/config.pbtxt")
+
+
+@pytest.mark.parametrize("model", resolve_spec(None).models, ids=lambda m: m.name)
+def test_builtins_warm_up_from_data_files_triton_can_read(model: ModelSpec) -> None:
+    """Every new instance runs warmup samples before taking traffic; their text inputs read data
+    files holding one serialised batch item each (Triton repeats it batch_size times)."""
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    cfg = render.render(model, model.knobs, CPU)
+    assert cfg.model_warmup, "a built-in must warm up, or its first batch after a reload runs cold"
+    data = render.warmup_data(cfg)
+    wanted = {i.input_data_file for w in cfg.model_warmup for i in w.inputs.values()}
+    assert set(data) == wanted
+    for blob in data.values():
+        (text,) = deserialize_bytes_tensor(blob)
+        assert len(text.split()) == 48
+    assert not render.render(model, model.knobs, CPU, warmup=False).model_warmup
+
+
+def test_write_model_writes_the_warmup_files(tmp_path: Path) -> None:
+    model = resolve_spec(None).model("reranker")
+    cfg = render.render(model, model.knobs, CPU)
+    out = render.write_model(tmp_path, model, cfg)
+    assert sorted(p.name for p in (out / "warmup").iterdir()) == [
+        "document_1",
+        "document_4",
+        "query_1",
+        "query_4",
+    ]
+    assert (out / "1" / "model.py").is_file()

@@ -81,7 +81,7 @@ class TritonPythonModel:
         while live:
             tokens = np.array([s[3] for s in live])
             nxt = self.model.step(tokens, [s[2] for s in live])
-            for state, token in zip(live, nxt):
+            for state, token in zip(live, nxt, strict=True):
                 state[1] -= 1
                 state[3] = int(token)
                 state[0].send(_token_response(int(token)), flags=FINAL if state[1] == 0 else 0)

@@ -24,4 +24,6 @@ class TritonPythonModel:
         per_request = [support.texts(pb_utils, r, "TEXT") for r in requests]
         flat = [tokenize(t, self.vocab, self.max_tokens) for texts in per_request for t in texts]
         vectors = self.encoder.pooled(*pad(flat))
-        return support.split_responses(pb_utils, [len(t) for t in per_request], "EMBEDDING", vectors.astype(np.float32))
+        return support.split_responses(
+            pb_utils, [len(t) for t in per_request], "EMBEDDING", vectors.astype(np.float32)
+        )

@@ -14,7 +14,10 @@ class TritonPythonModel:
         self.max_tokens = support.int_param(p, "max_tokens", 64)
         d = support.int_param(p, "hidden", 128)
         self.encoder = Encoder.random(
-            seed=17, vocab=self.vocab, d=d, ffn=support.int_param(p, "ffn", 256),
+            seed=17,
+            vocab=self.vocab,
+            d=d,
+            ffn=support.int_param(p, "ffn", 256),
             layers=support.int_param(p, "layers", 1),
         )
         self.head = np.random.default_rng(18).standard_normal(d).astype(np.float32)
@@ -24,4 +27,6 @@ class TritonPythonModel:
         flat = [tokenize(t, self.vocab, self.max_tokens) for texts in per_request for t in texts]
         logits = self.encoder.pooled(*pad(flat)) @ self.head
         probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        return support.split_responses(pb_utils, [len(t) for t in per_request], "UNSAFE_PROB", probs.reshape(-1, 1))
+        return support.split_responses(
+            pb_utils, [len(t) for t in per_request], "UNSAFE_PROB", probs.reshape(-1, 1)
+        )

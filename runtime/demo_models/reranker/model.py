@@ -14,14 +14,19 @@ class TritonPythonModel:
         self.max_tokens = support.int_param(p, "max_tokens", 256)
         d = support.int_param(p, "hidden", 256)
         self.encoder = Encoder.random(
-            seed=13, vocab=self.vocab, d=d, ffn=support.int_param(p, "ffn", 1024),
+            seed=13,
+            vocab=self.vocab,
+            d=d,
+            ffn=support.int_param(p, "ffn", 1024),
             layers=support.int_param(p, "layers", 4),
         )
         self.head = np.random.default_rng(14).standard_normal(d).astype(np.float32) / np.sqrt(d)
 
     def execute(self, requests):
         pairs = [
-            list(zip(support.texts(pb_utils, r, "QUERY"), support.texts(pb_utils, r, "DOCUMENT")))
+            list(
+                zip(support.texts(pb_utils, r, "QUERY"), support.texts(pb_utils, r, "DOCUMENT"), strict=True)
+            )
             for r in requests
         ]
         flat = [tokenize(q + b" [SEP] " + d, self.vocab, self.max_tokens) for ps in pairs for q, d in ps]

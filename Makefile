@@ -1,0 +1,55 @@
+# The two commands of the README:
+#   make demo   set everything up, start the embedded default fleet and drive the demo traffic
+#   make test   set everything up and run the whole test suite (what .ci/run calls)
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+
+.PHONY: setup services migrations demo test lint unit integration bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (the bundled Triton's python backend stub is built per Python version)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP)
+
+# The tests use the machine's PostgreSQL on 127.0.0.1:5432 (the production store): start it if it is down.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { \
+	  echo "starting PostgreSQL"; pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; }
+	@pg_isready -h 127.0.0.1 -p 5432
+
+demo: setup
+	$(BIN)/slatune demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+integration: setup services
+	$(BIN)/pytest -q tests/integration
+
+# The migrations reach the models' schema: upgrade a scratch database to head, then `alembic check`
+# (the migration tests do the same on SQLite and PostgreSQL, and down to base).
+migrations: setup
+	@tmp=$$(mktemp -d) && export SLATUNE_DATABASE_URL=sqlite:///$$tmp/check.db && \
+	  $(BIN)/alembic upgrade head && $(BIN)/alembic check; status=$$?; rm -rf $$tmp; exit $$status
+
+test: lint services migrations
+	$(BIN)/pytest -q -ra --durations=10
+
+bench: setup services
+	$(BIN)/python -m benchmarks.reconfigure
+	$(BIN)/python -m benchmarks.collect
+
+clean:
+	rm -rf $(VENV) .slatune .mypy_cache .ruff_cache .pytest_cache
