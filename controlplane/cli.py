@@ -15,12 +15,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from collectors.fleet import fleet_collector
+from collectors.window import ModelWindow
 from controlplane.settings import get_settings
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadReport, LoadRun, ModelLoad, ModelStats, demo_mix, format_ms, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
 from runtime.spec import FleetSpec, Knobs, SpecError, resolve_spec
+from store.db import Store, StoreError
 
 app = typer.Typer(
     help="slatune: run a Triton fleet, watch it, and keep its SLAs by re-tuning it live.",
@@ -29,14 +32,22 @@ app = typer.Typer(
 )
 fleet_app = typer.Typer(help="Validate, render and run a fleet spec.", no_args_is_help=True)
 app.add_typer(fleet_app, name="fleet")
+db_app = typer.Typer(
+    help="The store's schema: SQLite under the data directory by default, PostgreSQL with SLATUNE_DATABASE_URL.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
 console = Console()
 
 SpecOpt = Annotated[
     str | None,
-    typer.Option("--spec", "-s", help="Fleet spec: a YAML path, or an embedded fleet (default, large, gpu-trtllm)."),
+    typer.Option(
+        "--spec", "-s", help="Fleet spec: a YAML path, or an embedded fleet (default, large, gpu-trtllm)."
+    ),
 ]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where repositories, logs and state live [env SLATUNE_DATA_DIR].")
+    Path | None,
+    typer.Option("--data-dir", help="Where repositories, logs and state live [env SLATUNE_DATA_DIR]."),
 ]
 
 
@@ -55,7 +66,9 @@ def _fleet_dir(data_dir: Path | None) -> Path:
 def _start(spec: FleetSpec, work_dir: Path) -> Fleet:
     fleet = Fleet(spec, work_dir)
     began = time.monotonic()
-    with console.status(f"starting fleet {spec.name!r}: {len(spec.models)} models on {len(spec.servers)} server(s)"):
+    with console.status(
+        f"starting fleet {spec.name!r}: {len(spec.models)} models on {len(spec.servers)} server(s)"
+    ):
         try:
             fleet.start()
         except (ServerError, OSError, ValueError) as exc:
@@ -65,11 +78,16 @@ def _start(spec: FleetSpec, work_dir: Path) -> Fleet:
     for s in spec.servers:
         e = fleet.endpoints(s.name)
         logp = fleet.log_path(s.name)
-        console.print(f"  {s.name}: grpc {e.grpc}  http {e.http}  metrics {e.metrics_url}" + (f"  log {logp}" if logp else ""))
+        console.print(
+            f"  {s.name}: grpc {e.grpc}  http {e.http}  metrics {e.metrics_url}"
+            + (f"  log {logp}" if logp else "")
+        )
     return fleet
 
 
-def stats_table(title: str, stats: Mapping[str, ModelStats], spec: FleetSpec, knobs: Mapping[str, Knobs] | None = None) -> Table:
+def stats_table(
+    title: str, stats: Mapping[str, ModelStats], spec: FleetSpec, knobs: Mapping[str, Knobs] | None = None
+) -> Table:
     """Per model: traffic, latency against its SLA, and (when given) the knobs it runs with."""
     t = Table(title=title, title_justify="left")
     for col in ("model", "role", "req/s", "ok", "failed", "items/s", "p50 ms", "p99 ms", "SLA", "met"):
@@ -84,7 +102,18 @@ def stats_table(title: str, stats: Mapping[str, ModelStats], spec: FleetSpec, kn
         sla = f"{'ttft' if m.sla.metric == 'ttft_p99' else 'p99'} <= {m.sla.target_ms:g} ms" if m.sla else "-"
         met = "-" if s.sla_met is None else ("[green]yes[/green]" if s.sla_met else "[red]NO[/red]")
         failed = ", ".join(f"{k}={v}" for k, v in s.failed.items()) or "0"
-        row = [name, m.role, f"{s.rate:.1f}", str(s.ok), failed, f"{s.goodput:.1f}", format_ms(p50), format_ms(p99), sla, met]
+        row = [
+            name,
+            m.role,
+            f"{s.rate:.1f}",
+            str(s.ok),
+            failed,
+            f"{s.goodput:.1f}",
+            format_ms(p50),
+            format_ms(p99),
+            sla,
+            met,
+        ]
         if knobs:
             k = knobs[name]
             res = ",".join(f"{r}:{c}" for r, c in k.resources.items()) or "-"
@@ -98,8 +127,12 @@ def _drive(run: LoadRun, spec: FleetSpec, fleet: Fleet | None, window_s: float =
     with Live(console=console, refresh_per_second=2) as live:
         try:
             while run._thread is not None and run._thread.is_alive():
-                title = f"live, last {window_s:.0f} s  ({run.elapsed:.0f} / {run.duration_s:.0f} s)  Ctrl-C stops"
-                live.update(stats_table(title, run.snapshot(window_s), spec, fleet.all_knobs() if fleet else None))
+                title = (
+                    f"live, last {window_s:.0f} s  ({run.elapsed:.0f} / {run.duration_s:.0f} s)  Ctrl-C stops"
+                )
+                live.update(
+                    stats_table(title, run.snapshot(window_s), spec, fleet.all_knobs() if fleet else None)
+                )
                 time.sleep(1.0)
         except KeyboardInterrupt:
             run.stop()
@@ -107,7 +140,9 @@ def _drive(run: LoadRun, spec: FleetSpec, fleet: Fleet | None, window_s: float =
 
 
 def _print_report(report: LoadReport, spec: FleetSpec, json_out: Path | None) -> None:
-    console.print(stats_table(f"whole run: {report.duration_s:.0f} s, {report.sent} requests", report.models, spec))
+    console.print(
+        stats_table(f"whole run: {report.duration_s:.0f} s, {report.sent} requests", report.models, spec)
+    )
     for reason, example in report.errors.items():
         console.print(f"  [yellow]{reason}[/yellow]: {example}")
     if json_out:
@@ -119,10 +154,16 @@ def _print_report(report: LoadReport, spec: FleetSpec, json_out: Path | None) ->
 @app.command()
 def demo(
     spec: SpecOpt = None,
-    duration: Annotated[float, typer.Option(help="Seconds of demo traffic (bounded).", min=1, max=3600)] = 60.0,
-    scale: Annotated[float, typer.Option(help="Multiply the chat and guard request rates.", min=0.1, max=10)] = 1.0,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of demo traffic (bounded).", min=1, max=3600)
+    ] = 60.0,
+    scale: Annotated[
+        float, typer.Option(help="Multiply the chat and guard request rates.", min=0.1, max=10)
+    ] = 1.0,
     data_dir: DataDirOpt = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
 ) -> None:
     """Start the fleet (the embedded default unless --spec) and drive the mixed demo traffic,
     with a live per-model table: rate, p50/p99 against each SLA, and the knobs each model runs with."""
@@ -131,7 +172,9 @@ def demo(
     try:
         targets = targets_for(fs, lambda s: fleet.endpoints(s).grpc)
         loads = [ld for ld in demo_mix(scale) if ld.model in targets]
-        report = _drive(LoadRun(loads, targets, duration_s=duration, max_requests=int(duration * 200)), fs, fleet)
+        report = _drive(
+            LoadRun(loads, targets, duration_s=duration, max_requests=int(duration * 200)), fs, fleet
+        )
         _print_report(report, fs, json_out)
     finally:
         with console.status("stopping the fleet"):
@@ -154,10 +197,16 @@ def _pairs(values: list[str], what: str) -> dict[str, float]:
 
 @app.command()
 def load(
-    rate: Annotated[list[str], typer.Option(help="Open-loop Poisson traffic, MODEL=REQUESTS_PER_S (repeatable).")] = [],  # noqa: B006
+    rate: Annotated[
+        list[str], typer.Option(help="Open-loop Poisson traffic, MODEL=REQUESTS_PER_S (repeatable).")
+    ] = [],  # noqa: B006
     backlog: Annotated[list[str], typer.Option(help="Closed-loop backlog, MODEL=WORKERS (repeatable).")] = [],  # noqa: B006
-    batch: Annotated[list[str], typer.Option(help="Items per request, MODEL=N (repeatable; default 1).")] = [],  # noqa: B006
-    demo_traffic: Annotated[bool, typer.Option("--demo", help="Use the default fleet's mixed demo workload.")] = False,
+    batch: Annotated[
+        list[str], typer.Option(help="Items per request, MODEL=N (repeatable; default 1).")
+    ] = [],  # noqa: B006
+    demo_traffic: Annotated[
+        bool, typer.Option("--demo", help="Use the default fleet's mixed demo workload.")
+    ] = False,
     duration: Annotated[float, typer.Option(help="Seconds to run (bounded).", min=1, max=86400)] = 30.0,
     max_requests: Annotated[int, typer.Option(help="Stop after this many requests.", min=1)] = 100_000,
     timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.", min=0.1)] = 30.0,
@@ -181,13 +230,24 @@ def load(
             loads = [ld for ld in demo_mix() if ld.model in fs.model_names]
         else:
             loads = [
-                ModelLoad(m, rate=rates.get(m, 0.0), concurrency=int(backlogs.get(m, 0)), batch=int(batches.get(m, 1)))
+                ModelLoad(
+                    m,
+                    rate=rates.get(m, 0.0),
+                    concurrency=int(backlogs.get(m, 0)),
+                    batch=int(batches.get(m, 1)),
+                )
                 for m in sorted(set(rates) | set(backlogs))
             ]
         if not loads:
             raise ValueError("nothing to send: give --rate and/or --backlog, or --demo")
-        run = LoadRun(loads, targets_for(fs, lambda s: running.endpoints[s].grpc),
-                      duration_s=duration, max_requests=max_requests, request_timeout_s=timeout, seed=seed)
+        run = LoadRun(
+            loads,
+            targets_for(fs, lambda s: running.endpoints[s].grpc),
+            duration_s=duration,
+            max_requests=max_requests,
+            request_timeout_s=timeout,
+            seed=seed,
+        )
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -201,9 +261,13 @@ def fleet_check(spec: SpecOpt = None) -> None:
     from runtime.spec import device_memory_used
 
     used = device_memory_used(fs, {m.name: m.knobs for m in fs.models})
-    console.print(f"[green]fleet spec {fs.name!r} is valid[/green]: {len(fs.models)} models, {len(fs.servers)} server(s)")
+    console.print(
+        f"[green]fleet spec {fs.name!r} is valid[/green]: {len(fs.models)} models, {len(fs.servers)} server(s)"
+    )
     for d in fs.devices:
-        console.print(f"  device {d.name} ({d.kind}): {used[d.name]:g} of {d.memory_gb:g} GB at the starting knobs")
+        console.print(
+            f"  device {d.name} ({d.kind}): {used[d.name]:g} of {d.memory_gb:g} GB at the starting knobs"
+        )
 
 
 @fleet_app.command("render")
@@ -237,6 +301,114 @@ def fleet_up(spec: SpecOpt = None, data_dir: DataDirOpt = None) -> None:
         console.print("fleet stopped")
 
 
+def _store(database_url: str | None) -> Store:
+    return Store(database_url or get_settings().database_url)
+
+
+DbUrlOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Override SLATUNE_DATABASE_URL (e.g. postgresql+psycopg://...)."),
+]
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head", database_url: DbUrlOpt = None) -> None:
+    """Migrate the store's schema up to REVISION (default: the newest)."""
+    store = _store(database_url)
+    store.upgrade(revision)
+    console.print(f"store {store.safe_url} at revision {store.current_revision()}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument()], database_url: DbUrlOpt = None) -> None:
+    """Migrate the store's schema down to REVISION (`base` drops every slatune table)."""
+    store = _store(database_url)
+    store.downgrade(revision)
+    console.print(f"store {store.safe_url} at revision {store.current_revision() or '(empty)'}")
+
+
+@db_app.command("current")
+def db_current(database_url: DbUrlOpt = None) -> None:
+    """Show the store's schema revision and whether it is the newest; exit 1 if not."""
+    store = _store(database_url)
+    try:
+        store.require_head()
+    except StoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"store {store.safe_url} is at the newest revision {store.current_revision()}")
+
+
+@app.command()
+def collect(
+    data_dir: DataDirOpt = None,
+    database_url: DbUrlOpt = None,
+    interval: Annotated[float, typer.Option(help="Seconds between scrapes.", min=0.1)] = 1.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+) -> None:
+    """Scrape a running fleet's servers into the store, showing the newest window per model."""
+    try:
+        running = read_state(_fleet_dir(data_dir))
+    except ServerError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    store = _store(database_url)
+    try:
+        store.require_head()
+    except StoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    settings = get_settings()
+    collector = fleet_collector(
+        store, running.spec, running.endpoints, interval_s=interval, retention_raw_s=settings.retention_raw_s
+    )
+    console.print(f"collecting every {interval:g} s into {store.safe_url}; Ctrl-C stops")
+    began = time.monotonic()
+    try:
+        with Live(console=console, refresh_per_second=1) as live:
+            while duration is None or time.monotonic() - began < duration:
+                tick_began = time.monotonic()
+                result = collector.tick()
+                if result.windows:
+                    live.update(windows_table(result.windows, result.failed))
+                time.sleep(max(interval - (time.monotonic() - tick_began), 0))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        collector.close()
+
+
+def windows_table(windows: list[ModelWindow], failed: Mapping[str, str]) -> Table:
+    t = Table(
+        title="newest windows" + (f"  (failed: {dict(failed)})" if failed else ""), title_justify="left"
+    )
+    for col in (
+        "model",
+        "req/s",
+        "items/s",
+        "batch",
+        "queue ms",
+        "infer ms",
+        "p99 ms",
+        "ttft p99 ms",
+        "failures",
+    ):
+        t.add_column(col, justify="left" if col in ("model", "failures") else "right")
+    for w in sorted(windows, key=lambda w: w.model):
+        t.add_row(
+            w.model, f"{w.request_rate:.1f}", f"{w.inference_rate:.1f}", format_ms(w.avg_batch),
+            format_ms(w.avg_queue_ms), format_ms(w.avg_compute_infer_ms), format_ms(w.p99_ms),
+            format_ms(w.ttft_p99_ms), ", ".join(f"{k}={v:g}" for k, v in w.failures.items()) or "0",
+        )  # fmt: skip
+    return t
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app()
+
+
+if __name__ == "__main__":
+    main()

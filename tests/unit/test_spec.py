@@ -38,7 +38,9 @@ def test_default_fleet_is_the_inventory_on_one_80gb_device() -> None:
     mem = {m.name: m.memory_gb_per_instance for m in spec.models}
     assert mem == {"chat-llm": 42, "embeddings": 2, "reranker": 6, "safety-guard": 1}
     chat = spec.model("chat-llm")
-    assert chat.streaming and chat.sla is not None and (chat.sla.metric, chat.sla.target_ms) == ("ttft_p99", 200)
+    assert (
+        chat.streaming and chat.sla is not None and (chat.sla.metric, chat.sla.target_ms) == ("ttft_p99", 200)
+    )
     guard = spec.model("safety-guard")
     assert guard.sla is not None and (guard.sla.metric, guard.sla.target_ms) == ("latency_p99", 20)
     # 42 + 2x2 + 2x6 + 1 at the starting knobs
@@ -68,26 +70,53 @@ _DELETE = object()
 
 # (what is broken, the field path the error must name, words the reason must contain)
 BAD = [
-    (["models", 0, "knobs", "max_queue_delay_us"], -5, "models[0](chat-llm).knobs.max_queue_delay_us", "greater than or equal to 0"),
+    (
+        ["models", 0, "knobs", "max_queue_delay_us"],
+        -5,
+        "models[0](chat-llm).knobs.max_queue_delay_us",
+        "greater than or equal to 0",
+    ),
     (["models", 1, "server"], "nowhere", "models[1](embeddings).server", "unknown server 'nowhere'"),
     (["models", 1, "device"], "gpu9", "models[1](embeddings).device", "unknown device 'gpu9'"),
     (["models", 1, "knobs", "instances"], 16, "devices", "need 87 GB but the budget is 80 GB"),
     (["models", 2, "knobs", "instances"], 9, "models[2](reranker).knobs.instances", "outside bounds [1, 4]"),
     (["models", 3, "sla"], _DELETE, "models[3](safety-guard).sla", "needs an SLA"),
-    (["models", 1, "sla"], {"metric": "ttft_p99", "target_ms": 50}, "models[1](embeddings).sla.metric", "streaming"),
-    (["models", 0, "source"], {"builtin": "chat", "engine_dir": "/x"}, "models[0](chat-llm).source", "exactly one"),
+    (
+        ["models", 1, "sla"],
+        {"metric": "ttft_p99", "target_ms": 50},
+        "models[1](embeddings).sla.metric",
+        "streaming",
+    ),
+    (
+        ["models", 0, "source"],
+        {"builtin": "chat", "engine_dir": "/x"},
+        "models[0](chat-llm).source",
+        "exactly one",
+    ),
     (["models", 0, "colour"], "blue", "models[0](chat-llm).colour", "Extra inputs are not permitted"),
     (["models", 0, "source"], {"builtin": "gpt5"}, "models[0](chat-llm).source.builtin", "Input should be"),
-    (["models", 0, "bounds", "priority"], [4, 1], "models[0](chat-llm).bounds.priority", "low 4 is above high 1"),
+    (
+        ["models", 0, "bounds", "priority"],
+        [4, 1],
+        "models[0](chat-llm).bounds.priority",
+        "low 4 is above high 1",
+    ),
     (["models", 0, "role"], "vip", "models[0](chat-llm).role", "latency-critical"),
     (["models", 0, "backend"], "tensorrtllm", "models[0](chat-llm).source", "needs source.engine_dir"),
-    (["models", 0, "knobs", "resources"], {"compute": 3}, "models[0](chat-llm).knobs.resources.compute", "has 2"),
+    (
+        ["models", 0, "knobs", "resources"],
+        {"compute": 3},
+        "models[0](chat-llm).knobs.resources.compute",
+        "has 2",
+    ),
     (["servers", 0, "http_url"], "http://127.0.0.1:8000", "servers[0](triton0)", "needs all of http_url"),
 ]
 
 
 @pytest.mark.parametrize(("path", "value", "field", "reason"), BAD)
-def test_bad_spec_names_file_field_and_reason(tmp_path: Path, path: list[Any], value: Any, field: str, reason: str) -> None:
+def test_bad_spec_names_file_field_and_reason(
+    tmp_path: Path, path: list[Any], value: Any, field: str, reason: str
+) -> None:
     spec_file = tmp_path / "fleet.yaml"
     spec_file.write_text(yaml.safe_dump(_break(path, value)))
     with pytest.raises(SpecError) as err:

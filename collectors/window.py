@@ -1,0 +1,192 @@
+"""Windows: what happened to each model between two scrapes, as rates, averages and percentiles.
+
+Pure functions of two samples and their times. A counter that went down was reset (the model was
+reloaded or the server restarted): its increase over the window is then its current value, as in
+Prometheus' rate(), never a negative or doubled rate, and the window is marked `reset`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from collectors.parse import DeviceSample, Histogram, ModelSample
+
+# Preference order for time to first token: Triton's own, then client-stamped, then model-side.
+TTFT_SOURCES = ("triton", "client", "model")
+
+
+@dataclass(frozen=True)
+class ModelWindow:
+    model: str
+    start: float  # Unix seconds
+    end: float
+    requests: float
+    """Requests that completed in the window (successes plus failures)."""
+    success: float
+    failures: dict[str, float] = field(default_factory=dict)
+    request_rate: float = 0.0
+    """Completed requests per second."""
+    inference_rate: float = 0.0
+    """Successful items per second (a batched request counts each item)."""
+    avg_batch: float | None = None
+    """Items per model execution: how well dynamic batching is batching."""
+    avg_request_ms: float | None = None
+    avg_queue_ms: float | None = None
+    avg_compute_input_ms: float | None = None
+    avg_compute_infer_ms: float | None = None
+    avg_compute_output_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    """Request latency quantiles from Triton's summary at the window's end (None when NaN)."""
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    ttft_source: str | None = None
+    pending: float = 0.0
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceWindow:
+    device: str
+    kind: str
+    source: str  # "triton" or "nvml"
+    start: float
+    end: float
+    utilization: float | None = None
+    memory_used_bytes: float | None = None
+    memory_total_bytes: float | None = None
+    power_w: float | None = None
+    processes: dict[str, float] = field(default_factory=dict)
+    """Per-process GPU memory in bytes by pid (NVML only)."""
+
+
+def increase(prev: float | None, cur: float) -> tuple[float, bool]:
+    """How much a cumulative counter grew, and whether it was reset in between."""
+    if prev is None:
+        return 0.0, False
+    if cur < prev:
+        return cur, True
+    return cur - prev, False
+
+
+def histogram_increase(prev: Histogram | None, cur: Histogram) -> tuple[Histogram, bool]:
+    """Bucket-wise increase of a cumulative histogram over a window."""
+    if prev is None:
+        return Histogram(), False
+    count, reset = increase(prev.count, cur.count)
+    if reset:
+        return Histogram(dict(cur.buckets), cur.count, cur.sum), True
+    buckets = {le: max(v - prev.buckets.get(le, 0.0), 0.0) for le, v in cur.buckets.items()}
+    return Histogram(buckets, count, max(cur.sum - prev.sum, 0.0)), False
+
+
+def histogram_quantile(q: float, h: Histogram) -> float | None:
+    """The q-quantile (0..1) of a histogram's observations, interpolating linearly inside the
+    bucket, as Prometheus' histogram_quantile does. None without observations; when it falls in
+    the +Inf bucket, the highest finite bound."""
+    bounds = sorted(h.buckets)
+    if not bounds:
+        return None
+    total = h.buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for le in bounds:
+        count = h.buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return lower_bound
+            if count == lower_count:
+                return le
+            return lower_bound + (le - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = le, count
+    return bounds[-1]
+
+
+def _avg_ms(total_us: float, count: float) -> float | None:
+    return total_us / count / 1000.0 if count > 0 else None
+
+
+def model_window(
+    model: str, prev: ModelSample | None, cur: ModelSample, start: float, end: float
+) -> ModelWindow:
+    """The window of `model` between a previous scrape (None for the first) and this one."""
+    span = max(end - start, 1e-9)
+    p = prev or ModelSample()
+    resets = []
+
+    def inc(name: str) -> float:
+        value, was_reset = increase(getattr(p, name) if prev else None, getattr(cur, name))
+        resets.append(was_reset)
+        return value
+
+    success = inc("success")
+    inferences = inc("inferences")
+    executions = inc("executions")
+    request_us, queue_us = inc("request_us"), inc("queue_us")
+    cin, cinf, cout = inc("compute_input_us"), inc("compute_infer_us"), inc("compute_output_us")
+    failures = {}
+    for reason, value in cur.failures.items():
+        delta, was_reset = increase(p.failures.get(reason) if prev else None, value)
+        resets.append(was_reset)
+        if delta:
+            failures[reason] = delta
+    requests = success + sum(failures.values())
+
+    ttft_p50 = ttft_p99 = None
+    ttft_source = None
+    for source in TTFT_SOURCES:
+        if source in cur.ttft:
+            h, was_reset = histogram_increase(p.ttft.get(source) if prev else None, cur.ttft[source])
+            resets.append(was_reset)
+            if h.count > 0 and ttft_source is None:
+                ttft_source = source
+                ttft_p50, ttft_p99 = histogram_quantile(0.5, h), histogram_quantile(0.99, h)
+
+    quantiles = cur.quantiles.get("request", {})
+
+    def q_ms(q: float) -> float | None:
+        v = quantiles.get(q)
+        return None if v is None else v / 1000.0
+
+    return ModelWindow(
+        model=model,
+        start=start,
+        end=end,
+        requests=requests,
+        success=success,
+        failures=failures,
+        request_rate=requests / span,
+        inference_rate=inferences / span,
+        avg_batch=inferences / executions if executions > 0 else None,
+        avg_request_ms=_avg_ms(request_us, success),
+        avg_queue_ms=_avg_ms(queue_us, success),
+        avg_compute_input_ms=_avg_ms(cin, success),
+        avg_compute_infer_ms=_avg_ms(cinf, success),
+        avg_compute_output_ms=_avg_ms(cout, success),
+        p50_ms=q_ms(0.5),
+        p90_ms=q_ms(0.9),
+        p99_ms=q_ms(0.99),
+        ttft_p50_ms=ttft_p50,
+        ttft_p99_ms=ttft_p99,
+        ttft_source=ttft_source,
+        pending=cur.pending,
+        reset=any(resets),
+    )
+
+
+def device_window(sample: DeviceSample, start: float, end: float) -> DeviceWindow:
+    return DeviceWindow(
+        device=sample.device,
+        kind=sample.kind,
+        source="triton",
+        start=start,
+        end=end,
+        utilization=sample.utilization,
+        memory_used_bytes=sample.memory_used_bytes,
+        memory_total_bytes=sample.memory_total_bytes,
+        power_w=sample.power_w,
+    )

@@ -1,0 +1,1 @@
+"""slatune store: SQLAlchemy models, sessions, migrations and queries."""

@@ -1,0 +1,295 @@
+"""Repository functions: each takes a session and never commits (`Store.session()` does)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from collectors.window import DeviceWindow, ModelWindow
+from store.models import ConfigVersion, DeviceWindowRow, MetricWindow, Model, Server
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    name: str
+    grpc_url: str
+    metrics_url: str
+    managed: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    server: str
+    role: str
+    device: str
+    sla_metric: str | None
+    sla_target_ms: float | None
+
+
+def sync_fleet(
+    session: Session, servers: Iterable[ServerInfo], models: Iterable[ModelInfo]
+) -> dict[str, int]:
+    """Make the servers and models rows match the fleet; return model ids by name."""
+    server_ids = {}
+    for s in servers:
+        row = session.scalar(select(Server).where(Server.name == s.name))
+        if row is None:
+            row = Server(name=s.name, grpc_url=s.grpc_url, metrics_url=s.metrics_url, managed=s.managed)
+            session.add(row)
+        else:
+            row.grpc_url, row.metrics_url, row.managed = s.grpc_url, s.metrics_url, s.managed
+        session.flush()
+        server_ids[s.name] = row.id
+    ids = {}
+    for m in models:
+        mrow = session.scalar(select(Model).where(Model.name == m.name))
+        values = dict(server_id=server_ids[m.server], role=m.role, device=m.device,
+                      sla_metric=m.sla_metric, sla_target_ms=m.sla_target_ms)  # fmt: skip
+        if mrow is None:
+            mrow = Model(name=m.name, **values)
+            session.add(mrow)
+        else:
+            for k, v in values.items():
+                setattr(mrow, k, v)
+        session.flush()
+        ids[m.name] = mrow.id
+    return ids
+
+
+def model_ids(session: Session) -> dict[str, int]:
+    return {name: id_ for name, id_ in session.execute(select(Model.name, Model.id))}
+
+
+@dataclass(frozen=True)
+class AppliedVersion:
+    id: int
+    applied_at: float
+
+
+def record_applied(
+    session: Session, model: str, knobs: Mapping[str, Any], actor: str, reason: str, at: float
+) -> AppliedVersion:
+    """Record that `knobs` now run on `model` (the previous applied version is superseded)."""
+    model_id = model_ids(session)[model]
+    for old in session.scalars(
+        select(ConfigVersion).where(ConfigVersion.model_id == model_id, ConfigVersion.state == "applied")
+    ):
+        old.state = "superseded"
+    row = ConfigVersion(
+        model_id=model_id,
+        knobs=dict(knobs),
+        actor=actor,
+        reason=reason,
+        state="applied",
+        created_at=at,
+        applied_at=at,
+    )
+    session.add(row)
+    session.flush()
+    return AppliedVersion(row.id, at)
+
+
+def applied_versions(session: Session) -> dict[str, AppliedVersion]:
+    """Each model's configuration version in force now."""
+    rows = session.execute(
+        select(Model.name, ConfigVersion.id, ConfigVersion.applied_at)
+        .join(ConfigVersion, ConfigVersion.model_id == Model.id)
+        .where(ConfigVersion.state == "applied")
+    )
+    return {name: AppliedVersion(vid, at or 0.0) for name, vid, at in rows}
+
+
+def version_of_window(version: AppliedVersion | None, start: float, end: float) -> tuple[int | None, bool]:
+    """The configuration version a window belongs to, and whether a reconfiguration fell inside it
+    (then it belongs to none, so no trial is scored with another trial's traffic)."""
+    if version is None:
+        return None, False
+    if start < version.applied_at <= end:
+        return None, True
+    return version.id, False
+
+
+_WINDOW_FIELDS = (
+    "start end requests success failures request_rate inference_rate avg_batch avg_request_ms avg_queue_ms "
+    "avg_compute_input_ms avg_compute_infer_ms avg_compute_output_ms p50_ms p90_ms p99_ms ttft_p50_ms "
+    "ttft_p99_ms ttft_source pending reset"
+).split()
+
+
+def add_windows(
+    session: Session,
+    ids: Mapping[str, int],
+    windows: Iterable[ModelWindow],
+    versions: Mapping[str, AppliedVersion],
+    resolution_s: float,
+) -> int:
+    rows = []
+    for w in windows:
+        if w.model not in ids:
+            continue
+        version_id, spans = version_of_window(versions.get(w.model), w.start, w.end)
+        values = {f: getattr(w, f) for f in _WINDOW_FIELDS}
+        rows.append(
+            MetricWindow(
+                model_id=ids[w.model],
+                config_version_id=version_id,
+                spans_reconfiguration=spans,
+                resolution_s=resolution_s,
+                **values,
+            )
+        )
+    session.add_all(rows)
+    return len(rows)
+
+
+def add_device_windows(
+    session: Session, windows: Iterable[DeviceWindow], server_id: int | None = None
+) -> int:
+    rows = [
+        DeviceWindowRow(
+            server_id=server_id,
+            device=w.device,
+            kind=w.kind,
+            source=w.source,
+            start=w.start,
+            end=w.end,
+            utilization=w.utilization,
+            memory_used_bytes=w.memory_used_bytes,
+            memory_total_bytes=w.memory_total_bytes,
+            power_w=w.power_w,
+            processes=dict(w.processes),
+        )
+        for w in windows
+    ]
+    session.add_all(rows)
+    return len(rows)
+
+
+def windows(
+    session: Session,
+    model: str,
+    start: float | None = None,
+    end: float | None = None,
+    config_version: int | None = None,
+) -> Sequence[MetricWindow]:
+    """A model's windows that ended in [start, end], or those of one configuration version."""
+    q = select(MetricWindow).join(Model, Model.id == MetricWindow.model_id).where(Model.name == model)
+    if start is not None:
+        q = q.where(MetricWindow.end >= start)
+    if end is not None:
+        q = q.where(MetricWindow.end <= end)
+    if config_version is not None:
+        q = q.where(MetricWindow.config_version_id == config_version)
+    return session.scalars(q.order_by(MetricWindow.end)).all()
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Windows summed up: totals and rates over their span, the worst latency quantiles."""
+
+    windows: int
+    seconds: float
+    requests: float
+    success: float
+    failures: dict[str, float] = field(default_factory=dict)
+    request_rate: float = 0.0
+    inference_rate: float = 0.0
+    avg_queue_ms: float | None = None
+    p99_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    resets: int = 0
+    spans_reconfiguration: int = 0
+
+
+def aggregate(rows: Sequence[MetricWindow]) -> Aggregate:
+    if not rows:
+        return Aggregate(0, 0.0, 0.0, 0.0)
+    seconds = sum(r.end - r.start for r in rows)
+    failures: dict[str, float] = {}
+    for r in rows:
+        for k, v in (r.failures or {}).items():
+            failures[k] = failures.get(k, 0.0) + v
+    success = sum(r.success for r in rows)
+    queue = [(r.avg_queue_ms, r.success) for r in rows if r.avg_queue_ms is not None and r.success > 0]
+    return Aggregate(
+        windows=len(rows),
+        seconds=seconds,
+        requests=sum(r.requests for r in rows),
+        success=success,
+        failures=failures,
+        request_rate=sum(r.requests for r in rows) / seconds if seconds > 0 else 0.0,
+        inference_rate=sum(r.inference_rate * (r.end - r.start) for r in rows) / seconds
+        if seconds > 0
+        else 0.0,
+        avg_queue_ms=sum(q * n for q, n in queue) / sum(n for _, n in queue) if queue else None,
+        p99_ms=_max(r.p99_ms for r in rows),
+        ttft_p99_ms=_max(r.ttft_p99_ms for r in rows),
+        resets=sum(r.reset for r in rows),
+        spans_reconfiguration=sum(r.spans_reconfiguration for r in rows),
+    )
+
+
+def _max(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return max(present) if present else None
+
+
+def downsample(session: Session, older_than: float, bucket_s: float = 60.0) -> int:
+    """Replace raw windows that ended before `older_than` by one window per model, configuration
+    version and `bucket_s` bucket: counts and rates are summed over time, latencies keep their
+    worst value. Returns the raw windows removed."""
+    raw = session.scalars(
+        select(MetricWindow)
+        .where(MetricWindow.end < older_than, MetricWindow.resolution_s < bucket_s)
+        .order_by(MetricWindow.model_id, MetricWindow.end)
+    ).all()
+    groups: dict[tuple[int, int | None, bool, float], list[MetricWindow]] = {}
+    for r in raw:
+        key = (
+            r.model_id,
+            r.config_version_id,
+            r.spans_reconfiguration,
+            math.floor(r.end / bucket_s) * bucket_s,
+        )
+        groups.setdefault(key, []).append(r)
+    for (model_id, version_id, spans, _), rows in groups.items():
+        agg = aggregate(rows)
+        batches = [(r.avg_batch, r.requests) for r in rows if r.avg_batch is not None and r.requests > 0]
+        session.add(
+            MetricWindow(
+                model_id=model_id,
+                start=min(r.start for r in rows),
+                end=max(r.end for r in rows),
+                resolution_s=bucket_s,
+                config_version_id=version_id,
+                spans_reconfiguration=spans,
+                reset=agg.resets > 0,
+                requests=agg.requests,
+                success=agg.success,
+                failures=agg.failures,
+                request_rate=agg.request_rate,
+                inference_rate=agg.inference_rate,
+                avg_batch=sum(b * n for b, n in batches) / sum(n for _, n in batches) if batches else None,
+                avg_queue_ms=agg.avg_queue_ms,
+                p50_ms=_max(r.p50_ms for r in rows),
+                p90_ms=_max(r.p90_ms for r in rows),
+                p99_ms=agg.p99_ms,
+                ttft_p50_ms=_max(r.ttft_p50_ms for r in rows),
+                ttft_p99_ms=agg.ttft_p99_ms,
+                ttft_source=next((r.ttft_source for r in rows if r.ttft_source), None),
+                pending=rows[-1].pending,
+            )
+        )
+    if raw:
+        session.execute(delete(MetricWindow).where(MetricWindow.id.in_([r.id for r in raw])))
+    return len(raw)
+
+
+def window_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(MetricWindow)) or 0)

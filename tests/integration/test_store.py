@@ -1,0 +1,128 @@
+"""The store on SQLite and on a real PostgreSQL: migrations up and down with `alembic check`
+clean, refusal of a schema not at head, windows stored and queried, retention downsampling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import inspect
+
+from alembic import command
+from collectors.window import ModelWindow
+from store import queries
+from store.db import SchemaNotAtHead, Store, StoreError
+from store.models import ConfigVersion, Model
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
+    s.upgrade()
+    yield s
+    s.dispose()
+
+
+def test_migrations_up_down_and_check(store_url: str) -> None:
+    s = Store(store_url)
+    with pytest.raises(SchemaNotAtHead, match="run `slatune db upgrade`"):
+        s.require_head()
+    s.upgrade()
+    s.require_head()
+    command.check(s.alembic_config())  # the models and the migrations agree: nothing to autogenerate
+    assert {"servers", "models", "metric_windows", "device_windows", "config_versions",
+            "reconfiguration_journal", "alerts", "tuning_runs"} <= set(inspect(s.engine).get_table_names())  # fmt: skip
+    s.downgrade("base")
+    assert set(inspect(s.engine).get_table_names()) <= {"alembic_version"}
+    with pytest.raises(SchemaNotAtHead, match=r"at schema revision \(empty\)"):
+        s.require_head()
+    s.upgrade()
+    s.require_head()
+    s.dispose()
+
+
+def fleet(store: Store) -> dict[str, int]:
+    with store.session() as session:
+        return queries.sync_fleet(
+            session,
+            [queries.ServerInfo("t0", "127.0.0.1:1", "http://127.0.0.1:2/metrics", True)],
+            [queries.ModelInfo("chat", "t0", "latency-critical", "dev0", "ttft_p99", 200.0),
+             queries.ModelInfo("emb", "t0", "bulk", "dev0", None, None)],
+        )  # fmt: skip
+
+
+def win(
+    model: str, start: float, requests: float, p99: float | None = None, reset: bool = False
+) -> ModelWindow:
+    return ModelWindow(
+        model=model, start=start, end=start + 1.0, requests=requests, success=requests,
+        request_rate=requests, inference_rate=requests * 4, avg_queue_ms=2.0, p99_ms=p99, reset=reset,
+    )  # fmt: skip
+
+
+def test_windows_are_tagged_with_their_configuration_version(store: Store) -> None:
+    ids = fleet(store)
+    with store.session() as session:
+        v1 = queries.record_applied(session, "emb", {"instances": 1}, "startup", "spec", at=100.0)
+    with store.session() as session:
+        versions = queries.applied_versions(session)
+        queries.add_windows(session, ids, [win("emb", 100.0 + i, 10) for i in range(5)], versions, 1.0)
+    with store.session() as session:
+        v2 = queries.record_applied(session, "emb", {"instances": 2}, "tuner", "trial 3", at=105.5)
+    with store.session() as session:
+        versions = queries.applied_versions(session)
+        queries.add_windows(session, ids, [win("emb", 105.0 + i, 20) for i in range(5)], versions, 1.0)
+    with store.session() as session:
+        first = queries.windows(session, "emb", config_version=v1.id)
+        second = queries.windows(session, "emb", config_version=v2.id)
+        spanning = [w for w in queries.windows(session, "emb") if w.spans_reconfiguration]
+        assert [w.start for w in first] == [100.0, 101.0, 102.0, 103.0, 104.0]
+        assert [w.start for w in second] == [106.0, 107.0, 108.0, 109.0]
+        assert [(w.start, w.config_version_id) for w in spanning] == [(105.0, None)]  # 105.5 fell inside
+        agg = queries.aggregate(second)
+        assert (agg.windows, agg.seconds, agg.requests) == (4, 4.0, 80)
+        assert agg.request_rate == pytest.approx(20.0) and agg.inference_rate == pytest.approx(80.0)
+        states = {v.knobs["instances"]: v.state for v in session.query(ConfigVersion)}
+        assert states == {1: "superseded", 2: "applied"}
+
+
+def test_time_range_query_and_aggregate(store: Store) -> None:
+    ids = fleet(store)
+    with store.session() as session:
+        queries.add_windows(
+            session, ids, [win("chat", float(t), 3, p99=10.0 + t) for t in range(10)], {}, 1.0
+        )
+    with store.session() as session:
+        rows = queries.windows(session, "chat", start=3.0, end=6.0)  # windows ending in [3, 6]
+        assert [r.end for r in rows] == [3.0, 4.0, 5.0, 6.0]
+        agg = queries.aggregate(rows)
+        assert agg.requests == 12 and agg.p99_ms == 15.0 and agg.avg_queue_ms == 2.0
+        assert queries.windows(session, "emb") == []
+
+
+def test_downsampling_keeps_totals(store: Store) -> None:
+    ids = fleet(store)
+    with store.session() as session:
+        queries.add_windows(
+            session, ids, [win("emb", float(t), 5, p99=float(t % 7)) for t in range(120)], {}, 1.0
+        )
+        queries.add_windows(session, ids, [win("emb", 1000.0, 5)], {}, 1.0)  # recent: kept as is
+    with store.session() as session:
+        removed = queries.downsample(session, older_than=500.0, bucket_s=60.0)
+    assert removed == 120
+    with store.session() as session:
+        rows = queries.windows(session, "emb")
+        # windows end at 1..120: buckets hold those ending at 1..59 (59 x 5), 60..119 (60 x 5), 120 (5)
+        assert [(r.resolution_s, r.requests) for r in rows] == [(60.0, 295.0), (60.0, 300.0), (60.0, 5.0), (1.0, 5.0)]
+        assert sum(r.requests for r in rows) == 121 * 5
+        assert rows[0].p99_ms == 6.0
+
+
+def test_a_database_error_is_a_store_error_and_rolls_back(store: Store) -> None:
+    fleet(store)
+    with pytest.raises(StoreError, match="IntegrityError"), store.session() as session:
+        session.add(Model(name="chat", server_id=1, role="bulk", device="d"))  # duplicate name
+    with store.session() as session:
+        assert len(queries.model_ids(session)) == 2
