@@ -6,12 +6,14 @@ priority, queue policy) round-robin over the models while the load keeps running
 requests by reason (goal: 0), apply time p50/p99 per path, and each model's latency during the
 reconfigurations against the baseline.
 
-It runs twice: slatune's path, then a naive one (no warmup, new instances at normal CPU priority;
-reconfigurations are one at a time in both). The models have queue timeouts, and the guard's is
-tight (100 ms, for a 20 ms SLA). Two things make a naive reconfiguration lose requests: a new
-instance's first batch runs cold (the guard's first request after a reload took 117 ms instead of
-2.3 ms), and its start-up takes the CPU from the instances that are serving; either holds the
-guard's queue past its timeout.
+It runs twice: slatune's path, then a naive one without warmup (reconfigurations one at a time in
+both). Every model has a queue timeout, and the guard's is tight (100 ms, for a 20 ms SLA). A naive
+reload serves its first batch cold: the guard's first request after a reload took 117 ms instead
+of 2.3 ms, and requests queued behind it can outlive a short queue timeout. Besides failures
+(counted per minute in the quiet baseline and during the reconfigurations, since on 2 loaded cores
+a 100 ms queue timeout also expires now and then with no reconfiguration at all), it measures the
+mechanism directly: the first request each model serves after each of its reconfigurations, and
+every model's p99 during the reconfigurations.
 
     python -m benchmarks.reconfigure --count 100
 """
@@ -80,12 +82,12 @@ def bench_spec() -> FleetSpec:
     return spec.model_copy(update={"models": models})
 
 
-def run(count: int, baseline_s: float, settle_s: float, safe: bool = True) -> dict[str, Any]:
+def run(count: int, baseline_s: float, settle_s: float, warmup: bool = True) -> dict[str, Any]:
     spec = bench_spec()
     began = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="slatune-bench-") as tmp,
-        Fleet(spec, Path(tmp), warmup=safe, low_priority_start=safe) as fleet,
+        Fleet(spec, Path(tmp), warmup=warmup) as fleet,
     ):
         startup_s = time.monotonic() - began
         targets = targets_for(spec, lambda s: fleet.endpoints(s).grpc)
@@ -96,6 +98,7 @@ def run(count: int, baseline_s: float, settle_s: float, safe: bool = True) -> di
         time.sleep(baseline_s)
         reconf_began = time.monotonic()
         results: list[ApplyResult] = []
+        applied_at: list[float] = []
         visits: dict[int, int] = {}
         for i, step in zip(range(count), itertools.cycle(range(len(STEPS)))):
             model, knob, values = STEPS[step]
@@ -103,6 +106,7 @@ def run(count: int, baseline_s: float, settle_s: float, safe: bool = True) -> di
             value = values[(visits[step] - 1) % 2]
             seen = len(load.records)
             results.append(fleet.apply(model, **{knob: value}))
+            applied_at.append(time.monotonic())
             new_failures = Counter(f"{r.model}:{r.error}" for r in load.records[seen:] if r.error is not None)
             print(
                 f"[{i + 1:3d}/{count}] {model:13s} {knob}={value!s:<9} {results[-1].path:9s} "
@@ -124,13 +128,26 @@ def run(count: int, baseline_s: float, settle_s: float, safe: bool = True) -> di
         by_path.setdefault(r.path, []).append(r.seconds)
     applied = [r.seconds for r in results if r.path != "unchanged"]
 
+    # Cold start: the first request each model served after each of its reconfigurations, against
+    # that model's median in the baseline (time to first token for chat).
+    first_after: dict[str, list[float]] = {}
+    for result, at in zip(results, applied_at, strict=True):
+        nxt = next(
+            (r for r in load.records if r.model == result.model and r.started >= at and r.error is None), None
+        )
+        if nxt is not None:
+            first_after.setdefault(result.model, []).append(
+                1000 * (nxt.ttft if nxt.ttft is not None else nxt.latency)
+            )
+
+    def p50(stats: ModelStats) -> float | None:
+        return stats.ttft_p50_ms if stats.ttft_p50_ms is not None else stats.latency_p50_ms
+
     def lat(stats: ModelStats) -> float | None:
         return stats.ttft_p99_ms if stats.ttft_p99_ms is not None else stats.latency_p99_ms
 
     return {
-        "path": "slatune: warmup, low-priority start, one at a time"
-        if safe
-        else "naive: no warmup, normal-priority start",
+        "warmup": warmup,
         "host": {"cpus": _cpus(), "machine": platform.machine(), "python": platform.python_version()},
         "fleet_startup_s": startup_s,
         "reconfigurations": len(results),
@@ -138,6 +155,8 @@ def run(count: int, baseline_s: float, settle_s: float, safe: bool = True) -> di
         "failed_requests": final.failed,
         "failed_in_lead_in": sum(r.error is not None for r in load.records if r.started < baseline_began),
         "failed_in_baseline": sum(r.error is not None for r in base_records),
+        "baseline_s": reconf_began - baseline_began,
+        "reconfiguring_s": reconf_ended - reconf_began + settle_s,
         "failed_during_reconfiguration": sum(
             r.error is not None for r in load.records if r.started >= reconf_began
         ),
@@ -150,6 +169,14 @@ def run(count: int, baseline_s: float, settle_s: float, safe: bool = True) -> di
                 p: {"count": len(v), "p50": percentile(v, 50), "p99": percentile(v, 99)}
                 for p, v in by_path.items()
             },
+        },
+        "first_request_after_apply_ms": {
+            m: {
+                "baseline_p50": p50(baseline[m]) if m in baseline else None,
+                "p50": percentile(v, 50),
+                "max": max(v),
+            }
+            for m, v in first_after.items()
         },
         "latency_p99_ms": {
             m: {
@@ -172,6 +199,10 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def label(r: dict[str, Any]) -> str:
+    return "slatune (warmup)" if r["warmup"] else "naive (no warmup)"
+
+
 def markdown(runs: dict[str, dict[str, Any]]) -> str:
     res = runs["slatune"]
     lines = [
@@ -179,23 +210,43 @@ def markdown(runs: dict[str, dict[str, Any]]) -> str:
         "mixed load, round-robin over the models and knobs (queue delay, instances, priority, queue policy). "
         f"The fleet was up and serving {res['fleet_startup_s']:.1f} s after start. Every model has a queue timeout; the guard's is 100 ms. Failures are counted by when the request was sent: in the quiet baseline window (after a 5 s lead-in that is not measured), or while reconfigurations ran (including the settle window after them).",
         "",
-        "| path | requests | failed: baseline | failed: during reconfigurations | by reason | apply p50 | apply p99 | in-place p50 | reload p50 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| path | requests | failed: quiet baseline | failed: during reconfigurations | apply p50 | apply p99 | in-place p50 | reload p50 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs.values():
         a = r["apply_s"]
         bp = a["by_path"]
         lines.append(
-            f"| {r['path']} | {r['requests']} | {r['failed_in_baseline']} | **{r['failed_during_reconfiguration']}** | "
-            f"{r['failed_by_reason'] or '-'} | "
+            f"| {label(r)} | {r['requests']} | {r['failed_in_baseline']} in {r['baseline_s']:.0f} s "
+            f"({60 * r['failed_in_baseline'] / r['baseline_s']:.1f}/min) | "
+            f"**{r['failed_during_reconfiguration']}** in {r['reconfiguring_s']:.0f} s "
+            f"({60 * r['failed_during_reconfiguration'] / r['reconfiguring_s']:.1f}/min) | "
             f"{a['p50']:.2f} s | {a['p99']:.2f} s | {report.num(bp.get('in-place', {}).get('p50'), 2)} s | "
             f"{report.num(bp.get('reload', {}).get('p50'), 2)} s |"
         )
     lines += [
         "",
+        "Cold start: the first request each model served after each of its reconfigurations "
+        "(ms, median / worst; time to first token for chat-llm), against the model's baseline median:",
+        "",
+        "| model | baseline p50 | " + " | ".join(label(r) for r in runs.values()) + " |",
+        "|---|---|" + "---|" * len(runs),
+    ]
+    for m in res["first_request_after_apply_ms"]:
+        cells = []
+        for r in runs.values():
+            v = r["first_request_after_apply_ms"].get(m)
+            cells.append("-" if v is None else f"{report.num(v['p50'])} / {report.num(v['max'])}")
+        lines.append(
+            f"| {m} | {report.num(res['first_request_after_apply_ms'][m]['baseline_p50'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
         "Latency impact on every model (p99 ms; time to first token for chat-llm):",
         "",
-        "| model | " + " | ".join(f"{k}: baseline | {k}: during" for k in runs) + " |",
+        "| model | " + " | ".join(f"{label(r)}: baseline | during" for r in runs.values()) + " |",
         "|---|" + "---|---|" * len(runs),
     ]
     for m in res["latency_p99_ms"]:
@@ -212,14 +263,14 @@ def main(
     count: Annotated[int, typer.Option(help="Reconfigurations to apply.")] = 100,
     baseline_s: Annotated[float, typer.Option(help="Quiet seconds measured before the first one.")] = 20.0,
     settle_s: Annotated[float, typer.Option(help="Seconds of load after the last one.")] = 5.0,
-    naive: Annotated[bool, typer.Option(help="Also run the naive path to compare.")] = True,
+    naive: Annotated[bool, typer.Option(help="Also run the naive path (no warmup) to compare.")] = True,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = Path(
         "docs/benchmarks/reconfigure.json"
     ),
 ) -> None:
-    runs = {"slatune": run(count, baseline_s, settle_s, safe=True)}
+    runs = {"slatune": run(count, baseline_s, settle_s)}
     if naive:
-        runs["naive"] = run(count, baseline_s, settle_s, safe=False)
+        runs["naive"] = run(count, baseline_s, settle_s, warmup=False)
     command = f"python -m benchmarks.reconfigure --count {count}" + ("" if naive else " --no-naive")
     report.write(
         out, "Live reconfiguration", {"benchmark": "reconfigure", "runs": runs}, markdown(runs), command

@@ -47,7 +47,9 @@ SpecOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Where repositories, logs and state live [env SLATUNE_DATA_DIR]."),
+    typer.Option(
+        "--data-dir", help="Where repositories, logs and state live (env SLATUNE_DATA_DIR; default .slatune)."
+    ),
 ]
 
 

@@ -27,12 +27,10 @@ from tritonclient.utils import InferenceServerException
 from runtime import render
 from runtime.render import ModelConfig
 from runtime.server import (
-    START_NICE,
     Endpoints,
     Ports,
     ServerError,
     TritonProcess,
-    can_restore_priority,
     find_tritonserver,
     free_ports,
     python_backend_dir,
@@ -77,15 +75,13 @@ class Fleet:
         *,
         supervise: bool = True,
         warmup: bool = True,
-        low_priority_start: bool = True,
     ) -> None:
-        """`warmup` and `low_priority_start` are what keep live reconfiguration lossless; only the
-        benchmark that shows what happens without them switches them off."""
+        """`warmup=False` drops the models' warmup samples: only the benchmark that shows what
+        they prevent switches them off."""
         self.spec = spec
         self.work_dir = Path(work_dir)
         self.supervise = supervise
         self.warmup = warmup
-        self.low_priority_start = low_priority_start
         self._servers: dict[str, _Server] = {}
         self._applied: dict[str, ModelConfig] = {}
         # One reconfiguration per server at a time: concurrent reloads would stack their start-up
@@ -104,12 +100,7 @@ class Fleet:
             managed = [s for s in self.spec.servers if not s.attached]
             if managed:
                 binary = find_tritonserver(self.spec.tritonserver)
-                nice = START_NICE if self.low_priority_start and can_restore_priority() else 0
-                if self.low_priority_start and not nice:
-                    log.warning(
-                        "cannot raise CPU priority back (not root, no CAP_SYS_NICE): instances start at normal priority"
-                    )
-                backends = python_backend_dir(self.work_dir, start_nice=nice)
+                backends = python_backend_dir(self.work_dir)
                 env = server_environment()
             for s in self.spec.servers:
                 began = time.monotonic()
@@ -233,11 +224,6 @@ class Fleet:
                         backoff[name] = min(wait * 2, 30.0)
                         log.error("restart of server %s failed: %s", name, exc)
 
-    def _restore_priority(self, server: str) -> None:
-        process = self._servers[server].process
-        if process is not None:
-            process.restore_priority()
-
     # ----------------------------------------------------------------- reading
     def endpoints(self, server: str) -> Endpoints:
         return self._servers[server].endpoints
@@ -315,12 +301,10 @@ class Fleet:
         A change of the instance group alone (count, priority, resources) goes through Triton's
         in-place path: instances are added or replaced while the others keep serving. Any other
         change reloads the model: Triton loads the new version beside the serving one and switches
-        when it is ready. Either way no request should be lost, and three things see to it:
-        new instances run the config's warmup samples before they take traffic (a cold first
-        batch holds the queue past short queue timeouts); they start at low CPU priority and are
-        raised to normal once ready (their start-up would otherwise take the CPU from serving
-        instances); and one reconfiguration per server runs at a time. The result is read back
-        from Triton before it counts as applied. Applying what is applied does nothing."""
+        when it is ready. Either way new instances run the config's warmup samples before they
+        take traffic (a cold first batch holds the queue past short queue timeouts), and one
+        reconfiguration per server runs at a time, so start-up bursts do not stack. The result is
+        read back from Triton before it counts as applied. Applying what is applied does nothing."""
         if knobs is not None:
             changes = {**knobs.model_dump(), **changes}
         spec = self.spec.model(model)
@@ -338,7 +322,6 @@ class Fleet:
             with self._client(spec.server) as client:
                 try:
                     client.load_model(model, config=render.to_json(new_cfg))
-                    self._restore_priority(spec.server)
                     observed = self._observed(client, model)
                 except InferenceServerException as exc:
                     raise ReconfigurationError(

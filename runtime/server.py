@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -87,22 +86,9 @@ def find_tritonserver(configured: Path | None = None) -> Path:
     return binary
 
 
-# The python backend launches each model instance's stub from the backend directory. Through this
-# wrapper a new instance starts at low CPU priority, so that its start-up, initialize and warmup
-# never take the CPU from the instances serving traffic; once Triton reports the model ready,
-# `restore_priority` raises the new instances to normal priority. The wrapper execs the real stub
-# by its own path, which the stub needs to find its libraries.
-STUB_WRAPPER = """#!/bin/sh
-# Written by slatune: start model instances at low CPU priority (see runtime/server.py).
-exec nice -n {nice} {stub} "$@"
-"""
-START_NICE = 10
-
-
-def python_backend_dir(work_dir: Path, start_nice: int = 0) -> Path:
+def python_backend_dir(work_dir: Path) -> Path:
     """A backend directory whose python/ folder links the bundled backend and the stub built for
-    this interpreter's version (links, not copies: the stub finds its libraries relative to itself).
-    With `start_nice` > 0 the stub is launched through a wrapper at that niceness."""
+    this interpreter's version (links, not copies: the stub finds its libraries relative to itself)."""
     root = _pytriton_root()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -121,45 +107,8 @@ def python_backend_dir(work_dir: Path, start_nice: int = 0) -> Path:
         link = target / src.name
         if link.is_symlink() or link.exists():
             link.unlink()
-        if src == stub and start_nice > 0:
-            link.write_text(STUB_WRAPPER.format(nice=start_nice, stub=shlex.quote(str(src))))
-            link.chmod(0o755)
-        else:
-            link.symlink_to(src)
+        link.symlink_to(src)
     return backends
-
-
-def can_restore_priority() -> bool:
-    """Whether this process may raise a child's CPU priority back to normal (root or CAP_SYS_NICE).
-    Without that, instances must not start niced: they would stay slow."""
-    child = subprocess.Popen(["sleep", "5"], preexec_fn=lambda: os.nice(1))
-    try:
-        os.setpriority(os.PRIO_PROCESS, child.pid, 0)
-        return True
-    except PermissionError:
-        return False
-    finally:
-        child.kill()
-        child.wait()
-
-
-def restore_priority(server_pid: int) -> int:
-    """Raise the server's niced children (model stubs that finished starting) to normal CPU
-    priority; returns how many were raised."""
-    raised = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ppid, nice = int(fields[1]), int(fields[16])  # stat fields 4 and 19
-        if ppid == server_pid and nice > 0:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.setpriority(os.PRIO_PROCESS, int(proc.name), 0)
-                raised += 1
-    return raised
 
 
 def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -290,7 +239,6 @@ class TritonProcess:
             if self.proc.poll() is not None:
                 raise ServerError(self._failure(f"exited with status {self.proc.returncode} while starting"))
             if self.ready():
-                self.restore_priority()
                 return time.monotonic() - began
             time.sleep(0.1)
         self.stop()
@@ -303,10 +251,6 @@ class TritonProcess:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
             return False
-
-    def restore_priority(self) -> int:
-        """Normal CPU priority for model instances that finished starting (see STUB_WRAPPER)."""
-        return restore_priority(self.proc.pid) if self.proc is not None else 0
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

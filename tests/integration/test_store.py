@@ -115,7 +115,12 @@ def test_downsampling_keeps_totals(store: Store) -> None:
     with store.session() as session:
         rows = queries.windows(session, "emb")
         # windows end at 1..120: buckets hold those ending at 1..59 (59 x 5), 60..119 (60 x 5), 120 (5)
-        assert [(r.resolution_s, r.requests) for r in rows] == [(60.0, 295.0), (60.0, 300.0), (60.0, 5.0), (1.0, 5.0)]
+        assert [(r.resolution_s, r.requests) for r in rows] == [
+            (60.0, 295.0),
+            (60.0, 300.0),
+            (60.0, 5.0),
+            (1.0, 5.0),
+        ]
         assert sum(r.requests for r in rows) == 121 * 5
         assert rows[0].p99_ms == 6.0
 
