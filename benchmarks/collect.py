@@ -154,6 +154,12 @@ def collector_cpu(seconds: float) -> dict[str, Any]:
     }
 
 
+def _timed(fn: Any) -> float:
+    began = time.perf_counter()
+    fn()
+    return (time.perf_counter() - began) * 1000
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -182,6 +188,9 @@ def main(
     ),
 ) -> None:
     res: dict[str, Any] = {"benchmark": "collect", "cpus": len(os.sched_getaffinity(0))}
+    res["page_lines"] = len(page_of(100).splitlines())
+    four = FIXTURE.read_text()
+    res["page_4_models_parse_ms"] = statistics.median(_timed(lambda: parse(four)) for _ in range(50))
     with tempfile.TemporaryDirectory() as tmp:
         res["page_100_models"] = {"sqlite": parse_and_store(f"sqlite:///{tmp}/a.db")}
         res["windows_per_s"] = {"sqlite": windows_per_second(f"sqlite:///{tmp}/b.db")}
@@ -204,6 +213,11 @@ def main(
         f"| of which store | {p['sqlite']['store_ms_p50']:.2f} ms | {p['postgresql']['store_ms_p50']:.2f} ms |",
         f"| same, p90 | {p['sqlite']['total_ms_p90']:.2f} ms | {p['postgresql']['total_ms_p90']:.2f} ms |",
         f"| windows stored per second (100 per transaction) | {w['sqlite']:.0f} | {w['postgresql']:.0f} |",
+        "",
+        f"The 5 ms goal for a 100-model page is **missed**: parsing dominates. The page has {res['page_lines']} lines and "
+        "prometheus_client's parser, pure Python, costs about 20-30 µs a line; windows and the store stay within a few ms "
+        "(one multi-row INSERT per scrape). A page of the default fleet's 4 models parses in "
+        f"{res['page_4_models_parse_ms']:.1f} ms.",
         "",
         f"Collector CPU at a 1 s scrape of the default fleet under the demo load: **{c['cpu_percent_of_one_core']:.2f}% "
         f"of one core** (goal < 2%): {c['cpu_s']:.2f} s of CPU over {c['seconds']:.0f} s, {c['scrapes']} scrapes, "

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from collectors.window import DeviceWindow, ModelWindow
@@ -134,17 +134,16 @@ def add_windows(
         if w.model not in ids:
             continue
         version_id, spans = version_of_window(versions.get(w.model), w.start, w.end)
-        values = {f: getattr(w, f) for f in _WINDOW_FIELDS}
-        rows.append(
-            MetricWindow(
-                model_id=ids[w.model],
-                config_version_id=version_id,
-                spans_reconfiguration=spans,
-                resolution_s=resolution_s,
-                **values,
-            )
+        row = {f: getattr(w, f) for f in _WINDOW_FIELDS}
+        row.update(
+            model_id=ids[w.model],
+            config_version_id=version_id,
+            spans_reconfiguration=spans,
+            resolution_s=resolution_s,
         )
-    session.add_all(rows)
+        rows.append(row)
+    if rows:  # one multi-row INSERT: ORM objects cost more than the database here
+        session.execute(insert(MetricWindow), rows)
     return len(rows)
 
 
