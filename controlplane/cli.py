@@ -6,7 +6,8 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -53,12 +54,20 @@ DataDirOpt = Annotated[
 ]
 
 
-def _spec(spec: str | None) -> FleetSpec:
+@contextmanager
+def failing_with(code: int, *errors: type[Exception]) -> Iterator[None]:
+    """An expected error (a bad spec, no running fleet, a store not at head) is printed as it is,
+    without a traceback, and the command exits with `code`."""
     try:
-        return resolve_spec(spec)
-    except SpecError as exc:
+        yield
+    except errors as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise typer.Exit(code) from None
+
+
+def _spec(spec: str | None) -> FleetSpec:
+    with failing_with(2, SpecError):
+        return resolve_spec(spec)
 
 
 def _fleet_dir(data_dir: Path | None) -> Path:
@@ -68,14 +77,13 @@ def _fleet_dir(data_dir: Path | None) -> Path:
 def _start(spec: FleetSpec, work_dir: Path) -> Fleet:
     fleet = Fleet(spec, work_dir)
     began = time.monotonic()
-    with console.status(
-        f"starting fleet {spec.name!r}: {len(spec.models)} models on {len(spec.servers)} server(s)"
+    with (
+        console.status(
+            f"starting fleet {spec.name!r}: {len(spec.models)} models on {len(spec.servers)} server(s)"
+        ),
+        failing_with(1, ServerError, OSError, ValueError),
     ):
-        try:
-            fleet.start()
-        except (ServerError, OSError, ValueError) as exc:
-            console.print(f"[red]fleet did not start:[/red] {exc}")
-            raise typer.Exit(1) from None
+        fleet.start()
     console.print(f"[green]fleet {spec.name!r} up and serving in {time.monotonic() - began:.1f} s[/green]")
     for s in spec.servers:
         e = fleet.endpoints(s.name)
@@ -220,14 +228,11 @@ def load(
 
     Example: slatune load --rate chat-llm=3 --rate safety-guard=15 --backlog embeddings=2 --batch embeddings=8
     """
-    try:
+    with failing_with(1, ServerError):
         running = read_state(_fleet_dir(data_dir))
-    except ServerError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
     fs = running.spec
     rates, backlogs, batches = _pairs(rate, "--rate"), _pairs(backlog, "--backlog"), _pairs(batch, "--batch")
-    try:
+    with failing_with(2, ValueError):
         if demo_traffic:
             loads = [ld for ld in demo_mix() if ld.model in fs.model_names]
         else:
@@ -250,9 +255,6 @@ def load(
             request_timeout_s=timeout,
             seed=seed,
         )
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
     _print_report(_drive(run, fs, None), fs, json_out)
 
 
@@ -333,11 +335,8 @@ def db_downgrade(revision: Annotated[str, typer.Argument()], database_url: DbUrl
 def db_current(database_url: DbUrlOpt = None) -> None:
     """Show the store's schema revision and whether it is the newest; exit 1 if not."""
     store = _store(database_url)
-    try:
+    with failing_with(1, StoreError):
         store.require_head()
-    except StoreError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
     console.print(f"store {store.safe_url} is at the newest revision {store.current_revision()}")
 
 
@@ -351,17 +350,10 @@ def collect(
     ] = None,
 ) -> None:
     """Scrape a running fleet's servers into the store, showing the newest window per model."""
-    try:
+    with failing_with(1, ServerError, StoreError):
         running = read_state(_fleet_dir(data_dir))
-    except ServerError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    store = _store(database_url)
-    try:
+        store = _store(database_url)
         store.require_head()
-    except StoreError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
     settings = get_settings()
     collector = fleet_collector(
         store, running.spec, running.endpoints, interval_s=interval, retention_raw_s=settings.retention_raw_s
