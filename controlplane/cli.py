@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from prometheus_client import start_http_server
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -348,6 +349,9 @@ def collect(
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve slatune's own collection metrics on 127.0.0.1:PORT/metrics.")
+    ] = None,
 ) -> None:
     """Scrape a running fleet's servers into the store, showing the newest window per model."""
     with failing_with(1, ServerError, StoreError):
@@ -358,6 +362,9 @@ def collect(
     collector = fleet_collector(
         store, running.spec, running.endpoints, interval_s=interval, retention_raw_s=settings.retention_raw_s
     )
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="127.0.0.1", registry=collector.metrics.registry)
+        console.print(f"slatune's own metrics: http://127.0.0.1:{metrics_port}/metrics")
     console.print(f"collecting every {interval:g} s into {store.safe_url}; Ctrl-C stops")
     began = time.monotonic()
     try:
