@@ -7,7 +7,7 @@ requests by reason (goal: 0), apply time p50/p99 per path, and each model's late
 reconfigurations against the baseline.
 
 It runs twice: slatune's path, then a naive one without warmup (reconfigurations one at a time in
-both). Every model has a queue timeout, and the guard's is tight (100 ms, for a 20 ms SLA). A naive
+both). Every model has a queue timeout, and the guard's is tight (100 ms by default, for a 20 ms SLA). A naive
 reload serves its first batch cold: the guard's first request after a reload took 117 ms instead
 of 2.3 ms, and requests queued behind it can outlive a short queue timeout. Besides failures
 (counted per minute in the quiet baseline and during the reconfigurations, since on 2 loaded cores
@@ -45,7 +45,7 @@ START = {
     # waiting for a token holds up the guard too, and its 100 ms queue timeout would expire in the
     # steady state already. Here the steady state is healthy and any failure is the reconfiguration's.
     "chat-llm": Knobs(queue_timeout_us=2_000_000, max_queue_size=64),
-    "safety-guard": Knobs(queue_timeout_us=100_000, max_queue_size=128),
+    "safety-guard": Knobs(queue_timeout_us=100_000, max_queue_size=128),  # --guard-timeout-ms
     "embeddings": Knobs(instances=1, priority=2, queue_timeout_us=5_000_000),
     "reranker": Knobs(instances=1, priority=2, queue_timeout_us=5_000_000),
 }
@@ -76,14 +76,20 @@ STEPS: list[tuple[str, str, tuple[Any, Any]]] = [
 LEAD_IN_S = 5.0
 
 
-def bench_spec() -> FleetSpec:
+def bench_spec(guard_timeout_ms: int) -> FleetSpec:
     spec = resolve_spec(None)
-    models = [m.model_copy(update={"knobs": START[m.name]}) for m in spec.models]
+    start = dict(START)
+    start["safety-guard"] = start["safety-guard"].model_copy(
+        update={"queue_timeout_us": guard_timeout_ms * 1000}
+    )
+    models = [m.model_copy(update={"knobs": start[m.name]}) for m in spec.models]
     return spec.model_copy(update={"models": models})
 
 
-def run(count: int, baseline_s: float, settle_s: float, warmup: bool = True) -> dict[str, Any]:
-    spec = bench_spec()
+def run(
+    count: int, baseline_s: float, settle_s: float, guard_timeout_ms: int, warmup: bool = True
+) -> dict[str, Any]:
+    spec = bench_spec(guard_timeout_ms)
     began = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="slatune-bench-") as tmp,
@@ -148,6 +154,7 @@ def run(count: int, baseline_s: float, settle_s: float, warmup: bool = True) -> 
 
     return {
         "warmup": warmup,
+        "guard_queue_timeout_ms": guard_timeout_ms,
         "host": {"cpus": _cpus(), "machine": platform.machine(), "python": platform.python_version()},
         "fleet_startup_s": startup_s,
         "reconfigurations": len(results),
@@ -208,7 +215,7 @@ def markdown(runs: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"Default fleet on {res['host']['cpus']} cores: {res['reconfigurations']} reconfigurations under steady "
         "mixed load, round-robin over the models and knobs (queue delay, instances, priority, queue policy). "
-        f"The fleet was up and serving {res['fleet_startup_s']:.1f} s after start. Every model has a queue timeout; the guard's is 100 ms. Failures are counted by when the request was sent: in the quiet baseline window (after a 5 s lead-in that is not measured), or while reconfigurations ran (including the settle window after them).",
+        f"The fleet was up and serving {res['fleet_startup_s']:.1f} s after start. Every model has a queue timeout; the guard's is {res['guard_queue_timeout_ms']} ms. Failures are counted by when the request was sent: in the quiet baseline window (after a 5 s lead-in that is not measured), or while reconfigurations ran (including the settle window after them).",
         "",
         "| path | requests | failed: quiet baseline | failed: during reconfigurations | apply p50 | apply p99 | in-place p50 | reload p50 |",
         "|---|---|---|---|---|---|---|---|",
@@ -264,17 +271,19 @@ def main(
     baseline_s: Annotated[float, typer.Option(help="Quiet seconds measured before the first one.")] = 20.0,
     settle_s: Annotated[float, typer.Option(help="Seconds of load after the last one.")] = 5.0,
     naive: Annotated[bool, typer.Option(help="Also run the naive path (no warmup) to compare.")] = True,
-    out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = Path(
-        "docs/benchmarks/reconfigure.json"
-    ),
+    guard_timeout_ms: Annotated[
+        int, typer.Option(help="The guard's queue timeout (its SLA is 20 ms).")
+    ] = 100,
+    out: Annotated[Path | None, typer.Option(help="Where the JSON figures go.")] = None,
 ) -> None:
-    runs = {"slatune": run(count, baseline_s, settle_s)}
+    runs = {"slatune": run(count, baseline_s, settle_s, guard_timeout_ms)}
     if naive:
-        runs["naive"] = run(count, baseline_s, settle_s, warmup=False)
-    command = f"python -m benchmarks.reconfigure --count {count}" + ("" if naive else " --no-naive")
-    report.write(
-        out, "Live reconfiguration", {"benchmark": "reconfigure", "runs": runs}, markdown(runs), command
-    )
+        runs["naive"] = run(count, baseline_s, settle_s, guard_timeout_ms, warmup=False)
+    command = f"python -m benchmarks.reconfigure --count {count} --baseline-s {baseline_s:g} --guard-timeout-ms {guard_timeout_ms}"
+    command += "" if naive else " --no-naive"
+    out = out or Path(f"docs/benchmarks/reconfigure-guard-{guard_timeout_ms}ms.json")
+    title = f"Live reconfiguration (guard queue timeout {guard_timeout_ms} ms)"
+    report.write(out, title, {"benchmark": "reconfigure", "runs": runs}, markdown(runs), command)
     for name, res in runs.items():
         keys = (
             "requests",

@@ -137,7 +137,7 @@ def _drive(run: LoadRun, spec: FleetSpec, fleet: Fleet | None, window_s: float =
     run.start()
     with Live(console=console, refresh_per_second=2) as live:
         try:
-            while run._thread is not None and run._thread.is_alive():
+            while run.running:
                 title = (
                     f"live, last {window_s:.0f} s  ({run.elapsed:.0f} / {run.duration_s:.0f} s)  Ctrl-C stops"
                 )

@@ -284,6 +284,11 @@ class LoadRun:
         return self.report()
 
     @property
+    def running(self) -> bool:
+        """Started with `start()` and not finished yet."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def elapsed(self) -> float:
         if self._started_at is None:
             return 0.0
