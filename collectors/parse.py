@@ -32,6 +32,9 @@ SUMMARIES = {
 # Time to first token: Triton's own histogram where the server has it (2.52+), else the one the
 # built-in chat model exports through the python backend's metrics API.
 TTFT_HISTOGRAMS = ("nv_inference_first_response_histogram_ms", "slatune_ttft_ms")
+# Whole-request latency per window, where the model exports it (slatune's built-ins do): Triton's
+# summaries remember about a minute, longer than a tuning trial's window.
+LATENCY_HISTOGRAM = "slatune_request_ms"
 
 
 class ParseError(ValueError):
@@ -65,6 +68,8 @@ class ModelSample:
     """Summary quantiles in microseconds, e.g. {"request": {0.99: 12000.0}}; NaN ones left out."""
     ttft: dict[str, Histogram] = field(default_factory=dict)
     """TTFT histograms by source: "triton", "client" (client-stamped) or "model" (from pick-up)."""
+    latency: dict[str, Histogram] = field(default_factory=dict)
+    """Request latency histograms by source: "client" or "model"."""
 
 
 @dataclass
@@ -121,6 +126,11 @@ def _model_sample(m: ModelSample, name: str, labels: dict[str, str], value: floa
             q = m.quantiles.setdefault(SUMMARIES[name], {})
             quantile = float(labels["quantile"])
             q[quantile] = max(q.get(quantile, value), value)
+    elif name.startswith(LATENCY_HISTOGRAM):
+        source = labels.get("origin", "model")
+        _histogram_sample(
+            m.latency.setdefault(source, Histogram()), name[len(LATENCY_HISTOGRAM) :], labels, value
+        )
     else:
         for base in TTFT_HISTOGRAMS:
             if name.startswith(base):

@@ -39,7 +39,10 @@ class ModelWindow:
     p50_ms: float | None = None
     p90_ms: float | None = None
     p99_ms: float | None = None
-    """Request latency quantiles from Triton's summary at the window's end (None when NaN)."""
+    """Request latency quantiles over the window from the model's latency histogram, else from
+    Triton's summary at the window's end (which remembers about a minute; None when NaN)."""
+    latency_source: str | None = None
+    """"client" or "model" (histogram origin), "summary", or None."""
     ttft_p50_ms: float | None = None
     ttft_p99_ms: float | None = None
     ttft_source: str | None = None
@@ -146,9 +149,21 @@ def model_window(
                 ttft_source = source
                 ttft_p50, ttft_p99 = histogram_quantile(0.5, h), histogram_quantile(0.99, h)
 
+    latency: Histogram | None = None
+    latency_source = None
+    for source in ("client", "model"):
+        if source in cur.latency:
+            h, was_reset = histogram_increase(p.latency.get(source) if prev else None, cur.latency[source])
+            resets.append(was_reset)
+            if h.count > 0 and latency is None:
+                latency, latency_source = h, source
     quantiles = cur.quantiles.get("request", {})
+    if latency is None and quantiles:
+        latency_source = "summary"
 
     def q_ms(q: float) -> float | None:
+        if latency is not None:
+            return histogram_quantile(q, latency)
         v = quantiles.get(q)
         return None if v is None else v / 1000.0
 
@@ -170,6 +185,7 @@ def model_window(
         p50_ms=q_ms(0.5),
         p90_ms=q_ms(0.9),
         p99_ms=q_ms(0.99),
+        latency_source=latency_source,
         ttft_p50_ms=ttft_p50,
         ttft_p99_ms=ttft_p99,
         ttft_source=ttft_source,

@@ -384,7 +384,12 @@ class LoadRun:
             if target.streaming:
                 ttft = await self._stream(client, load.model, inputs, started)
             else:
-                await client.infer(load.model, inputs, client_timeout=self.request_timeout_s)
+                await client.infer(
+                    load.model,
+                    inputs,
+                    client_timeout=self.request_timeout_s,
+                    parameters={"slatune_sent_ns": time.time_ns()},
+                )
         except InferenceServerException as exc:
             error = failure_reason(str(exc.message() or exc))
             self._errors.setdefault(error, str(exc.message() or exc)[:300])
@@ -426,7 +431,7 @@ def demo_mix(scale: float = 1.0) -> list[ModelLoad]:
     """The mixed workload of the embedded default fleet: open-loop chat and guard traffic at rates
     that matter, and a bulk backlog of embeddings and reranking. `scale` multiplies the rates."""
     return [
-        ModelLoad("chat-llm", rate=3.0 * scale, words=(32, 160), max_tokens=16),
+        ModelLoad("chat-llm", rate=3.0 * scale, words=(16, 64), max_tokens=16),
         ModelLoad("safety-guard", rate=15.0 * scale, words=(16, 64)),
         ModelLoad("embeddings", concurrency=2, batch=8, words=(16, 96)),
         ModelLoad("reranker", concurrency=1, batch=4, words=(16, 96)),

@@ -135,6 +135,8 @@ class MetricWindow(Base):
     p50_ms: Mapped[float | None] = mapped_column(Float)
     p90_ms: Mapped[float | None] = mapped_column(Float)
     p99_ms: Mapped[float | None] = mapped_column(Float)
+    latency_source: Mapped[str | None] = mapped_column(String(16))
+    """Where p50/p90/p99 come from: "client"/"model" histograms, or Triton's "summary"."""
     ttft_p50_ms: Mapped[float | None] = mapped_column(Float)
     ttft_p99_ms: Mapped[float | None] = mapped_column(Float)
     ttft_source: Mapped[str | None] = mapped_column(String(16))

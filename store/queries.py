@@ -117,7 +117,7 @@ def version_of_window(version: AppliedVersion | None, start: float, end: float) 
 
 _WINDOW_FIELDS = (
     "start end requests success failures request_rate inference_rate avg_batch avg_request_ms avg_queue_ms "
-    "avg_compute_input_ms avg_compute_infer_ms avg_compute_output_ms p50_ms p90_ms p99_ms ttft_p50_ms "
+    "avg_compute_input_ms avg_compute_infer_ms avg_compute_output_ms p50_ms p90_ms p99_ms latency_source ttft_p50_ms "
     "ttft_p99_ms ttft_source pending reset"
 ).split()
 
@@ -282,6 +282,7 @@ def downsample(session: Session, older_than: float, bucket_s: float = 60.0) -> i
                 ttft_p50_ms=_max(r.ttft_p50_ms for r in rows),
                 ttft_p99_ms=agg.ttft_p99_ms,
                 ttft_source=next((r.ttft_source for r in rows if r.ttft_source), None),
+                latency_source=next((r.latency_source for r in rows if r.latency_source), None),
                 pending=rows[-1].pending,
             )
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -38,3 +39,67 @@ def split_responses(pb_utils: Any, counts: list[int], name: str, values: np.ndar
         out.append(pb_utils.InferenceResponse([pb_utils.Tensor(name, values[start : start + n])]))
         start += n
     return out
+
+
+LATENCY_BUCKETS_MS = [
+    1,
+    2,
+    5,
+    10,
+    15,
+    20,
+    30,
+    50,
+    75,
+    100,
+    150,
+    200,
+    250,
+    300,
+    400,
+    500,
+    750,
+    1000,
+    2000,
+    5000,
+]
+MAX_CLOCK_SKEW_NS = 600 * 10**9
+
+
+class LatencyHistogram:
+    """A latency histogram exported through the python backend's metrics API, per window exact
+    (Triton's own summaries remember about a minute, longer than a tuning trial).
+
+    Measured from the client's send time when the request carries the parameter `slatune_sent_ns`
+    (Unix nanoseconds, same host clock; label origin="client", includes queueing), else from the
+    moment the model picked the request up (origin="model", excludes queueing)."""
+
+    def __init__(self, pb_utils: Any, name: str, description: str, model: str) -> None:
+        # The family must outlive its metrics, so it is kept here with them.
+        self.family = pb_utils.MetricFamily(
+            name=name, description=description, kind=pb_utils.MetricFamily.HISTOGRAM
+        )
+        self.metrics = {
+            origin: self.family.Metric(labels={"model": model, "origin": origin}, buckets=LATENCY_BUCKETS_MS)
+            for origin in ("client", "model")
+        }
+
+    def observe(self, request: Any, picked_ns: int) -> None:
+        now = time.time_ns()
+        try:
+            sent = int(json.loads(request.parameters()).get("slatune_sent_ns", 0))
+        except (TypeError, ValueError):
+            sent = 0
+        if 0 < sent <= now and now - sent < MAX_CLOCK_SKEW_NS:
+            self.metrics["client"].observe((now - sent) / 1e6)
+        else:
+            self.metrics["model"].observe((now - picked_ns) / 1e6)
+
+
+def request_latency(pb_utils: Any, args: dict[str, Any]) -> LatencyHistogram:
+    return LatencyHistogram(
+        pb_utils,
+        "slatune_request_ms",
+        "Whole-request latency of a slatune built-in model, in milliseconds",
+        args["model_name"],
+    )

@@ -105,6 +105,9 @@ def test_metrics_page_has_every_model_and_the_ttft_histogram(default_fleet: Flee
         assert f'nv_inference_queue_duration_us{{model="{model}",version="1"}}' in page
     assert 'nv_inference_request_summary_us{model="embeddings",version="1",quantile="0.99"}' in page
     assert "# TYPE slatune_ttft_ms histogram" in page
+    assert "# TYPE slatune_request_ms histogram" in page
+    for model in default_fleet.spec.model_names:
+        assert f'slatune_request_ms_count{{model="{model}",origin="client"}}' in page
     count = next(
         line
         for line in page.splitlines()

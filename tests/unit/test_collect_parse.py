@@ -156,3 +156,35 @@ def test_histogram_reset() -> None:
 def test_first_scrape_gives_an_empty_window() -> None:
     w = model_window("m", None, ModelSample(success=50, inferences=50), 0.0, 1.0)
     assert (w.requests, w.request_rate, w.reset) == (0.0, 0.0, False)
+
+
+def latency_page(fast: float, slow: float) -> str:
+    """A model exporting slatune_request_ms (client origin) beside Triton's summary."""
+    return f"""# TYPE nv_inference_request_success counter
+nv_inference_request_success{{model="g",version="1"}} {fast + slow}
+# TYPE nv_inference_request_summary_us summary
+nv_inference_request_summary_us{{model="g",version="1",quantile="0.99"}} 900000
+# TYPE slatune_request_ms histogram
+slatune_request_ms_bucket{{model="g",origin="client",le="10"}} {fast}
+slatune_request_ms_bucket{{model="g",origin="client",le="1000"}} {fast + slow}
+slatune_request_ms_bucket{{model="g",origin="client",le="+Inf"}} {fast + slow}
+slatune_request_ms_count{{model="g",origin="client"}} {fast + slow}
+slatune_request_ms_sum{{model="g",origin="client"}} 0
+"""
+
+
+def test_window_latency_comes_from_the_histogram_not_the_remembering_summary() -> None:
+    # Before: 100 fast and 10 slow requests. In the window: 200 more, all fast. Triton's summary
+    # still says 900 ms at p99 (it remembers about a minute); the histogram's window does not.
+    before = parse(latency_page(fast=100, slow=10)).models["g"]
+    after = parse(latency_page(fast=300, slow=10)).models["g"]
+    w = model_window("g", before, after, 0.0, 1.0)
+    assert w.latency_source == "client"
+    assert w.p99_ms == pytest.approx(9.9)  # rank 198 of 200, all in (0, 10]: 10 * 198/200
+    assert w.p50_ms == pytest.approx(5.0)
+
+
+def test_window_latency_falls_back_to_the_summary() -> None:
+    a, b = parse(page(10, 500)).models["m"], parse(page(20, 900)).models["m"]
+    w = model_window("m", a, b, 0.0, 1.0)
+    assert w.latency_source == "summary" and w.p99_ms == pytest.approx(1.2)

@@ -3,13 +3,10 @@
 Requests batched together by Triton are prefilled one by one (each sends its first token as soon as
 its prefill is done) and then decoded together, one batched step per token. Time to first token is
 exported as the histogram `slatune_ttft_ms` through the python backend's metrics API, because Triton
-2.51 has no first-response histogram of its own. It is measured from the client's send time when the
-request carries the parameter `slatune_sent_ns` (Unix nanoseconds, same host clock; label
-origin="client", includes queueing), else from the moment the model picked the request up
-(origin="model", excludes queueing).
+2.51 has no first-response histogram of its own; whole-stream latency as `slatune_request_ms`. See
+`support.LatencyHistogram` for where each is measured from.
 """
 
-import json
 import time
 
 import numpy as np
@@ -18,7 +15,6 @@ import triton_python_backend_utils as pb_utils
 from runtime.demo_models import support
 from runtime.demo_models.nn import Decoder, tokenize
 
-TTFT_BUCKETS_MS = [5, 10, 20, 35, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 2000, 5000]
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -35,28 +31,13 @@ class TritonPythonModel:
             ffn=support.int_param(p, "ffn", 1024),
             layers=support.int_param(p, "layers", 4),
         )
-        # The family must outlive its metrics, so it is kept on the model.
-        self.ttft_family = family = pb_utils.MetricFamily(
-            name="slatune_ttft_ms",
-            description="Time to first token of a streaming model, in milliseconds",
-            kind=pb_utils.MetricFamily.HISTOGRAM,
+        self.ttft = support.LatencyHistogram(
+            pb_utils,
+            "slatune_ttft_ms",
+            "Time to first token of a streaming model, in milliseconds",
+            args["model_name"],
         )
-        name = args["model_name"]
-        self.ttft = {
-            origin: family.Metric(labels={"model": name, "origin": origin}, buckets=TTFT_BUCKETS_MS)
-            for origin in ("client", "model")
-        }
-
-    def _observe_ttft(self, request, picked_ns):
-        now = time.time_ns()
-        try:
-            sent = int(json.loads(request.parameters()).get("slatune_sent_ns", 0))
-        except (TypeError, ValueError):
-            sent = 0
-        if 0 < sent <= now and now - sent < 600 * 10**9:
-            self.ttft["client"].observe((now - sent) / 1e6)
-        else:
-            self.ttft["model"].observe((now - picked_ns) / 1e6)
+        self.latency = support.request_latency(pb_utils, args)
 
     def execute(self, requests):
         picked_ns = time.time_ns()
@@ -73,11 +54,13 @@ class TritonPythonModel:
                 continue
             ids = tokenize(prompt, self.vocab, self.max_prompt)
             token, _, caches = self.model.prefill(ids, capacity=len(ids) + budget)
-            self._observe_ttft(request, picked_ns)
+            self.ttft.observe(request, picked_ns)
             flags = FINAL if budget == 1 else 0
             sender.send(_token_response(token), flags=flags)
-            if budget > 1:
-                live.append([sender, budget - 1, caches, token])
+            if budget == 1:
+                self.latency.observe(request, picked_ns)
+            else:
+                live.append([sender, budget - 1, caches, token, request])
         while live:
             tokens = np.array([s[3] for s in live])
             nxt = self.model.step(tokens, [s[2] for s in live])
@@ -85,6 +68,8 @@ class TritonPythonModel:
                 state[1] -= 1
                 state[3] = int(token)
                 state[0].send(_token_response(int(token)), flags=FINAL if state[1] == 0 else 0)
+                if state[1] == 0:
+                    self.latency.observe(state[4], picked_ns)
             live = [s for s in live if s[1] > 0]
         return None
 

@@ -1,5 +1,7 @@
 """Built-in demo safety guard: a one-block encoder and a logistic head."""
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -9,6 +11,7 @@ from runtime.demo_models.nn import Encoder, pad, tokenize
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.latency = support.request_latency(pb_utils, args)
         p = support.parameters(args)
         self.vocab = support.int_param(p, "vocab", 8192)
         self.max_tokens = support.int_param(p, "max_tokens", 64)
@@ -23,10 +26,14 @@ class TritonPythonModel:
         self.head = np.random.default_rng(18).standard_normal(d).astype(np.float32)
 
     def execute(self, requests):
+        picked_ns = time.time_ns()
         per_request = [support.texts(pb_utils, r, "TEXT") for r in requests]
         flat = [tokenize(t, self.vocab, self.max_tokens) for texts in per_request for t in texts]
         logits = self.encoder.pooled(*pad(flat)) @ self.head
         probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        return support.split_responses(
+        responses = support.split_responses(
             pb_utils, [len(t) for t in per_request], "UNSAFE_PROB", probs.reshape(-1, 1)
         )
+        for request in requests:
+            self.latency.observe(request, picked_ns)
+        return responses

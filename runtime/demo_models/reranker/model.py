@@ -1,5 +1,7 @@
 """Built-in demo reranker: query and document encoded together, scored from the first position."""
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -9,6 +11,7 @@ from runtime.demo_models.nn import Encoder, pad, tokenize
 
 class TritonPythonModel:
     def initialize(self, args):
+        self.latency = support.request_latency(pb_utils, args)
         p = support.parameters(args)
         self.vocab = support.int_param(p, "vocab", 8192)
         self.max_tokens = support.int_param(p, "max_tokens", 256)
@@ -23,6 +26,7 @@ class TritonPythonModel:
         self.head = np.random.default_rng(14).standard_normal(d).astype(np.float32) / np.sqrt(d)
 
     def execute(self, requests):
+        picked_ns = time.time_ns()
         pairs = [
             list(
                 zip(support.texts(pb_utils, r, "QUERY"), support.texts(pb_utils, r, "DOCUMENT"), strict=True)
@@ -32,4 +36,9 @@ class TritonPythonModel:
         flat = [tokenize(q + b" [SEP] " + d, self.vocab, self.max_tokens) for ps in pairs for q, d in ps]
         hidden = self.encoder.forward(*pad(flat))
         scores = (hidden[:, 0, :] @ self.head).astype(np.float32)
-        return support.split_responses(pb_utils, [len(ps) for ps in pairs], "SCORE", scores.reshape(-1, 1))
+        responses = support.split_responses(
+            pb_utils, [len(ps) for ps in pairs], "SCORE", scores.reshape(-1, 1)
+        )
+        for request in requests:
+            self.latency.observe(request, picked_ns)
+        return responses
