@@ -43,6 +43,10 @@ class ModelWindow:
     Triton's summary at the window's end (which remembers about a minute; None when NaN)."""
     latency_source: str | None = None
     """"client" or "model" (histogram origin), "summary", or None."""
+    latency_buckets: dict[float, float] = field(default_factory=dict)
+    """The window's latency histogram (cumulative counts by upper bound, ms), so that quantiles
+    over many windows are exact: sum the buckets, then take the quantile."""
+    ttft_buckets: dict[float, float] = field(default_factory=dict)
     ttft_p50_ms: float | None = None
     ttft_p99_ms: float | None = None
     ttft_source: str | None = None
@@ -141,12 +145,13 @@ def model_window(
 
     ttft_p50 = ttft_p99 = None
     ttft_source = None
+    ttft_hist = Histogram()
     for source in TTFT_SOURCES:
         if source in cur.ttft:
             h, was_reset = histogram_increase(p.ttft.get(source) if prev else None, cur.ttft[source])
             resets.append(was_reset)
             if h.count > 0 and ttft_source is None:
-                ttft_source = source
+                ttft_source, ttft_hist = source, h
                 ttft_p50, ttft_p99 = histogram_quantile(0.5, h), histogram_quantile(0.99, h)
 
     latency: Histogram | None = None
@@ -186,6 +191,8 @@ def model_window(
         p90_ms=q_ms(0.9),
         p99_ms=q_ms(0.99),
         latency_source=latency_source,
+        latency_buckets=dict(latency.buckets) if latency is not None else {},
+        ttft_buckets=dict(ttft_hist.buckets),
         ttft_p50_ms=ttft_p50,
         ttft_p99_ms=ttft_p99,
         ttft_source=ttft_source,

@@ -137,6 +137,10 @@ class MetricWindow(Base):
     p99_ms: Mapped[float | None] = mapped_column(Float)
     latency_source: Mapped[str | None] = mapped_column(String(16))
     """Where p50/p90/p99 come from: "client"/"model" histograms, or Triton's "summary"."""
+    latency_buckets: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    """The window's latency histogram, cumulative counts by upper bound in ms ("inf" for +Inf):
+    quantiles over many windows are exact from their summed buckets."""
+    ttft_buckets: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     ttft_p50_ms: Mapped[float | None] = mapped_column(Float)
     ttft_p99_ms: Mapped[float | None] = mapped_column(Float)
     ttft_source: Mapped[str | None] = mapped_column(String(16))

@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from collectors.window import DeviceWindow, ModelWindow
+from collectors.parse import Histogram
+from collectors.window import DeviceWindow, ModelWindow, histogram_quantile
 from store.models import ConfigVersion, DeviceWindowRow, MetricWindow, Model, Server
 
 
@@ -135,6 +136,8 @@ def add_windows(
             continue
         version_id, spans = version_of_window(versions.get(w.model), w.start, w.end)
         row = {f: getattr(w, f) for f in _WINDOW_FIELDS}
+        row["latency_buckets"] = buckets_to_json(w.latency_buckets)
+        row["ttft_buckets"] = buckets_to_json(w.ttft_buckets)
         row.update(
             model_id=ids[w.model],
             config_version_id=version_id,
@@ -145,6 +148,21 @@ def add_windows(
     if rows:  # one multi-row INSERT: ORM objects cost more than the database here
         session.execute(insert(MetricWindow), rows)
     return len(rows)
+
+
+def buckets_to_json(buckets: Mapping[float, float]) -> dict[str, float]:
+    """JSON keys are strings; +Inf is "inf"."""
+    return {("inf" if math.isinf(le) else repr(le)): count for le, count in buckets.items()}
+
+
+def summed_buckets(rows: Iterable[Mapping[str, float] | None]) -> Histogram:
+    """The histogram of many windows: their buckets added up (the quantile of the union)."""
+    total: dict[float, float] = {}
+    for buckets in rows:
+        for le, count in (buckets or {}).items():
+            key = float(le)
+            total[key] = total.get(key, 0.0) + count
+    return Histogram(total, total.get(math.inf, 0.0))
 
 
 def add_device_windows(
@@ -200,7 +218,11 @@ class Aggregate:
     request_rate: float = 0.0
     inference_rate: float = 0.0
     avg_queue_ms: float | None = None
+    p50_ms: float | None = None
     p99_ms: float | None = None
+    """Over all the windows: exact from their summed histograms where they have them, else the
+    worst window's (Triton's summary)."""
+    ttft_p50_ms: float | None = None
     ttft_p99_ms: float | None = None
     resets: int = 0
     spans_reconfiguration: int = 0
@@ -227,11 +249,20 @@ def aggregate(rows: Sequence[MetricWindow]) -> Aggregate:
         if seconds > 0
         else 0.0,
         avg_queue_ms=sum(q * n for q, n in queue) / sum(n for _, n in queue) if queue else None,
-        p99_ms=_max(r.p99_ms for r in rows),
-        ttft_p99_ms=_max(r.ttft_p99_ms for r in rows),
+        p50_ms=_quantile(0.5, rows, "latency_buckets", "p50_ms"),
+        p99_ms=_quantile(0.99, rows, "latency_buckets", "p99_ms"),
+        ttft_p50_ms=_quantile(0.5, rows, "ttft_buckets", "ttft_p50_ms"),
+        ttft_p99_ms=_quantile(0.99, rows, "ttft_buckets", "ttft_p99_ms"),
         resets=sum(r.reset for r in rows),
         spans_reconfiguration=sum(r.spans_reconfiguration for r in rows),
     )
+
+
+def _quantile(q: float, rows: Sequence[MetricWindow], buckets: str, fallback: str) -> float | None:
+    summed = summed_buckets(getattr(r, buckets) for r in rows)
+    if summed.count > 0:
+        return histogram_quantile(q, summed)
+    return _max(getattr(r, fallback) for r in rows)
 
 
 def _max(values: Iterable[float | None]) -> float | None:
@@ -276,10 +307,12 @@ def downsample(session: Session, older_than: float, bucket_s: float = 60.0) -> i
                 inference_rate=agg.inference_rate,
                 avg_batch=sum(b * n for b, n in batches) / sum(n for _, n in batches) if batches else None,
                 avg_queue_ms=agg.avg_queue_ms,
-                p50_ms=_max(r.p50_ms for r in rows),
-                p90_ms=_max(r.p90_ms for r in rows),
+                p50_ms=agg.p50_ms,
+                p90_ms=_quantile(0.9, rows, "latency_buckets", "p90_ms"),
                 p99_ms=agg.p99_ms,
-                ttft_p50_ms=_max(r.ttft_p50_ms for r in rows),
+                latency_buckets=buckets_to_json(summed_buckets(r.latency_buckets for r in rows).buckets),
+                ttft_buckets=buckets_to_json(summed_buckets(r.ttft_buckets for r in rows).buckets),
+                ttft_p50_ms=agg.ttft_p50_ms,
                 ttft_p99_ms=agg.ttft_p99_ms,
                 ttft_source=next((r.ttft_source for r in rows if r.ttft_source), None),
                 latency_source=next((r.latency_source for r in rows if r.latency_source), None),

@@ -3,6 +3,7 @@ clean, refusal of a schema not at head, windows stored and queried, retention do
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -131,3 +132,60 @@ def test_a_database_error_is_a_store_error_and_rolls_back(store: Store) -> None:
         session.add(Model(name="chat", server_id=1, role="bulk", device="d"))  # duplicate name
     with store.session() as session:
         assert len(queries.model_ids(session)) == 2
+
+
+def test_quantiles_over_many_windows_are_exact_from_their_buckets(store: Store) -> None:
+    """Nine windows of 100 requests under 10 ms and one of 100 requests near 1 s: the p99 over all
+    of them is in the slow window's bucket, and the p50 in the fast ones'. Taking the worst
+    window's p99 would say about 1 s for the p50 too."""
+    ids = fleet(store)
+    fast = {10.0: 100.0, 1000.0: 100.0, math.inf: 100.0}
+    slow = {10.0: 0.0, 1000.0: 100.0, math.inf: 100.0}
+    windows = [
+        ModelWindow(model="emb", start=float(t), end=t + 1.0, requests=100, success=100, request_rate=100,
+                    inference_rate=100, p50_ms=990.0 if t == 9 else 5.0, p99_ms=999.0 if t == 9 else 9.9,
+                    latency_source="client", latency_buckets=slow if t == 9 else fast)
+        for t in range(10)
+    ]  # fmt: skip
+    with store.session() as session:
+        queries.add_windows(session, ids, windows, {}, 1.0)
+    with store.session() as session:
+        agg = queries.aggregate(queries.windows(session, "emb"))
+    # 1000 observations: 900 in (0, 10], 100 in (10, 1000]
+    assert agg.p50_ms == pytest.approx(10 * 500 / 900)  # rank 500 in the first bucket
+    assert agg.p99_ms == pytest.approx(10 + 990 * (990 - 900) / 100)  # rank 990: 90% into the second
+    with store.session() as session:
+        queries.downsample(session, older_than=100.0, bucket_s=60.0)
+    with store.session() as session:
+        (row,) = queries.windows(session, "emb")
+        assert queries.aggregate([row]).p99_ms == pytest.approx(agg.p99_ms)  # downsampling keeps the buckets
+
+
+def test_upgrade_keeps_windows_written_by_an_older_schema(store_url: str) -> None:
+    """A store at revision 0002 holding windows upgrades to head; the old windows gain empty
+    histograms (a NOT NULL column added to a table with rows needs its server default)."""
+    from sqlalchemy import text
+
+    s = Store(store_url)
+    s.upgrade("0002")
+    with s.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO servers (id, name, grpc_url, metrics_url, managed) VALUES (1, 't', 'g', 'm', true)"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO models (id, name, server_id, role, device) VALUES (1, 'emb', 1, 'bulk', 'd')")
+        )
+        conn.execute(text(
+            "INSERT INTO metric_windows (model_id, start, \"end\", resolution_s, spans_reconfiguration, reset, requests,"
+            " success, failures, request_rate, inference_rate, pending, p99_ms)"
+            " VALUES (1, 0, 1, 1, false, false, 10, 10, '{}', 10, 10, 0, 12.5)"
+        ))  # fmt: skip
+    s.upgrade()
+    s.require_head()
+    with s.session() as session:
+        (row,) = queries.windows(session, "emb")
+        assert row.latency_buckets == {} and row.p99_ms == 12.5
+        assert queries.aggregate([row]).p99_ms == 12.5  # no buckets: the window's own p99
+    s.dispose()
