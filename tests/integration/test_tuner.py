@@ -1,0 +1,136 @@
+"""The tuner on the real fleet: a study that starts from a configuration breaking the chat SLA
+ends with one that meets it, applied and recorded; an interrupted study resumes from its storage
+without losing or repeating a told trial."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from collectors.fleet import fleet_collector
+from runtime.fleet import Fleet
+from runtime.load import LoadRun, demo_mix, targets_for
+from runtime.spec import embedded_spec_path, load_spec
+from store import queries
+from store.db import Store
+from tuner.guardrails import Guardrails
+from tuner.live import LivePlant
+from tuner.loop import Tuner, TuningConfig, make_study
+
+pytestmark = pytest.mark.integration
+
+
+def tuning_spec(tmp_path: Path) -> Path:
+    """The default fleet starting where the rate limiter makes chat wait behind bulk work: chat
+    takes both compute tokens, so it runs only when no bulk instance does, and the limiter serves
+    its queue head-first. The search is narrowed to the knobs that matter here, so that a short
+    study can succeed: the tokens chat and the guard take, and the bulk instance counts. The
+    guard's SLA is relaxed to 50 ms: this test is about chat."""
+    data: dict[str, Any] = yaml.safe_load(embedded_spec_path("default").read_text())
+    for m in data["models"]:
+        m["bounds"] = {}
+        if m["name"] == "chat-llm":
+            m["knobs"]["resources"] = {"compute": 2}
+            m["bounds"] = {"resources": {"compute": [0, 2]}}
+        elif m["name"] == "safety-guard":
+            m["bounds"] = {"resources": {"compute": [0, 1]}}
+        else:
+            m["bounds"] = {"instances": [1, 2], "resources": {"compute": [1, 1]}}
+        if m["name"] == "safety-guard":
+            m["sla"]["target_ms"] = 50
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[Fleet, Store, LivePlant]]:
+    spec = load_spec(tuning_spec(tmp_path))
+    store = Store(f"sqlite:///{tmp_path / 'slatune.db'}")
+    store.upgrade()
+    with Fleet(spec, tmp_path / "fleet") as fleet:
+        endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
+        collector = fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False)
+        thread, stop = collector.start()
+        load = LoadRun(
+            demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=240, seed=7
+        ).start()
+        try:
+            yield fleet, store, LivePlant(fleet, store)
+        finally:
+            load.stop()
+            load.join()
+            stop.set()
+            thread.join(5)
+            collector.close()
+            store.dispose()
+
+
+CONFIG = TuningConfig(
+    budget=6, warmup_s=3, window_s=8, check_every_s=4, remeasure_top=1, rails=Guardrails(cooldown_s=0)
+)
+
+
+def test_a_short_study_ends_meeting_the_chat_sla(
+    live: tuple[Fleet, Store, LivePlant], tmp_path: Path
+) -> None:
+    fleet, store, plant = live
+    study = make_study("chat-sla", f"sqlite:///{tmp_path / 'optuna.db'}", seed=3)
+    result = Tuner(fleet.spec, plant, study, CONFIG).run()
+    assert result.baseline is not None and result.baseline.violations["chat-llm"] > 0  # it starts broken
+    assert result.best is not None and result.best_score is not None and result.best_score.feasible
+    assert fleet.all_knobs() == result.best  # the winner stays applied
+    with store.session() as session:
+        versions = queries.applied_versions(session)
+        recorded = session.get(queries.ConfigVersion, versions["chat-llm"].id)
+        assert recorded is not None and recorded.knobs == result.best["chat-llm"].model_dump()
+        assert recorded.actor in ("tuner", "startup")
+    broken = [o for o in result.outcomes if o.score is not None and not o.score.feasible]
+    assert all(0 < o.violation_s <= CONFIG.warmup_s + CONFIG.window_s + 5 for o in broken)  # bounded
+
+
+def test_an_interrupted_study_resumes_without_losing_or_repeating_a_trial(
+    live: tuple[Fleet, Store, LivePlant], tmp_path: Path
+) -> None:
+    fleet, _, plant = live
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    class Crash(Exception):
+        pass
+
+    class CrashingPlant:  # the live plant, until the process "dies" in the third trial's window
+        last_reason = ""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(plant, name)
+
+        def apply(self, knobs: Any, reason: str) -> None:
+            self.last_reason = reason
+            plant.apply(knobs, reason)
+
+        def measure(self, since: float) -> Any:
+            if self.last_reason == "tuner trial 2":
+                raise Crash
+            return plant.measure(since)
+
+    config = TuningConfig(
+        budget=4, warmup_s=1, window_s=4, check_every_s=2, remeasure_top=0, rails=Guardrails()
+    )
+    with pytest.raises(Crash):
+        Tuner(fleet.spec, CrashingPlant(), make_study("resume", storage, seed=5), config).run()  # type: ignore[arg-type]
+    before = optuna.load_study(study_name="resume", storage=storage).trials
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
+    Tuner(fleet.spec, plant, make_study("resume", storage, seed=5), config).run()
+    after = optuna.load_study(study_name="resume", storage=storage).trials
+    assert [t.state for t in after[:3]] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    assert [(t.params, t.value) for t in after[:2]] == [
+        (t.params, t.value) for t in before[:2]
+    ]  # kept, not re-run
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 4  # the budget, none lost or repeated
+    assert after[0].user_attrs.get("baseline") is True

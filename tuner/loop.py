@@ -1,0 +1,257 @@
+"""The tuning loop, ask/tell: ask Optuna for a candidate, pass it through the guardrails, make it
+the fleet's configuration, let it warm up, measure a window, tell Optuna the SLA-scored result.
+
+The starting configuration is measured first, as the baseline. A trial that breaks a
+latency-critical SLA badly is cut short and the best known safe configuration restored at once.
+The best few feasible candidates are measured again before one is declared the winner (a lucky
+window must not win); the winner stays applied. Studies live in Optuna's RDB storage, so an
+interrupted study resumes: a trial left running by a crash is marked failed, none told is repeated.
+
+The loop talks to the fleet only through a `Plant` (runtime apply, store windows, the clock), so it
+is the same for the live fleet and for anything else that can apply knobs and report windows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+from optuna.distributions import BaseDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from runtime.spec import FleetSpec, Knobs
+from tuner.guardrails import Guardrails, guard
+from tuner.objective import Measured, Score, breaks_badly, score
+from tuner.space import knobs_from_params, params_from_knobs, search_space
+
+log = logging.getLogger("slatune.tuner")
+
+
+class Plant(Protocol):
+    """What the loop tunes."""
+
+    def knobs(self) -> dict[str, Knobs]:
+        """The knobs every model runs with now."""
+
+    def apply(self, knobs: Mapping[str, Knobs], reason: str) -> None:
+        """Make `knobs` live (only the models whose knobs differ change)."""
+
+    def measure(self, since: float) -> dict[str, Measured]:
+        """Each model's measurement over the windows of its current configuration since `since`."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    budget: int = 10
+    """Configurations to measure, the baseline included."""
+    warmup_s: float = 5.0
+    """Seconds after applying that are not measured."""
+    window_s: float = 20.0
+    check_every_s: float = 5.0
+    """How often a trial's partial window is checked for a badly broken SLA."""
+    cut_factor: float = 2.0
+    """An SLA broken by more than this many times its target cuts the trial short."""
+    remeasure_top: int = 2
+    models: tuple[str, ...] | None = None
+    """Models whose knobs are searched (all by default)."""
+    rails: Guardrails = field(default_factory=Guardrails)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    trial: int
+    knobs: dict[str, Knobs]
+    score: Score | None
+    cut_short: bool = False
+    refused: str | None = None
+    violation_s: float = 0.0
+    """Seconds this trial ran a configuration that broke an SLA (0 for a feasible one)."""
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    baseline: Score | None
+    best: dict[str, Knobs] | None
+    best_score: Score | None
+    """The winner's worse measurement (first window or re-measure): what it is trusted to do."""
+    outcomes: list[Outcome]
+
+
+def constraints_of(trial: FrozenTrial) -> list[float]:
+    """A trial's SLA violations (<= 0 is met); a trial without them (failed, pruned) is not known
+    to be feasible."""
+    values = trial.user_attrs.get("constraints")
+    return [float(v) for v in values] if values else [1.0]
+
+
+def make_study(name: str, storage: str, seed: int | None = None) -> optuna.Study:
+    """A study in Optuna's own RDB storage (its own database: its Alembic table would clash with
+    slatune's), created or resumed."""
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)  # reads trials' set_constraint
+    return optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+    )
+
+
+def score_to_attr(s: Score) -> dict[str, object]:
+    return {"goodput": s.bulk_goodput, "violations": dict(s.violations), "memory_gb": s.memory_gb}
+
+
+def score_from_attr(attr: Mapping[str, Any]) -> Score:
+    return Score(
+        float(attr["goodput"]), {k: float(v) for k, v in attr["violations"].items()}, float(attr["memory_gb"])
+    )
+
+
+def knobs_to_attr(knobs: Mapping[str, Knobs]) -> dict[str, dict[str, object]]:
+    return {name: k.model_dump() for name, k in knobs.items()}
+
+
+def knobs_from_attr(attr: Mapping[str, Mapping[str, object]]) -> dict[str, Knobs]:
+    return {name: Knobs.model_validate(k) for name, k in attr.items()}
+
+
+class Tuner:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        plant: Plant,
+        study: optuna.Study,
+        config: TuningConfig,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.plant = plant
+        self.study = study
+        self.config = config
+        self.on_outcome = on_outcome or (lambda _: None)
+        self.dims = search_space(spec, config.models)
+        self.distributions: dict[str, BaseDistribution] = {
+            d.name: IntDistribution(d.low, d.high) for d in self.dims
+        }
+        self._last_change: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TuningResult:
+        self._fail_interrupted()
+        outcomes: list[Outcome] = []
+        if not self.study.trials:
+            self.study.enqueue_trial(
+                params_from_knobs(self.dims, self.plant.knobs()), user_attrs={"baseline": True}
+            )
+        asked = 0
+        while self._measured() < self.config.budget and asked < 3 * self.config.budget:
+            asked += 1
+            trial = self.study.ask(self.distributions)
+            current = self.plant.knobs()
+            candidate = knobs_from_params(current, trial.params)
+            guarded = guard(
+                self.spec,
+                current,
+                candidate,
+                rails=self.config.rails,
+                last_change=self._last_change,
+                now=self.plant.now(),
+            )
+            if guarded.refused is not None:
+                trial.set_user_attr("refused", guarded.refused)
+                self.study.tell(trial, state=TrialState.PRUNED)
+                outcome = Outcome(trial.number, guarded.knobs, None, refused=guarded.refused)
+            else:
+                outcome = self._measure(trial.number, guarded.knobs)
+                assert outcome.score is not None
+                for model, value in sorted(outcome.score.violations.items()):
+                    trial.set_constraint(f"sla:{model}", value)  # what the constrained sampler uses
+                trial.set_user_attr("constraints", outcome.score.constraints())
+                trial.set_user_attr("score", score_to_attr(outcome.score))
+                trial.set_user_attr("knobs", knobs_to_attr(guarded.knobs))
+                trial.set_user_attr("cut_short", outcome.cut_short)
+                trial.set_user_attr("violation_s", outcome.violation_s)
+                self.study.tell(trial, outcome.score.objective)
+                if not outcome.score.feasible:
+                    self._restore_safe()
+            outcomes.append(outcome)
+            self.on_outcome(outcome)
+        best, best_score = self._remeasure_best(outcomes)
+        if best is not None:
+            self.plant.apply(best, "tuner: the best feasible configuration, re-measured")
+        baseline = next((o.score for o in outcomes if o.trial == 0), None)
+        return TuningResult(baseline, best, best_score, outcomes)
+
+    def _measure(self, number: int, knobs: Mapping[str, Knobs], reason: str | None = None) -> Outcome:
+        """Apply, warm up, measure one window, checking it as it goes: a badly broken SLA ends it."""
+        applied_at = self.plant.now()
+        before = self.plant.knobs()
+        self.plant.apply(knobs, reason or f"tuner trial {number}")
+        for name, k in knobs.items():
+            if before.get(name) != k:
+                self._last_change[name] = applied_at
+        self.plant.sleep(self.config.warmup_s)
+        since = self.plant.now()
+        measured: dict[str, Measured] = {}
+        cut = False
+        while (elapsed := self.plant.now() - since) < self.config.window_s:
+            self.plant.sleep(min(self.config.check_every_s, self.config.window_s - elapsed))
+            measured = self.plant.measure(since)
+            if breaks_badly(self.spec, measured, self.config.cut_factor):
+                cut = True
+                break
+        result = score(self.spec, measured, knobs)
+        violation_s = 0.0 if result.feasible else self.plant.now() - applied_at
+        log.info(
+            "trial %d: goodput %.1f/s, feasible %s%s", number, result.bulk_goodput, result.feasible,
+            " (cut short)" if cut else "",
+        )  # fmt: skip
+        return Outcome(number, dict(knobs), result, cut_short=cut, violation_s=violation_s)
+
+    def _restore_safe(self) -> None:
+        """Back to the best feasible configuration measured so far (or the starting one)."""
+        safe = self._best_feasible(1)
+        if safe:
+            self.plant.apply(
+                knobs_from_attr(safe[0].user_attrs["knobs"]), "tuner: restore the best safe configuration"
+            )
+
+    def _remeasure_best(self, outcomes: list[Outcome]) -> tuple[dict[str, Knobs] | None, Score | None]:
+        """Measure the best few feasible configurations again; each keeps its worse measurement
+        (lower goodput, larger violations). The best that stays feasible wins."""
+        best: tuple[dict[str, Knobs], Score] | None = None
+        for trial in self._best_feasible(self.config.remeasure_top):
+            knobs = knobs_from_attr(trial.user_attrs["knobs"])
+            again = self._measure(trial.number, knobs, f"tuner: re-measure trial {trial.number}").score
+            assert again is not None
+            first = score_from_attr(trial.user_attrs["score"])
+            worse = Score(
+                min(first.bulk_goodput, again.bulk_goodput),
+                {k: max(first.violations[k], again.violations[k]) for k in again.violations},
+                again.memory_gb,
+            )
+            self.study.set_user_attr(f"remeasured_trial_{trial.number}", score_to_attr(again))
+            if worse.feasible and (best is None or worse.objective > best[1].objective):
+                best = (knobs, worse)
+        return best if best is not None else (None, None)
+
+    # ------------------------------------------------------------------ study state
+    def _measured(self) -> int:
+        return sum(t.state == TrialState.COMPLETE for t in self.study.trials)
+
+    def _best_feasible(self, n: int) -> list[FrozenTrial]:
+        done = [
+            t for t in self.study.trials
+            if t.state == TrialState.COMPLETE and "knobs" in t.user_attrs and all(c <= 0 for c in constraints_of(t))
+        ]  # fmt: skip
+        return sorted(done, key=lambda t: t.value or 0.0, reverse=True)[:n]
+
+    def _fail_interrupted(self) -> None:
+        """A trial still RUNNING belongs to a run that died: it is failed, never told twice."""
+        for t in self.study.trials:
+            if t.state == TrialState.RUNNING:
+                log.warning("trial %d was interrupted; marked failed", t.number)
+                self.study.tell(t.number, state=TrialState.FAIL)
