@@ -11,6 +11,8 @@ from runtime.fleet import Fleet
 from runtime.spec import Knobs
 from store import queries
 from store.db import Store
+from store.models import TuningRun
+from tuner.loop import Outcome, Tuner, TuningConfig, TuningResult, knobs_to_attr, make_study, score_to_attr
 from tuner.objective import Measured
 
 
@@ -66,3 +68,47 @@ class LivePlant:
 
     def sleep(self, seconds: float) -> None:
         self._sleep(seconds)
+
+
+def run_study(
+    fleet: Fleet,
+    store: Store,
+    config: TuningConfig,
+    study_name: str,
+    optuna_storage: str,
+    *,
+    seed: int | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> TuningResult:
+    """A tuning run on the live fleet, recorded in the store with its study and, at the end or on
+    a stop, the winning configuration and its evidence (both measurements of it)."""
+    with store.session() as session:
+        row = TuningRun(
+            study_name=study_name, optuna_storage=optuna_storage, status="running", started_at=time.time(),
+            budget=config.budget, window_s=config.window_s, models=list(config.models or fleet.spec.model_names),
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        run_id = row.id
+    status, result = "failed", None
+    try:
+        study = make_study(study_name, optuna_storage, seed)
+        result = Tuner(fleet.spec, LivePlant(fleet, store), study, config, on_outcome).run()
+        status = "completed"
+        return result
+    except KeyboardInterrupt:
+        status = "stopped"
+        raise
+    finally:
+        with store.session() as session:
+            done = session.get(TuningRun, run_id)
+            assert done is not None
+            done.status, done.ended_at = status, time.time()
+            if result is not None and result.best is not None and result.best_score is not None:
+                evidence = [o for o in result.outcomes if o.score is not None and o.knobs == result.best]
+                done.best = {
+                    "knobs": knobs_to_attr(result.best),
+                    "score": score_to_attr(result.best_score),
+                    "trials": [o.trial for o in evidence],
+                    "measured": [{m: vars(v) for m, v in o.measured.items()} for o in evidence],
+                }

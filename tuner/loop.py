@@ -73,6 +73,8 @@ class Outcome:
     refused: str | None = None
     violation_s: float = 0.0
     """Seconds this trial ran a configuration that broke an SLA (0 for a feasible one)."""
+    measured: Mapping[str, Measured] = field(default_factory=dict)
+    """The evidence: each model's measurement over the trial's window."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,36 @@ def knobs_to_attr(knobs: Mapping[str, Knobs]) -> dict[str, dict[str, object]]:
 
 def knobs_from_attr(attr: Mapping[str, Mapping[str, object]]) -> dict[str, Knobs]:
     return {name: Knobs.model_validate(k) for name, k in attr.items()}
+
+
+def measure_configuration(
+    spec: FleetSpec,
+    plant: Plant,
+    knobs: Mapping[str, Knobs],
+    config: TuningConfig,
+    number: int = -1,
+    reason: str | None = None,
+) -> Outcome:
+    """Apply, warm up, measure one window, checking it as it goes: a badly broken SLA ends it."""
+    applied_at = plant.now()
+    plant.apply(knobs, reason or f"tuner trial {number}")
+    plant.sleep(config.warmup_s)
+    since = plant.now()
+    measured: dict[str, Measured] = {}
+    cut = False
+    while (elapsed := plant.now() - since) < config.window_s:
+        plant.sleep(min(config.check_every_s, config.window_s - elapsed))
+        measured = plant.measure(since)
+        if breaks_badly(spec, measured, config.cut_factor):
+            cut = True
+            break
+    result = score(spec, measured, knobs)
+    violation_s = 0.0 if result.feasible else plant.now() - applied_at
+    log.info(
+        "trial %d: goodput %.1f/s, feasible %s%s", number, result.bulk_goodput, result.feasible,
+        " (cut short)" if cut else "",
+    )  # fmt: skip
+    return Outcome(number, dict(knobs), result, cut_short=cut, violation_s=violation_s, measured=measured)
 
 
 class Tuner:
@@ -186,30 +218,13 @@ class Tuner:
         return TuningResult(baseline, best, best_score, outcomes)
 
     def _measure(self, number: int, knobs: Mapping[str, Knobs], reason: str | None = None) -> Outcome:
-        """Apply, warm up, measure one window, checking it as it goes: a badly broken SLA ends it."""
-        applied_at = self.plant.now()
         before = self.plant.knobs()
-        self.plant.apply(knobs, reason or f"tuner trial {number}")
+        applied_at = self.plant.now()
+        outcome = measure_configuration(self.spec, self.plant, knobs, self.config, number, reason)
         for name, k in knobs.items():
             if before.get(name) != k:
                 self._last_change[name] = applied_at
-        self.plant.sleep(self.config.warmup_s)
-        since = self.plant.now()
-        measured: dict[str, Measured] = {}
-        cut = False
-        while (elapsed := self.plant.now() - since) < self.config.window_s:
-            self.plant.sleep(min(self.config.check_every_s, self.config.window_s - elapsed))
-            measured = self.plant.measure(since)
-            if breaks_badly(self.spec, measured, self.config.cut_factor):
-                cut = True
-                break
-        result = score(self.spec, measured, knobs)
-        violation_s = 0.0 if result.feasible else self.plant.now() - applied_at
-        log.info(
-            "trial %d: goodput %.1f/s, feasible %s%s", number, result.bulk_goodput, result.feasible,
-            " (cut short)" if cut else "",
-        )  # fmt: skip
-        return Outcome(number, dict(knobs), result, cut_short=cut, violation_s=violation_s)
+        return outcome
 
     def _restore_safe(self) -> None:
         """Back to the best feasible configuration measured so far (or the starting one)."""

@@ -19,8 +19,9 @@ from runtime.load import LoadRun, demo_mix, targets_for
 from runtime.spec import embedded_spec_path, load_spec
 from store import queries
 from store.db import Store
+from store.models import TuningRun
 from tuner.guardrails import Guardrails
-from tuner.live import LivePlant
+from tuner.live import LivePlant, run_study
 from tuner.loop import Tuner, TuningConfig, make_study
 
 pytestmark = pytest.mark.integration
@@ -80,9 +81,8 @@ CONFIG = TuningConfig(
 def test_a_short_study_ends_meeting_the_chat_sla(
     live: tuple[Fleet, Store, LivePlant], tmp_path: Path
 ) -> None:
-    fleet, store, plant = live
-    study = make_study("chat-sla", f"sqlite:///{tmp_path / 'optuna.db'}", seed=3)
-    result = Tuner(fleet.spec, plant, study, CONFIG).run()
+    fleet, store, _ = live
+    result = run_study(fleet, store, CONFIG, "chat-sla", f"sqlite:///{tmp_path / 'optuna.db'}", seed=3)
     assert result.baseline is not None and result.baseline.violations["chat-llm"] > 0  # it starts broken
     assert result.best is not None and result.best_score is not None and result.best_score.feasible
     assert fleet.all_knobs() == result.best  # the winner stays applied
@@ -91,6 +91,10 @@ def test_a_short_study_ends_meeting_the_chat_sla(
         recorded = session.get(queries.ConfigVersion, versions["chat-llm"].id)
         assert recorded is not None and recorded.knobs == result.best["chat-llm"].model_dump()
         assert recorded.actor in ("tuner", "startup")
+        (run,) = session.query(TuningRun).all()
+        assert run.status == "completed" and run.best is not None
+        assert run.best["knobs"] == {n: k.model_dump() for n, k in result.best.items()}
+        assert run.best["measured"] and run.best["score"]["goodput"] > 0  # the evidence
     broken = [o for o in result.outcomes if o.score is not None and not o.score.feasible]
     assert all(0 < o.violation_s <= CONFIG.warmup_s + CONFIG.window_s + 5 for o in broken)  # bounded
 
