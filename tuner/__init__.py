@@ -1,6 +1,6 @@
 """slatune tuner: keeps every SLA while packing bulk work onto the devices.
 
-Built so far are its pure parts: the search space from the spec's bounds (`space`), the guardrails
-every proposal passes through (`guardrails`), and SLA scoring (`objective`). The Optuna
-ask/tell loop that applies candidates live and scores them from the store's windows comes next.
+Pure parts: the search space from the spec's bounds (`space`), the guardrails every proposal passes
+through (`guardrails`), SLA scoring (`objective`). The ask/tell loop (`loop`) drives a `Plant`;
+`live.LivePlant` is the running fleet as the loop sees it, and `live.run_study` records a run.
 """
