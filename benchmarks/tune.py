@@ -197,12 +197,18 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
 
 def plot(res: dict[str, Any], path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for label, trials, marker in (("grid", res["grid"]["all"], "o"), ("tuner", res["tuner"]["trials"], "s")):
-        xs = list(range(1, len(trials) + 1))
-        top.plot(xs, [t["bulk_goodput"] for t in trials], marker, label=label, alpha=0.7)
-        bottom.plot(
-            xs, [t["chat_ttft_p99_ms"] or float("nan") for t in trials], marker, label=label, alpha=0.7
-        )
+    for label, trials, marker, color in (
+        ("grid", res["grid"]["all"], "o", "tab:blue"),
+        ("tuner", res["tuner"]["trials"], "s", "tab:orange"),
+    ):
+        for feasible in (True, False):
+            pts = [(i + 1, t) for i, t in enumerate(trials) if t["sla_met"] is feasible]
+            style = {"color": color, "alpha": 0.8, "markerfacecolor": color if feasible else "none"}
+            name = f"{label}, {'SLAs met' if feasible else 'an SLA broken'}"
+            top.plot([x for x, _ in pts], [t["bulk_goodput"] for _, t in pts], marker, label=name, **style)
+            bottom.plot(
+                [x for x, _ in pts], [t["chat_ttft_p99_ms"] or float("nan") for _, t in pts], marker, **style
+            )
     if res["grid"]["best"]:
         top.axhline(res["grid"]["best"]["bulk_goodput"], ls=":", color="gray", label="grid's best feasible")
     bottom.axhline(200, color="red", ls="--", label="chat SLA (TTFT p99 200 ms)")

