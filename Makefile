@@ -49,7 +49,9 @@ test: lint services migrations
 
 bench: setup services
 	$(BIN)/python -m benchmarks.reconfigure
+	$(BIN)/python -m benchmarks.reconfigure --guard-timeout-ms 250
 	$(BIN)/python -m benchmarks.collect
+	$(BIN)/python -m benchmarks.tune
 
 clean:
 	rm -rf $(VENV) .slatune .mypy_cache .ruff_cache .pytest_cache

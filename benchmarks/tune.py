@@ -117,52 +117,50 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
         store = Store(f"sqlite:///{Path(tmp) / 'slatune.db'}")
         store.upgrade()
         endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
-        collector = fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False)
-        thread, stop = collector.start()
         seconds = (grid_size + budget + 4) * (warmup_s + window_s + 3) + 60
         load = LoadRun(
             demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=seconds, seed=seed
         )
-        load.start()
         plant = LivePlant(fleet, store)
         start = plant.knobs()
-        try:
-            time.sleep(3)
-            began = time.monotonic()
-            default = measure_configuration(spec, plant, start, config, 0, "benchmark: default")
-            default_s = time.monotonic() - began
+        with fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False).running():
+            load.start()
+            try:
+                time.sleep(3)
+                began = time.monotonic()
+                default = measure_configuration(spec, plant, start, config, 0, "benchmark: default")
+                default_s = time.monotonic() - began
 
-            began = time.monotonic()
-            grid = []
-            for i, knobs in enumerate(grid_configs(start)):
-                grid.append(measure_configuration(spec, plant, knobs, config, i, f"benchmark: grid {i}"))
-                g = grid[-1]
-                assert g.score is not None
-                print(
-                    f"grid {i + 1:2d}/{grid_size}: goodput {g.score.bulk_goodput:6.1f}/s feasible {g.score.feasible}",
-                    flush=True,
+                began = time.monotonic()
+                grid = []
+                for i, knobs in enumerate(grid_configs(start)):
+                    grid.append(measure_configuration(spec, plant, knobs, config, i, f"benchmark: grid {i}"))
+                    g = grid[-1]
+                    assert g.score is not None
+                    print(
+                        f"grid {i + 1:2d}/{grid_size}: goodput {g.score.bulk_goodput:6.1f}/s feasible {g.score.feasible}",
+                        flush=True,
+                    )
+                grid_s = time.monotonic() - began
+
+                plant.apply(start, "benchmark: back to the default before tuning")
+                began = time.monotonic()
+                tuned = run_study(
+                    fleet, store, config, "benchmark", f"sqlite:///{Path(tmp) / 'optuna.db'}", seed=seed,
+                    on_outcome=lambda o: print(f"tuner trial {o.trial}: {summary(spec, o)['bulk_goodput'] if o.score else 'refused'}", flush=True),
+                )  # fmt: skip
+                tuner_s = time.monotonic() - began
+                again = (
+                    measure_configuration(
+                        spec, plant, tuned.best, config, 99, "benchmark: re-measure the winner"
+                    )
+                    if tuned.best
+                    else None
                 )
-            grid_s = time.monotonic() - began
-
-            plant.apply(start, "benchmark: back to the default before tuning")
-            began = time.monotonic()
-            tuned = run_study(
-                fleet, store, config, "benchmark", f"sqlite:///{Path(tmp) / 'optuna.db'}", seed=seed,
-                on_outcome=lambda o: print(f"tuner trial {o.trial}: {summary(spec, o)['bulk_goodput'] if o.score else 'refused'}", flush=True),
-            )  # fmt: skip
-            tuner_s = time.monotonic() - began
-            again = (
-                measure_configuration(spec, plant, tuned.best, config, 99, "benchmark: re-measure the winner")
-                if tuned.best
-                else None
-            )
-        finally:
-            load.stop()
-            load.join()
-            stop.set()
-            thread.join(5)
-            collector.close()
-            store.dispose()
+            finally:
+                load.stop()
+                load.join()
+        store.dispose()
 
     feasible = [g for g in grid if g.score is not None and g.score.feasible]
     grid_best = max(feasible, key=lambda g: g.score.bulk_goodput) if feasible else None  # type: ignore[union-attr]

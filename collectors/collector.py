@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -179,3 +180,14 @@ class Collector:
         thread = threading.Thread(target=self.run, args=(stop,), name="slatune-collector", daemon=True)
         thread.start()
         return thread, stop
+
+    @contextmanager
+    def running(self) -> Iterator[Collector]:
+        """Collect on a thread for the duration of the block, then stop and close."""
+        thread, stop = self.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(5)
+            self.close()

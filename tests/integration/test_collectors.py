@@ -38,11 +38,8 @@ def collecting(default_fleet: Fleet, store: Store) -> Iterator[Collector]:
     endpoints = {s.name: default_fleet.endpoints(s.name) for s in default_fleet.spec.servers}
     collector = fleet_collector(store, default_fleet.spec, endpoints, interval_s=0.5)
     collector.tick()  # the baseline scrape: windows start from here
-    thread, stop = collector.start()
-    yield collector
-    stop.set()
-    thread.join(5)
-    collector.close()
+    with collector.running():
+        yield collector
 
 
 def drive(fleet: Fleet, loads: list[ModelLoad], count: int, during: object = None) -> LoadRun:
@@ -139,7 +136,6 @@ def test_a_server_restart_is_a_reset_not_a_negative_rate(tmp_path: Path) -> None
         endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
         collector = fleet_collector(store, spec, endpoints, interval_s=0.5)
         collector.tick()
-        thread, stop = collector.start()
         proc = fleet._servers["triton0"].process
         assert proc is not None and proc.proc is not None
 
@@ -148,12 +144,8 @@ def test_a_server_restart_is_a_reset_not_a_negative_rate(tmp_path: Path) -> None
             os.killpg(proc.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
             assert wait_for(lambda: fleet.restarts("triton0") == 1 and proc.ready(), 60)
 
-        try:
+        with collector.running():
             run = drive(fleet, [ModelLoad("safety-guard", rate=30.0, words=(8, 32))], count=300, during=kill)
-        finally:
-            stop.set()
-            thread.join(5)
-            collector.close()
     rows = stored(store, "safety-guard")
     store.dispose()
     assert any(r.reset for r in rows)

@@ -57,20 +57,16 @@ def live(tmp_path: Path) -> Iterator[tuple[Fleet, Store, LivePlant]]:
     store.upgrade()
     with Fleet(spec, tmp_path / "fleet") as fleet:
         endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
-        collector = fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False)
-        thread, stop = collector.start()
-        load = LoadRun(
-            demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=240, seed=7
-        ).start()
-        try:
-            yield fleet, store, LivePlant(fleet, store)
-        finally:
-            load.stop()
-            load.join()
-            stop.set()
-            thread.join(5)
-            collector.close()
-            store.dispose()
+        with fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False).running():
+            load = LoadRun(
+                demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=240, seed=7
+            ).start()
+            try:
+                yield fleet, store, LivePlant(fleet, store)
+            finally:
+                load.stop()
+                load.join()
+    store.dispose()
 
 
 CONFIG = TuningConfig(
