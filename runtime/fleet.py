@@ -36,7 +36,7 @@ from runtime.server import (
     python_backend_dir,
     server_environment,
 )
-from runtime.spec import FleetSpec, Knobs, ServerSpec, memory_problems
+from runtime.spec import FleetSpec, Knobs, ServerSpec, memory_problems, resource_overages
 
 log = logging.getLogger("slatune.runtime")
 
@@ -284,12 +284,12 @@ class Fleet:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ReconfigurationError(f"{model}: {problems}") from None
         server = self.spec.server(spec.server)
-        for res, count in knobs.resources.items():
-            total = server.rate_limit_resources.get(res)
-            if total is not None and count > total:
-                raise ReconfigurationError(
-                    f"{model}: resources.{res}={count} exceeds server {server.name!r}'s {total}"
-                )
+        overages = resource_overages(knobs, server)
+        if overages:
+            res, count, total = overages[0]
+            raise ReconfigurationError(
+                f"{model}: resources.{res}={count} exceeds server {server.name!r}'s {total}"
+            )
         memory = memory_problems(self.spec, {**self.all_knobs(), model: knobs})
         if memory:
             raise ReconfigurationError(f"{model}: instances={knobs.instances} does not fit: {memory[0]}")

@@ -301,7 +301,8 @@ class LoadRun:
         return LoadReport(duration, summarize(list(self.records), duration, slas, models), dict(self._errors))
 
     def snapshot(self, window_s: float = 5.0) -> dict[str, ModelStats]:
-        """Statistics of the requests started in the last `window_s` seconds (for live tables)."""
+        """Statistics of the requests that finished in the last `window_s` seconds (for live
+        tables); only requests started within the request timeout of that window can have."""
         now = time.monotonic()
         recent = [r for r in list(self.records) if r.started >= now - window_s - self.request_timeout_s]
         recent = [r for r in recent if r.started + r.latency >= now - window_s]

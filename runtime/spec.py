@@ -27,7 +27,6 @@ from pydantic import (
     model_validator,
 )
 
-Name = str  # validated by NAME_PATTERN where it is declared
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Role = Literal["latency-critical", "bulk"]
 BUILTIN_MODELS = ("chat", "embedder", "reranker", "guard")
@@ -234,15 +233,13 @@ class FleetSpec(_Strict):
             out += [(f"{at}.{path}", why) for path, why in model_problems(m, devices.get(m.device))]
             server = servers.get(m.server)
             if server is not None:
-                for res, count in m.knobs.resources.items():
-                    total = server.rate_limit_resources.get(res)
-                    if total is not None and count > total:
-                        out.append(
-                            (
-                                f"{at}.knobs.resources.{res}",
-                                f"asks for {count} but server {server.name!r} has {total}",
-                            )
+                for res, count, total in resource_overages(m.knobs, server):
+                    out.append(
+                        (
+                            f"{at}.knobs.resources.{res}",
+                            f"asks for {count} but server {server.name!r} has {total}",
                         )
+                    )
         knobs = {m.name: m.knobs for m in self.models}
         out += [("devices", why) for why in memory_problems(self, knobs)]
         return out
@@ -264,6 +261,15 @@ def model_problems(m: ModelSpec, device: DeviceSpec | None) -> list[tuple[str, s
     for path, why in knob_bound_problems(m.knobs, m.bounds):
         out.append((path, why))
     return out
+
+
+def resource_overages(knobs: Knobs, server: ServerSpec) -> list[tuple[str, int, int]]:
+    """Rate-limiter resources an instance asks for beyond the server's total: (name, asked, total)."""
+    return [
+        (res, count, server.rate_limit_resources[res])
+        for res, count in knobs.resources.items()
+        if res in server.rate_limit_resources and count > server.rate_limit_resources[res]
+    ]
 
 
 def knob_bound_problems(knobs: Knobs, bounds: Bounds) -> list[tuple[str, str]]:

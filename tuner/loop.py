@@ -89,8 +89,8 @@ class TuningResult:
 def constraints_of(trial: FrozenTrial) -> list[float]:
     """A trial's SLA violations (<= 0 is met); a trial without them (failed, pruned) is not known
     to be feasible."""
-    values = trial.user_attrs.get("constraints")
-    return [float(v) for v in values] if values else [1.0]
+    attr = trial.user_attrs.get("score")
+    return score_from_attr(attr).constraints() if attr else [1.0]
 
 
 def make_study(name: str, storage: str, seed: int | None = None) -> optuna.Study:
@@ -201,7 +201,6 @@ class Tuner:
                 assert outcome.score is not None
                 for model, value in sorted(outcome.score.violations.items()):
                     trial.set_constraint(f"sla:{model}", value)  # what the constrained sampler uses
-                trial.set_user_attr("constraints", outcome.score.constraints())
                 trial.set_user_attr("score", score_to_attr(outcome.score))
                 trial.set_user_attr("knobs", knobs_to_attr(guarded.knobs))
                 trial.set_user_attr("cut_short", outcome.cut_short)
