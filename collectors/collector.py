@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
@@ -100,7 +100,8 @@ class Collector:
                 self._failed(target, state, now, exc, result)
                 continue
             self.metrics.scrapes.labels(target.server).inc()
-            if state.stale:
+            outage = state.stale
+            if outage:
                 log.warning(
                     "server %s reachable again after %d failed scrapes", target.server, state.failures
                 )
@@ -108,9 +109,10 @@ class Collector:
             if state.last is not None and state.last_at is not None:
                 start = state.last_at
                 for model, sample in scrape.models.items():
-                    result.windows.append(
-                        model_window(model, state.last.models.get(model), sample, start, now)
-                    )
+                    window = model_window(model, state.last.models.get(model), sample, start, now)
+                    # Across an outage the server may have restarted, and its counters may have
+                    # climbed past their old values before this scrape: no drop shows it.
+                    result.windows.append(replace(window, reset=True) if outage else window)
                 result.devices += [device_window(d, start, now) for d in scrape.devices.values()]
             state.last, state.last_at = scrape, now
         if self.nvml is not None and self.nvml.enabled:

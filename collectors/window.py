@@ -52,6 +52,8 @@ class ModelWindow:
     ttft_source: str | None = None
     pending: float = 0.0
     reset: bool = False
+    """A counter went down, or the server was unreachable in between (it may have restarted):
+    the window's increases are lower bounds."""
 
 
 @dataclass(frozen=True)
