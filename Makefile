@@ -19,10 +19,21 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The tests use the machine's PostgreSQL on 127.0.0.1:5432 (the production store): start it if it is down.
+# They also start their own Prometheus and Alertmanager (tests/promstack.py) on free ports: install the
+# Debian packages if missing, with a policy-rc.d that keeps their postinst from starting the daemons.
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { \
 	  echo "starting PostgreSQL"; pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; }
 	@pg_isready -h 127.0.0.1 -p 5432
+	@command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
+	  echo "installing prometheus, prometheus-alertmanager"; rcd=/usr/sbin/policy-rc.d; own=; \
+	  test -e $$rcd || { own=1; printf '#!/bin/sh\nexit 101\n' >$$rcd; chmod 755 $$rcd; }; \
+	  inst() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    prometheus prometheus-alertmanager; }; \
+	  inst || { apt-get update -q && inst; }; status=$$?; test -z "$$own" || rm -f $$rcd; \
+	  for d in prometheus prometheus-alertmanager; do \
+	    test ! -x /etc/init.d/$$d || /etc/init.d/$$d stop >/dev/null 2>&1 || true; done; \
+	  exit $$status; }
 
 demo: setup
 	$(BIN)/slatune demo

@@ -27,6 +27,7 @@ import typer
 
 from benchmarks import report
 from collectors.fleet import fleet_collector
+from controlplane.reconciler import Reconciler
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, demo_mix, targets_for
 from runtime.spec import FleetSpec, IntRange, Knobs, resolve_spec
@@ -121,7 +122,8 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
         load = LoadRun(
             demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=seconds, seed=seed
         )
-        plant = LivePlant(fleet, store)
+        reconciler = Reconciler(fleet, store)
+        plant = LivePlant(reconciler, store)
         start = plant.knobs()
         with fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False).running():
             load.start()
@@ -146,7 +148,7 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
                 plant.apply(start, "benchmark: back to the default before tuning")
                 began = time.monotonic()
                 tuned = run_study(
-                    fleet, store, config, "benchmark", f"sqlite:///{Path(tmp) / 'optuna.db'}", seed=seed,
+                    reconciler, store, config, "benchmark", f"sqlite:///{Path(tmp) / 'optuna.db'}", seed=seed,
                     on_outcome=lambda o: print(f"tuner trial {o.trial}: {summary(spec, o)['bulk_goodput'] if o.score else 'refused'}", flush=True),
                 )  # fmt: skip
                 tuner_s = time.monotonic() - began

@@ -11,21 +11,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import optuna
 import typer
 from prometheus_client import start_http_server
-from rich.console import Console
+from pydantic import ValidationError
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from collectors.fleet import fleet_collector
 from collectors.window import ModelWindow
-from controlplane.settings import get_settings
+from controlplane.app import create_app
+from controlplane.plane import ControlPlane
+from controlplane.serve import ApiServer
+from controlplane.settings import Settings, get_settings
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadReport, LoadRun, ModelLoad, ModelStats, demo_mix, format_ms, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
-from runtime.spec import FleetSpec, Knobs, SpecError, resolve_spec
+from runtime.spec import FleetSpec, Knobs, SpecError, memory_problems, resolve_spec
+from store import configs, queries
 from store.db import Store, StoreError
+from store.models import TuningRun
 
 app = typer.Typer(
     help="slatune: run a Triton fleet, watch it, and keep its SLAs by re-tuning it live.",
@@ -306,6 +314,208 @@ def fleet_up(spec: SpecOpt = None, data_dir: DataDirOpt = None) -> None:
         console.print("fleet stopped")
 
 
+def _starting_knobs(spec: FleetSpec, store: Store) -> FleetSpec:
+    """The spec with each model's last applied configuration from the store, where one fits, so a
+    restarted control plane serves what it served before (managed servers start from the spec)."""
+    with store.session() as session:
+        applied = {name: Knobs.model_validate(v.knobs) for name, v in configs.applied(session).items()}
+    resumed = {m.name: applied[m.name] for m in spec.models if m.name in applied}
+    if not resumed or memory_problems(spec, {**{m.name: m.knobs for m in spec.models}, **resumed}):
+        return spec
+    changed = [n for n, k in resumed.items() if k != spec.model(n).knobs]
+    if changed:
+        console.print(f"resuming the last applied configuration of {', '.join(changed)} from the store")
+    return spec.model_copy(
+        update={"models": [m.model_copy(update={"knobs": resumed.get(m.name, m.knobs)}) for m in spec.models]}
+    )
+
+
+def _record_start(fleet: Fleet, store: Store) -> None:
+    """Models that run other knobs than their applied version (started from the spec) get a new
+    applied version, actor "startup", so the history says what runs."""
+    with store.session() as session:
+        applied = configs.applied(session)
+        for name, knobs in fleet.all_knobs().items():
+            v = applied.get(name)
+            if v is not None and Knobs.model_validate(v.knobs) != knobs:
+                queries.record_applied(
+                    session, name, knobs.model_dump(), "startup", "started from the spec's knobs", time.time()
+                )
+
+
+def summary_table(plane: ControlPlane, title: str) -> Table:
+    """Per model over the last 10 s, from the store: rate, p99 (TTFT for chat) against its SLA, knobs."""
+    t = Table(title=title, title_justify="left")
+    for col in ("model", "req/s", "items/s", "failed", "p99 ms", "SLA", "met", "delay us/inst/prio/res"):
+        t.add_column(col, justify="right" if col in ("req/s", "items/s", "failed", "p99 ms") else "left")
+    knobs = plane.fleet.all_knobs()
+    for s in plane.summaries(10.0).values():
+        k = knobs[s.model]
+        value = s.sla_value_ms if s.sla else s.p99_ms
+        sla = f"{'ttft' if s.sla.metric == 'ttft_p99' else 'p99'} <= {s.sla.target_ms:g} ms" if s.sla else "-"
+        met = "-" if s.sla_met is None else ("[green]yes[/green]" if s.sla_met else "[red]NO[/red]")
+        res = ",".join(f"{r}:{c}" for r, c in k.resources.items()) or "-"
+        t.add_row(
+            s.model, f"{s.request_rate:.1f}", f"{s.items_per_s:.1f}", f"{sum(s.failures.values()):g}",
+            format_ms(value), sla, met, f"{k.max_queue_delay_us}/{k.instances}/{k.priority}/{res}",
+        )  # fmt: skip
+    return t
+
+
+def _tuning_line(plane: ControlPlane, run_id: int | None) -> str:
+    if run_id is None:
+        return "tuning: not started"
+    with plane.store.session() as session:
+        run = session.get(TuningRun, run_id)
+        assert run is not None
+        status, best, budget, name, storage = (
+            run.status,
+            run.best,
+            run.budget,
+            run.study_name,
+            run.optuna_storage,
+        )
+    try:
+        trials = optuna.load_study(study_name=name, storage=plane.optuna_storage(storage)).trials
+    except KeyError:
+        trials = []
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    line = f"tuning run {run_id} ({name}): {status}, {done} of {budget} configurations measured"
+    return line + (" - winner applied" if best else "")
+
+
+@app.command()
+def up(
+    spec: SpecOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Override SLATUNE_DATABASE_URL.")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address of the API (env SLATUNE_API_HOST; default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port of the API (env SLATUNE_API_PORT; default 8780).")
+    ] = None,
+    demo_load: Annotated[
+        bool,
+        typer.Option("--demo-load", help="Drive the mixed demo traffic and start tuning after a baseline."),
+    ] = False,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many seconds (default: Ctrl-C; 300 with --demo-load).", min=1),
+    ] = None,
+    tune_budget: Annotated[
+        int, typer.Option(help="Configurations the demo's tuning run measures.", min=2)
+    ] = 6,
+    tune_window: Annotated[
+        float, typer.Option(help="Seconds each demo configuration is measured.", min=2)
+    ] = 10.0,
+    from_spec: Annotated[
+        bool,
+        typer.Option(
+            "--from-spec",
+            help="Start from the spec's knobs, not the last configuration applied (the store's).",
+        ),
+    ] = False,
+) -> None:
+    """Run the whole system: migrate the store, start the fleet (the embedded default unless
+    --spec), the collectors, the reconciler and the REST API on 127.0.0.1, until Ctrl-C.
+
+    With --demo-load it also drives the mixed demo traffic and, after a baseline, starts a tuning
+    run: the live table shows the chat SLA broken, then met. The API's docs are at /docs; every
+    mutating request needs the bearer token printed below (SLATUNE_API_TOKEN, or the file under
+    the data directory)."""
+    overrides: dict[str, object] = {}
+    for key, value in (
+        ("data_dir", data_dir),
+        ("database_url", database_url),
+        ("api_host", host),
+        ("api_port", port),
+    ):
+        if value is not None:
+            overrides[key] = value
+    with failing_with(2, ValueError):
+        try:
+            settings = Settings(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise ValueError(
+                "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            ) from None
+    fs = _spec(spec)
+    store = Store(settings.database_url)
+    with console.status(f"migrating the store {store.safe_url}"), failing_with(1, StoreError):
+        store.upgrade()
+    if not from_spec and not demo_load:
+        fs = _starting_knobs(fs, store)
+    fleet = _start(fs, settings.fleet_dir)
+    _record_start(fleet, store)
+    plane = ControlPlane(settings, store, fleet)
+    api: ApiServer | None = None
+    load: LoadRun | None = None
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with failing_with(1, StoreError, OSError):
+            plane.start()
+            token = settings.token()
+            api = ApiServer(create_app(plane, token), settings.api_host, settings.api_port)
+            api.start()
+        console.print(
+            f"[green]slatune is up[/green]: API {api.url}/api/v1  docs {api.url}/docs  metrics {api.url}/metrics"
+        )
+        token_from = "SLATUNE_API_TOKEN" if settings.api_token else str(settings.data_dir / "api-token")
+        console.print(f"  bearer token for changes: {token_from}")
+        console.print(
+            f"  store {store.safe_url}; tuning studies {settings.optuna_url}; fleet files {settings.fleet_dir}"
+        )
+        if demo_load:
+            duration = duration or 300.0
+            load = LoadRun(
+                demo_mix(), targets_for(fs, lambda s: fleet.endpoints(s).grpc),
+                duration_s=duration, max_requests=int(duration * 200),
+            ).start()  # fmt: skip
+        _watch(plane, duration, demo_load, tune_budget, tune_window)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping: tuning, reconciler, collectors, API, fleet"):
+            if load is not None:
+                load.stop()
+                load.join()
+            plane.stop()
+            if api is not None:
+                api.stop()
+            fleet.stop()
+            store.dispose()
+        console.print("slatune stopped")
+
+
+def _watch(
+    plane: ControlPlane, duration: float | None, demo_load: bool, budget: int, window_s: float
+) -> None:
+    """The live table until `duration` or Ctrl-C; the demo's tuning run starts after a baseline."""
+    began = time.monotonic()
+    baseline_s = min(window_s, 15.0)
+    run_id: int | None = None
+    printed = 0.0
+    with Live(console=console, refresh_per_second=1, transient=False) as live:
+        while duration is None or time.monotonic() - began < duration:
+            elapsed = time.monotonic() - began
+            if demo_load and run_id is None and elapsed >= baseline_s:
+                run_id = plane.tuning.start(budget=budget, window_s=window_s, warmup_s=3.0, models=None)
+            if not console.is_terminal and elapsed - printed >= 10:  # a log, not a live screen
+                printed = elapsed
+                console.print(summary_table(plane, f"slatune up: {elapsed:.0f} s, last 10 s"))
+                console.print(_tuning_line(plane, run_id))
+            title = (
+                f"slatune up: {elapsed:.0f} s"
+                + (f" of {duration:.0f} s" if duration else "")
+                + ", last 10 s; Ctrl-C stops"
+            )
+            live.update(Group(summary_table(plane, title), Text(_tuning_line(plane, run_id))))
+            time.sleep(1.0)
+
+
 def _store(database_url: str | None) -> Store:
     return Store(database_url or get_settings().database_url)
 
@@ -408,6 +618,7 @@ def windows_table(windows: list[ModelWindow], failed: Mapping[str, str]) -> Tabl
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     app()
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+import secrets
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.db import sqlite_url
@@ -22,12 +24,41 @@ class Settings(BaseSettings):
     """How often the collectors scrape every server's metrics page."""
     retention_raw_s: float = 6 * 3600
     """Raw windows older than this are downsampled to one-minute windows."""
+    optuna_url: str = ""
+    """Where tuning studies live (Optuna's RDB storage, its own database): empty means SQLite at
+    <data_dir>/optuna.db."""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8780
+    api_token: SecretStr | None = None
+    """The bearer token every mutating request and the alert webhook must carry. On loopback an
+    unset token is generated once and kept in <data_dir>/api-token; any other address needs it set."""
+    reconcile_poll_s: float = 2.0
+    """How often the reconciler looks for desired configurations when nothing nudges it."""
 
     @model_validator(mode="after")
-    def _default_database(self) -> Settings:
+    def _defaults(self) -> Settings:
         if not self.database_url:
             self.database_url = sqlite_url(self.data_dir)
+        if not self.optuna_url:
+            self.optuna_url = sqlite_url(self.data_dir, "optuna.db")
+        if not is_loopback(self.api_host) and not (self.api_token and self.api_token.get_secret_value()):
+            raise ValueError(
+                f"api_host {self.api_host!r} is not a loopback address: set SLATUNE_API_TOKEN "
+                "(the API refuses to listen beyond 127.0.0.1 without a bearer token)"
+            )
         return self
+
+    def token(self) -> str:
+        """The API's bearer token: the configured one, else the one kept under the data directory
+        (generated on first use, readable by its owner only)."""
+        if self.api_token and self.api_token.get_secret_value():
+            return self.api_token.get_secret_value()
+        path = self.data_dir / "api-token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(24))
+        return path.read_text().strip()
 
     @property
     def fleet_dir(self) -> Path:
@@ -36,3 +67,12 @@ class Settings(BaseSettings):
 
 def get_settings() -> Settings:
     return Settings()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

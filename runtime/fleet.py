@@ -45,7 +45,19 @@ STATE_FILE = "fleet.json"
 
 
 class ReconfigurationError(RuntimeError):
-    """A reconfiguration was refused or failed; the model keeps its previous configuration."""
+    """A reconfiguration was refused or failed; the model keeps its previous configuration.
+
+    `temporary` is set when the server could not be reached (down, restarting, overloaded): the
+    same change may succeed if tried again. Anything else (a bad knob, a config Triton refuses)
+    fails the same way every time."""
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+# gRPC statuses that say nothing about the configuration itself, only that the server did not answer.
+_TEMPORARY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,15 @@ class Fleet:
         with self._client(self.spec.model(model).server) as client:
             return self._observed(client, model)
 
+    def observed_knobs(self, model: str) -> Knobs:
+        """The knobs the running Triton reports for `model`: what a reconciler compares with."""
+        try:
+            return render.knobs_of(self.observed_config(model))
+        except InferenceServerException as exc:
+            raise ReconfigurationError(
+                f"{model}: its configuration cannot be read from its server: {exc.message()}", temporary=True
+            ) from None
+
     @staticmethod
     def _observed(client: grpcclient.InferenceServerClient, model: str) -> ModelConfig:
         reply: Any = client.get_model_config(model, as_json=True)
@@ -324,6 +345,10 @@ class Fleet:
                     client.load_model(model, config=render.to_json(new_cfg))
                     observed = self._observed(client, model)
                 except InferenceServerException as exc:
+                    if exc.status() in _TEMPORARY_STATUSES:
+                        raise ReconfigurationError(
+                            f"{model}: server {spec.server!r} did not answer: {exc.message()}", temporary=True
+                        ) from None
                     raise ReconfigurationError(
                         f"{model}: Triton refused the new configuration, the previous one stays: {exc.message()}"
                     ) from None

@@ -30,8 +30,8 @@ class SchemaNotAtHead(StoreError):
     pass
 
 
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{(Path(data_dir) / 'slatune.db').resolve()}"
+def sqlite_url(data_dir: Path, name: str = "slatune.db") -> str:
+    return f"sqlite:///{(Path(data_dir) / name).resolve()}"
 
 
 def make_engine(url: str) -> Engine:

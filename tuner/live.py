@@ -1,47 +1,81 @@
-"""The running fleet as the tuner sees it: knobs made live through the runtime and recorded in the
-store as configuration versions (actor "tuner"), measured from the store's windows of the version
-in force. The collector must be running: it is what turns traffic into windows."""
+"""The running fleet as the tuner sees it. A candidate becomes desired configuration versions in
+the store (actor "tuner"); the reconciler applies them through the runtime, and the tuner waits
+until they run. It is measured from the store's windows of the version in force. The collector
+must be running: it is what turns traffic into windows."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
-from runtime.fleet import Fleet
-from runtime.spec import Knobs
-from store import queries
+import optuna
+
+from runtime.fleet import Fleet, ReconfigurationError
+from runtime.spec import FleetSpec, Knobs
+from store import configs, queries
 from store.db import Store
 from store.models import TuningRun
 from tuner.loop import Outcome, Tuner, TuningConfig, TuningResult, knobs_to_attr, make_study, score_to_attr
 from tuner.objective import Measured
 
 
+class TuningStopped(Exception):
+    """The run was asked to stop (the best feasible configuration so far is applied)."""
+
+
+class Reconciles(Protocol):
+    """What the plant needs of the control plane's reconciler."""
+
+    fleet: Fleet
+
+    def converge(self, version_ids: Iterable[int], timeout_s: float = ...) -> dict[int, str]: ...
+
+
 class LivePlant:
     def __init__(
         self,
-        fleet: Fleet,
+        reconciler: Reconciles,
         store: Store,
         *,
         actor: str = "tuner",
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
+        apply_timeout_s: float = 120.0,
     ) -> None:
-        self.fleet = fleet
+        self.reconciler = reconciler
+        self.fleet = reconciler.fleet
         self.store = store
         self.actor = actor
         self._clock = clock
-        self._sleep = sleep
+        self._stop = stop or threading.Event()
+        self.apply_timeout_s = apply_timeout_s
 
     def knobs(self) -> dict[str, Knobs]:
         return self.fleet.all_knobs()
 
     def apply(self, knobs: Mapping[str, Knobs], reason: str) -> None:
+        """Propose the models whose knobs differ and wait until the reconciler has applied them."""
         current = self.fleet.all_knobs()
-        for name, k in knobs.items():
-            if current[name] != k:
-                self.fleet.apply(name, k)
-                with self.store.session() as session:
-                    queries.record_applied(session, name, k.model_dump(), self.actor, reason, self._clock())
+        with self.store.session() as session:
+            ids = {
+                configs.propose(session, name, k.model_dump(), self.actor, reason, self._clock()).id: name
+                for name, k in knobs.items()
+                if current[name] != k
+            }
+        if not ids:
+            return
+        states = self.reconciler.converge(ids, self.apply_timeout_s)
+        unapplied = {i: s for i, s in states.items() if s != "applied"}
+        if unapplied:
+            with self.store.session() as session:
+                why = [
+                    f"{ids[i]} version {i}: {s}"
+                    + (f" ({v.error})" if (v := configs.version(session, ids[i], i)) and v.error else "")
+                    for i, s in unapplied.items()
+                ]
+            raise ReconfigurationError(f"tuner: {reason}: not applied: {'; '.join(why)}")
 
     def measure(self, since: float) -> dict[str, Measured]:
         """Windows that began at or after `since` and belong to each model's version in force."""
@@ -67,11 +101,13 @@ class LivePlant:
         return self._clock()
 
     def sleep(self, seconds: float) -> None:
-        self._sleep(seconds)
+        """Wait, unless the run is asked to stop: then raise TuningStopped."""
+        if self._stop.wait(seconds):
+            raise TuningStopped()
 
 
 def run_study(
-    fleet: Fleet,
+    reconciler: Reconciles,
     store: Store,
     config: TuningConfig,
     study_name: str,
@@ -79,9 +115,18 @@ def run_study(
     *,
     seed: int | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    stop: threading.Event | None = None,
+    on_start: Callable[[int], None] | None = None,
+    spec: FleetSpec | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> TuningResult:
     """A tuning run on the live fleet, recorded in the store with its study and, at the end or on
-    a stop, the winning configuration and its evidence (both measurements of it)."""
+    a stop, the winning configuration and its evidence (both measurements of it). Setting `stop`
+    (or Ctrl-C) ends it after applying the best feasible configuration measured so far, which is
+    then the result's `best`. `on_start` is told the run's id. `spec` is the fleet's own unless
+    given (with the SLAs an operator set since, say). `storage` is `optuna_storage` already opened
+    (a process opens Optuna's storage once: two first openings race to create its tables)."""
+    fleet = reconciler.fleet
     with store.session() as session:
         row = TuningRun(
             study_name=study_name, optuna_storage=optuna_storage, status="running", started_at=time.time(),
@@ -90,20 +135,23 @@ def run_study(
         session.add(row)
         session.flush()
         run_id = row.id
+    if on_start is not None:
+        on_start(run_id)
     status, result = "failed", None
-    tuner = Tuner(
-        fleet.spec, LivePlant(fleet, store), make_study(study_name, optuna_storage, seed), config, on_outcome
-    )
+    plant = LivePlant(reconciler, store, stop=stop)
+    tuner: Tuner | None = None
     try:
+        study = make_study(study_name, storage or optuna_storage, seed)
+        tuner = Tuner(spec or fleet.spec, plant, study, config, on_outcome)
         result = tuner.run()
         status = "completed"
         return result
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TuningStopped) as exc:
         status = "stopped"
-        best = tuner.apply_best_so_far()
-        if best is not None:
-            result = TuningResult(None, best, None, [])
-        raise
+        result = TuningResult(None, tuner.apply_best_so_far() if tuner else None, None, [])
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return result
     finally:
         with store.session() as session:
             done = session.get(TuningRun, run_id)

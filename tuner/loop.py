@@ -1,7 +1,9 @@
 """The tuning loop, ask/tell: ask Optuna for a candidate, pass it through the guardrails, make it
 the fleet's configuration, let it warm up, measure a window, tell Optuna the SLA-scored result.
 
-The starting configuration is measured first, as the baseline. A trial that breaks a
+The starting configuration is measured first, as the baseline, then the space's protective
+corner (latency-critical models free of rate-limiter tokens, bulk models at their fewest
+instances), so the sampler starts from a configuration likely to keep the SLAs. A trial that breaks a
 latency-critical SLA badly is cut short and the best known safe configuration restored at once.
 The best few feasible candidates are measured again before one is declared the winner (a lucky
 window must not win); the winner stays applied. Studies live in Optuna's RDB storage, so an
@@ -25,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from runtime.spec import FleetSpec, Knobs
 from tuner.guardrails import Guardrails, guard
 from tuner.objective import Measured, Score, breaks_badly, score
-from tuner.space import knobs_from_params, params_from_knobs, search_space
+from tuner.space import knobs_from_params, params_from_knobs, protective_params, search_space
 
 log = logging.getLogger("slatune.tuner")
 
@@ -93,7 +95,9 @@ def constraints_of(trial: FrozenTrial) -> list[float]:
     return score_from_attr(attr).constraints() if attr else [1.0]
 
 
-def make_study(name: str, storage: str, seed: int | None = None) -> optuna.Study:
+def make_study(
+    name: str, storage: str | optuna.storages.BaseStorage, seed: int | None = None
+) -> optuna.Study:
     """A study in Optuna's own RDB storage (its own database: its Alembic table would clash with
     slatune's), created or resumed."""
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)  # reads trials' set_constraint
@@ -175,9 +179,11 @@ class Tuner:
         self._fail_interrupted()
         outcomes: list[Outcome] = []
         if not self.study.trials:
-            self.study.enqueue_trial(
-                params_from_knobs(self.dims, self.plant.knobs()), user_attrs={"baseline": True}
-            )
+            start = params_from_knobs(self.dims, self.plant.knobs())
+            self.study.enqueue_trial(start, user_attrs={"baseline": True})
+            protective = protective_params(self.spec, self.dims, start)
+            if protective != start:
+                self.study.enqueue_trial(protective, user_attrs={"protective": True})
         asked = 0
         while self._measured() < self.config.budget and asked < 3 * self.config.budget:
             asked += 1

@@ -75,3 +75,20 @@ def params_from_knobs(dims: Iterable[Dimension], knobs: Mapping[str, Knobs]) -> 
         else:
             out[d.name] = getattr(k, d.knob)
     return out
+
+
+def protective_params(spec: FleetSpec, dims: Iterable[Dimension], start: Mapping[str, int]) -> dict[str, int]:
+    """The safe corner of the space, measured right after the baseline: latency-critical models
+    take the fewest rate-limiter tokens and the highest priority (lowest value) their bounds
+    allow, bulk models run their fewest instances; everything else as in `start`. Triton's rate
+    limiter serves its queue head-first, so a latency-critical model that needs a token waits
+    behind bulk instances that hold them; this corner is where an SLA is most likely kept, and the
+    sampler explores for goodput from a feasible point rather than hoping to stumble on one."""
+    out = dict(start)
+    for d in dims:
+        role = spec.model(d.model).role
+        if (role == "latency-critical" and (d.knob == "priority" or d.knob.startswith("resources."))) or (
+            role == "bulk" and d.knob == "instances"
+        ):
+            out[d.name] = d.low
+    return out

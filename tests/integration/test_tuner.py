@@ -14,6 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from collectors.fleet import fleet_collector
+from controlplane.reconciler import Reconciler
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, demo_mix, targets_for
 from runtime.spec import embedded_spec_path, load_spec
@@ -62,7 +63,7 @@ def live(tmp_path: Path) -> Iterator[tuple[Fleet, Store, LivePlant]]:
                 demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=240, seed=7
             ).start()
             try:
-                yield fleet, store, LivePlant(fleet, store)
+                yield fleet, store, LivePlant(Reconciler(fleet, store), store)
             finally:
                 load.stop()
                 load.join()
@@ -77,8 +78,10 @@ CONFIG = TuningConfig(
 def test_a_short_study_ends_meeting_the_chat_sla(
     live: tuple[Fleet, Store, LivePlant], tmp_path: Path
 ) -> None:
-    fleet, store, _ = live
-    result = run_study(fleet, store, CONFIG, "chat-sla", f"sqlite:///{tmp_path / 'optuna.db'}", seed=3)
+    fleet, store, plant = live
+    result = run_study(
+        plant.reconciler, store, CONFIG, "chat-sla", f"sqlite:///{tmp_path / 'optuna.db'}", seed=3
+    )
     assert result.baseline is not None and result.baseline.violations["chat-llm"] > 0  # it starts broken
     assert result.best is not None and result.best_score is not None and result.best_score.feasible
     assert fleet.all_knobs() == result.best  # the winner stays applied

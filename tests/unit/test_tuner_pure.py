@@ -151,3 +151,23 @@ def test_params_and_knobs_round_trip() -> None:
     assert knobs["chat-llm"].priority == 2 and knobs["safety-guard"] == START["safety-guard"]
     with pytest.raises(KeyError, match="unknown knob 'speed'"):
         knobs_from_params(START, {"embeddings.speed": 1})
+
+
+def test_the_protective_corner_frees_latency_critical_models_and_shrinks_bulk() -> None:
+    from tuner.space import knobs_from_params, params_from_knobs, protective_params, search_space
+
+    dims = search_space(SPEC)
+    knobs = knobs_from_params(START, protective_params(SPEC, dims, params_from_knobs(dims, START)))
+    # chat and the guard: compute tokens [0, 2] and [0, 1] -> 0 (dropped); priority already 1
+    assert knobs["chat-llm"] == k("chat-llm", resources={})
+    assert knobs["safety-guard"] == k("safety-guard", resources={})
+    # bulk models: instances 2 -> their lower bound 1; their tokens unchanged
+    assert knobs["embeddings"] == k("embeddings", instances=1)
+    assert knobs["reranker"] == k("reranker", instances=1)
+    # out of scope, nothing moves
+    only_reranker = search_space(SPEC, ["reranker"])
+    start = params_from_knobs(only_reranker, START)
+    assert (
+        knobs_from_params(START, protective_params(SPEC, only_reranker, start))["chat-llm"]
+        == START["chat-llm"]
+    )

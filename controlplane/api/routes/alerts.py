@@ -1,0 +1,90 @@
+"""Alerts: an Alertmanager-compatible webhook receiver. It records each alert, asks the alert
+policy what to do, records that as desired configurations and nudges the reconciler. It never
+calls Triton itself."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from controlplane.api.deps import Authorized, PlaneDep, SessionDep
+from controlplane.api.proposals import guarded, version_out
+from controlplane.api.schemas import AlertOut, AmWebhook, ErrorOut, WebhookOut
+from controlplane.policy import Alert, KnownGood, on_alert
+from runtime.spec import Knobs
+from store import configs
+from store.models import AlertReceived, TuningRun
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+
+
+def known_good(session: SessionDep) -> KnownGood | None:
+    """The best configuration of the newest tuning run that found one."""
+    for run in session.scalars(select(TuningRun).order_by(TuningRun.id.desc())):
+        if run.best and run.best.get("knobs"):
+            return KnownGood(run.id, {m: Knobs.model_validate(k) for m, k in run.best["knobs"].items()})
+    return None
+
+
+@router.post("", response_model=WebhookOut, responses={401: {"model": ErrorOut}}, dependencies=[Authorized])
+def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut:
+    """Alertmanager's webhook (point a `webhook_configs` receiver here with
+    `http_config.authorization.credentials` set to the token). A firing alert labelled with a
+    latency-critical `model` falls back to the newest tuning run's best configuration."""
+    now = plane.clock()
+    decisions, proposed = [], []
+    good = known_good(session)
+    for a in body.alerts:
+        name = a.labels.get("alertname", "unnamed")
+        model = a.labels.get("model")
+        session.add(
+            AlertReceived(
+                received_at=now,
+                status=a.status,
+                alertname=name,
+                fingerprint=a.fingerprint,
+                model=model,
+                labels=a.labels,
+                annotations=a.annotations,
+                starts_at=a.startsAt,
+                ends_at=a.endsAt,
+                handled=False,
+            )
+        )
+        plane.metrics.alerts.labels(name, a.status).inc()
+        decision = on_alert(plane.fleet.spec, Alert(name, a.status, model), plane.fleet.all_knobs(), good)
+        decisions.append(decision.reason)
+        plane.metrics.decisions.labels("propose" if decision.proposed else "none").inc()
+        if not decision.proposed:
+            continue
+        _, g = guarded(plane, session, decision.proposed, now)
+        if g.refused is not None:
+            decisions.append(f"refused by the guardrails: {g.refused}")
+            continue
+        pending = configs.desired(session)
+        for m, knobs in sorted(g.knobs.items()):
+            if knobs != plane.fleet.knobs(m) or m in pending:
+                v = configs.propose(session, m, knobs.model_dump(), "alert", decision.reason, now)
+                proposed.append(version_out(m, v))
+    session.commit()
+    plane.reconciler.nudge()
+    return WebhookOut(recorded=len(body.alerts), decisions=decisions, proposed=proposed)
+
+
+@router.get("", response_model=list[AlertOut])
+def alerts(session: SessionDep, limit: int = Query(100, ge=1, le=10_000)) -> list[AlertOut]:
+    """Alerts received, newest first."""
+    rows = session.scalars(select(AlertReceived).order_by(AlertReceived.id.desc()).limit(limit))
+    return [
+        AlertOut(
+            id=r.id,
+            received_at=r.received_at,
+            status=r.status,
+            alertname=r.alertname,
+            model=r.model,
+            labels=r.labels,
+            annotations=r.annotations,
+            handled=r.handled,
+        )
+        for r in rows
+    ]

@@ -1,0 +1,44 @@
+"""Operations: the control plane's own metrics, liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from controlplane.api.deps import PlaneDep
+from controlplane.api.schemas import HealthOut
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(plane: PlaneDep) -> Response:
+    """slatune's own metrics (reconciler, alerts, API, collection, SLA status) for Prometheus."""
+    return Response(generate_latest(plane.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz", response_model=HealthOut)
+def healthz() -> HealthOut:
+    """Liveness: the process answers."""
+    return HealthOut(status="ok", checks={})
+
+
+@router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
+def readyz(plane: PlaneDep, response: Response) -> HealthOut:
+    """Readiness: the store answers, the reconciler runs, and every server's metrics answered
+    their last scrape. 503 naming what is not ready otherwise."""
+    checks = {}
+    try:
+        with plane.store.session() as session:
+            session.execute(text("SELECT 1"))
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"unreachable: {exc}"
+    checks["reconciler"] = "ok" if plane.reconciler.running else "not running"
+    stale = plane.collector.stale() if plane.collector is not None else []
+    for s in plane.fleet.spec.servers:
+        checks[f"server:{s.name}"] = "stale (its last scrape failed)" if s.name in stale else "ok"
+    ready = all(v == "ok" for v in checks.values())
+    response.status_code = 200 if ready else 503
+    return HealthOut(status="ok" if ready else "degraded", checks=checks)

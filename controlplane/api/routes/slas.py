@@ -1,0 +1,33 @@
+"""SLAs: read and change a model's SLA (what the tuner keeps and the alerts watch)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from controlplane.api.deps import Authorized, PlaneDep, SessionDep, known_model
+from controlplane.api.schemas import ErrorOut, SlaIn
+from runtime.spec import Sla
+from store.configs import model_row
+
+router = APIRouter(prefix="/models/{model}/sla", tags=["slas"])
+ERRORS: dict[int | str, dict[str, object]] = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
+
+
+@router.get("", response_model=Sla | None, responses=ERRORS)
+def get_sla(model: str, plane: PlaneDep, session: SessionDep) -> Sla | None:
+    """The model's SLA, or null for a model without one (a bulk model)."""
+    known_model(plane, model)
+    row = model_row(session, model)
+    if row.sla_metric is None or row.sla_target_ms is None:
+        return None
+    return Sla(metric=row.sla_metric, target_ms=row.sla_target_ms)  # type: ignore[arg-type]
+
+
+@router.put("", response_model=Sla, responses=ERRORS, dependencies=[Authorized])
+def put_sla(model: str, body: SlaIn, plane: PlaneDep, session: SessionDep) -> Sla:
+    """Set the model's SLA: the metric (ttft_p99 for a streaming model, latency_p99) and its
+    target. Tuning runs started afterwards keep it; the SLA metrics and alerts follow at once."""
+    known_model(plane, model)
+    row = model_row(session, model)
+    row.sla_metric, row.sla_target_ms = body.metric, body.target_ms
+    return Sla(metric=body.metric, target_ms=body.target_ms)

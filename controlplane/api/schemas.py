@@ -1,0 +1,263 @@
+"""Request and response bodies. Requests forbid unknown fields, so a misspelt knob is an error
+naming it rather than a change silently ignored."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+
+from runtime.spec import Knobs, Sla
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    error: str
+    field: str | None = None
+    """The request field that was wrong, as a dotted path (body.knobs.instances), when one was."""
+    detail: list[dict[str, Any]] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- fleet
+class ServerOut(BaseModel):
+    name: str
+    managed: bool
+    grpc: str
+    metrics_url: str
+    ready: bool
+    restarts: int
+
+
+class DeviceOut(BaseModel):
+    name: str
+    kind: str
+    memory_gb: float
+    used_gb: float
+    """Memory the models' instances hold at the knobs they run with."""
+
+
+class VersionOut(BaseModel):
+    id: int
+    model: str
+    knobs: Knobs
+    actor: str
+    reason: str
+    state: str
+    created_at: float
+    applied_at: float | None
+    error: str | None
+
+
+class ModelOut(BaseModel):
+    name: str
+    role: str
+    server: str
+    device: str
+    memory_gb_per_instance: float
+    sla: Sla | None
+    knobs: Knobs
+    """What runs now, as the runtime applied it and Triton confirmed it."""
+    applied: VersionOut | None
+    desired: VersionOut | None
+    """A configuration asked for and not applied yet, if any."""
+
+
+class FleetOut(BaseModel):
+    name: str
+    servers: list[ServerOut]
+    devices: list[DeviceOut]
+    models: list[str]
+
+
+class ConfigOut(BaseModel):
+    model: str
+    running: Knobs
+    """Read back from Triton now."""
+    applied: VersionOut | None
+    desired: VersionOut | None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    checks: dict[str, str]
+
+
+# ---------------------------------------------------------------- configurations
+class KnobsPatch(_In):
+    """The knobs to change; the others keep their current value."""
+
+    max_queue_delay_us: NonNegativeInt | None = None
+    instances: PositiveInt | None = None
+    priority: PositiveInt | None = None
+    resources: dict[str, NonNegativeInt] | None = None
+    max_queue_size: NonNegativeInt | None = None
+    queue_timeout_us: NonNegativeInt | None = None
+
+
+class ProposalIn(_In):
+    knobs: KnobsPatch
+    reason: str = Field(default="", max_length=500)
+    dry_run: bool = False
+    """Only show what would change: the diff, the memory check and the guardrails' clips."""
+    wait: bool = False
+    """Return once the reconciler has applied it (or failed), rather than at once."""
+
+
+class RollbackIn(_In):
+    version: PositiveInt
+    """The configuration version to go back to (see the history)."""
+    reason: str = Field(default="", max_length=500)
+    dry_run: bool = False
+    wait: bool = False
+
+
+class ClipOut(BaseModel):
+    knob: str
+    asked: Any
+    got: Any
+    rule: str
+
+
+class MemoryOut(BaseModel):
+    device: str
+    used_gb: float
+    budget_gb: float
+    fits: bool
+
+
+class ProposalOut(BaseModel):
+    model: str
+    dry_run: bool
+    current: Knobs
+    proposed: Knobs
+    """What would run: the request, clipped by the guardrails."""
+    diff: dict[str, list[Any]]
+    """knob -> [current, proposed], only the knobs that change."""
+    clips: list[ClipOut]
+    memory: MemoryOut
+    refused: str | None
+    version: VersionOut | None
+    """The desired version recorded (None for a dry run or when nothing changes)."""
+
+
+class SlaIn(_In):
+    metric: Literal["ttft_p99", "latency_p99"]
+    target_ms: float = Field(gt=0, le=3_600_000)
+
+
+# ---------------------------------------------------------------- metrics
+class WindowOut(BaseModel):
+    start: float
+    end: float
+    resolution_s: float
+    config_version: int | None
+    spans_reconfiguration: bool
+    reset: bool
+    requests: float
+    success: float
+    failures: dict[str, float]
+    request_rate: float
+    inference_rate: float
+    avg_batch: float | None
+    avg_queue_ms: float | None
+    avg_compute_infer_ms: float | None
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    pending: float
+
+
+class SummaryOut(BaseModel):
+    model: str
+    role: str
+    seconds: float
+    windows: int
+    request_rate: float
+    items_per_s: float
+    failures: dict[str, float]
+    p50_ms: float | None
+    p99_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    sla: Sla | None
+    sla_value_ms: float | None
+    sla_met: bool | None
+    knobs: Knobs
+
+
+# ---------------------------------------------------------------- tuning
+class TuningIn(_In):
+    budget: int = Field(default=8, ge=2, le=200)
+    """Configurations to measure, the baseline included."""
+    window_s: float = Field(default=20.0, ge=2, le=3600)
+    warmup_s: float = Field(default=5.0, ge=0, le=600)
+    models: list[str] | None = Field(default=None, min_length=1)
+    """Models whose knobs are searched (default: all)."""
+    study_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    seed: int | None = None
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: str
+    value: float | None
+    knobs: dict[str, Knobs] | None
+    score: dict[str, Any] | None
+    refused: str | None
+    cut_short: bool | None
+
+
+class TuningOut(BaseModel):
+    id: int
+    study_name: str
+    status: str
+    started_at: float
+    ended_at: float | None
+    budget: int
+    window_s: float
+    models: list[str]
+    best: dict[str, Any] | None
+    trials: list[TrialOut] | None = None
+
+
+# ---------------------------------------------------------------- alerts
+class AmAlert(BaseModel):
+    """One alert of an Alertmanager webhook (other fields are accepted and ignored)."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: str | None = None
+    endsAt: str | None = None
+    fingerprint: str | None = Field(default=None, max_length=64)
+
+
+class AmWebhook(BaseModel):
+    """Alertmanager's webhook payload (version 4)."""
+
+    version: str = "4"
+    status: str = "firing"
+    receiver: str = ""
+    alerts: list[AmAlert] = Field(max_length=1000)
+
+
+class AlertOut(BaseModel):
+    id: int
+    received_at: float
+    status: str
+    alertname: str
+    model: str | None
+    labels: dict[str, Any]
+    annotations: dict[str, Any]
+    handled: bool
+
+
+class WebhookOut(BaseModel):
+    recorded: int
+    decisions: list[str]
+    proposed: list[VersionOut]

@@ -1,0 +1,82 @@
+"""The FastAPI application: one router per resource under /api/v1, OpenAPI at /docs, and the
+operational endpoints (/metrics, /healthz, /readyz) at the root.
+
+Every error is JSON: `{"error": ..., "field": ...}` naming the request field that was wrong. Every
+mutating endpoint and the alert webhook require the bearer token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controlplane.api.deps import ApiError
+from controlplane.api.routes import alerts, configs, fleet, metrics, ops, slas, tuning
+from controlplane.plane import ControlPlane
+from store.configs import UnknownModel
+from store.db import StoreError
+
+API_PREFIX = "/api/v1"
+
+
+def _error(status: int, message: str, field: str | None = None, detail: list[dict[str, object]] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    body: dict[str, object] = {"error": message, "field": field, "detail": detail or []}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(plane: ControlPlane, token: str) -> FastAPI:
+    """The API over a started control plane; `token` is the bearer token mutations must carry."""
+    if not token:
+        raise ValueError("the API needs a bearer token")
+    app = FastAPI(
+        title="slatune",
+        summary="Observability and SLA autotuning for Triton Inference Server fleets.",
+        version="1",
+    )
+    app.state.plane = plane
+    app.state.token = token
+    for router in (fleet.router, configs.router, slas.router, metrics.router, tuning.router, alerts.router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(ops.router)
+
+    @app.exception_handler(ApiError)
+    def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, exc.field, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"field": ".".join(map(str, e["loc"])), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        first = detail[0] if detail else {"field": None, "message": "invalid request"}
+        return _error(422, f"{first['field']}: {first['message']}", str(first["field"]), detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(UnknownModel)
+    def _unknown(_: Request, exc: UnknownModel) -> JSONResponse:
+        return _error(404, str(exc), "path.model")
+
+    @app.exception_handler(StoreError)
+    def _store(_: Request, exc: StoreError) -> JSONResponse:
+        return _error(503, f"the store is unavailable: {exc}")
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        began = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        plane.metrics.http_requests.labels(request.method, route, str(response.status_code)).inc()
+        plane.metrics.http_seconds.labels(request.method, route).observe(time.perf_counter() - began)
+        return response
+
+    return app

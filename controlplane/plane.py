@@ -1,0 +1,208 @@
+"""The control plane: the fleet, the collector, the reconciler and the tuning runner over one store,
+started and stopped together. The REST API (`controlplane.app`) and `slatune up` both run on it.
+
+Data flows one way: people, the tuner and alerts write desired configurations to the store; the
+reconciler alone applies them through the runtime; the collector writes windows; the API reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import optuna
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector as PromCollector
+from sqlalchemy import select
+
+from collectors.collector import Collector
+from collectors.fleet import fleet_collector, register_fleet
+from collectors.selfmetrics import CollectorMetrics
+from controlplane.reconciler import Reconciler
+from controlplane.settings import Settings
+from controlplane.telemetry import ControlPlaneMetrics
+from controlplane.tuning import TuningRunner
+from runtime.fleet import Fleet
+from runtime.spec import Sla
+from store import queries
+from store.db import Store
+from store.models import Model
+
+log = logging.getLogger("slatune.controlplane")
+
+SUMMARY_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A model over the last `seconds`: traffic, latency, and its SLA (met or not)."""
+
+    model: str
+    role: str
+    seconds: float
+    windows: int
+    request_rate: float
+    items_per_s: float
+    failures: dict[str, float]
+    p50_ms: float | None
+    p99_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    sla: Sla | None
+    sla_value_ms: float | None
+    """The value the SLA is about (TTFT p99 or latency p99)."""
+    sla_met: bool | None
+    """None when the SLA is unmeasured (no traffic in the window) or there is none."""
+
+
+def slas_of(session_rows: list[Model]) -> dict[str, Sla | None]:
+    return {
+        m.name: Sla(metric=m.sla_metric, target_ms=m.sla_target_ms)  # type: ignore[arg-type]
+        if m.sla_metric and m.sla_target_ms
+        else None
+        for m in session_rows
+    }
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        fleet: Fleet,
+        *,
+        collect: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.fleet = fleet
+        self.clock = clock
+        self.registry = CollectorRegistry()
+        self.metrics = ControlPlaneMetrics(self.registry)
+        self.registry.register(_SlaCollector(self))
+        self.reconciler = Reconciler(
+            fleet, store, metrics=self.metrics, clock=clock, poll_s=settings.reconcile_poll_s
+        )
+        self.tuning = TuningRunner(
+            self.reconciler, store, settings.optuna_url, self.slas, self.optuna_storage
+        )
+        self.collect = collect
+        self.collector: Collector | None = None
+        self._collector_thread: tuple[threading.Thread, threading.Event] | None = None
+        self.started_at: float | None = None
+        self._storages: dict[str, optuna.storages.BaseStorage] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Record the fleet in the store, close what a previous run left open, start the loops."""
+        self.store.require_head()
+        endpoints = {s.name: self.fleet.endpoints(s.name) for s in self.fleet.spec.servers}
+        register_fleet(self.store, self.fleet.spec, endpoints)
+        self.optuna_storage(self.settings.optuna_url)  # opened once, before threads race to create its tables
+        self.reconciler.recover()
+        self.reconciler.start()
+        if self.collect:
+            self.collector = fleet_collector(
+                self.store, self.fleet.spec, endpoints, interval_s=self.settings.scrape_interval_s,
+                metrics=CollectorMetrics(self.registry), retention_raw_s=self.settings.retention_raw_s,
+            )  # fmt: skip
+            self._collector_thread = self.collector.start()
+        self.started_at = self.clock()
+
+    def stop(self) -> None:
+        """Stop tuning (its best configuration so far stays), then the reconciler, then collection."""
+        self.tuning.stop(wait_s=120)
+        self.reconciler.stop()
+        if self._collector_thread is not None:
+            thread, stop = self._collector_thread
+            stop.set()
+            thread.join(5)
+            self._collector_thread = None
+        if self.collector is not None:
+            self.collector.close()
+            self.collector = None
+
+    # ------------------------------------------------------------------ reading
+    def optuna_storage(self, url: str) -> optuna.storages.BaseStorage:
+        """Optuna's RDB storage at `url`, opened once (opening one checks its schema)."""
+        with self._lock:
+            if url not in self._storages:
+                self._storages[url] = optuna.storages.RDBStorage(url)
+            return self._storages[url]
+
+    def slas(self) -> dict[str, Sla | None]:
+        with self.store.session() as session:
+            return slas_of(list(session.scalars(select(Model)).all()))
+
+    def summaries(self, seconds: float = SUMMARY_WINDOW_S) -> dict[str, ModelSummary]:
+        since = self.clock() - seconds
+        out = {}
+        with self.store.session() as session:
+            rows = {m.name: m for m in session.scalars(select(Model)).all()}
+            slas = slas_of(list(rows.values()))
+            for name in self.fleet.spec.model_names:
+                agg = queries.aggregate(queries.windows(session, name, start=since))
+                sla = slas.get(name)
+                value = None
+                if sla is not None:
+                    value = agg.ttft_p99_ms if sla.metric == "ttft_p99" else agg.p99_ms
+                out[name] = ModelSummary(
+                    model=name,
+                    role=rows[name].role if name in rows else self.fleet.spec.model(name).role,
+                    seconds=agg.seconds,
+                    windows=agg.windows,
+                    request_rate=agg.request_rate,
+                    items_per_s=agg.inference_rate,
+                    failures=agg.failures,
+                    p50_ms=agg.p50_ms,
+                    p99_ms=agg.p99_ms,
+                    ttft_p50_ms=agg.ttft_p50_ms,
+                    ttft_p99_ms=agg.ttft_p99_ms,
+                    sla=sla,
+                    sla_value_ms=value,
+                    sla_met=None
+                    if sla is None or value is None
+                    else value <= sla.target_ms and not sum(agg.failures.values()),
+                )
+        return out
+
+
+class _SlaCollector(PromCollector):
+    """Each model's SLA over the last 30 s, computed from the store when /metrics is scraped: what
+    Prometheus alerts on (`slatune_sla_met == 0`)."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # computed at scrape time: nothing to check at registration
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        met = GaugeMetricFamily(
+            "slatune_sla_met", "1 if the model met its SLA over the last 30 s", labels=["model"]
+        )
+        value = GaugeMetricFamily(
+            "slatune_sla_value_ms",
+            "The SLA's measured value over the last 30 s (TTFT or latency p99)",
+            labels=["model"],
+        )
+        target = GaugeMetricFamily("slatune_sla_target_ms", "The SLA's target", labels=["model"])
+        try:
+            summaries: Mapping[str, ModelSummary] = self.plane.summaries()
+        except Exception:  # a store outage must not break /metrics
+            log.exception("SLA metrics unavailable")
+            return []
+        for s in summaries.values():
+            if s.sla is None:
+                continue
+            target.add_metric([s.model], s.sla.target_ms)
+            if s.sla_value_ms is not None:
+                value.add_metric([s.model], s.sla_value_ms)
+            if s.sla_met is not None:
+                met.add_metric([s.model], 1.0 if s.sla_met else 0.0)
+        return [met, value, target]
