@@ -93,6 +93,7 @@ class KnobsPatch(_In):
     instances: PositiveInt | None = None
     priority: PositiveInt | None = None
     resources: dict[str, NonNegativeInt] | None = None
+    """Merged into the running ones: {"compute": 0} drops compute, other resources stay."""
     max_queue_size: NonNegativeInt | None = None
     queue_timeout_us: NonNegativeInt | None = None
 

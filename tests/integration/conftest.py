@@ -45,7 +45,10 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         plane.start()
         app = create_app(plane, TOKEN)
         try:
-            with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client, TestClient(app) as anon:
+            with (
+                TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client,
+                TestClient(app) as anon,
+            ):
                 yield Api(plane, client, anon)
         finally:
             plane.stop()

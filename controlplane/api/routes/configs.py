@@ -46,7 +46,10 @@ def propose(
     configuration (202) and the reconciler applies them; `wait` returns once applied (200)."""
     known_model(plane, model)
     current = plane.fleet.knobs(model)
-    target = Knobs.model_validate({**current.model_dump(), **body.knobs.model_dump(exclude_none=True)})
+    patch = body.knobs.model_dump(exclude_none=True)
+    if "resources" in patch:  # merged: naming one resource keeps the others; a count of 0 drops one
+        patch["resources"] = {**current.resources, **patch["resources"]}
+    target = Knobs.model_validate({**current.model_dump(), **patch})
     out = propose_one(
         plane, session, model, target, actor="person", reason=body.reason or "proposed through the API",
         dry_run=body.dry_run,
