@@ -1,0 +1,104 @@
+"""The control plane's pure decisions, as tables: the reconciler's plan and backoff, the alert
+policy, and the settings' refusal to listen beyond loopback without a token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.policy import Alert, KnownGood, on_alert
+from controlplane.reconciler import Step, backoff_s, plan
+from controlplane.settings import Settings, is_loopback
+from runtime.spec import Knobs, resolve_spec
+
+SPEC = resolve_spec(None)
+START = {m.name: m.knobs for m in SPEC.models}
+ONE, TWO = Knobs(instances=1), Knobs(instances=2)
+
+
+@pytest.mark.parametrize(
+    ("desired", "running", "expected"),
+    [
+        ({}, {"a": ONE}, []),  # nothing asked for: nothing to do
+        ({"a": (7, TWO)}, {"a": ONE}, [Step("a", 7, TWO, True)]),  # a difference: apply it
+        ({"a": (7, ONE)}, {"a": ONE}, [Step("a", 7, ONE, False)]),  # already runs: only record it
+        # several models, in a stable order, each on its own
+        (
+            {"b": (9, ONE), "a": (8, TWO)},
+            {"a": TWO, "b": TWO},
+            [Step("a", 8, TWO, False), Step("b", 9, ONE, True)],
+        ),
+    ],
+)
+def test_plan(desired: dict[str, tuple[int, Knobs]], running: dict[str, Knobs], expected: list[Step]) -> None:
+    assert plan(desired, running) == expected
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (40, 30.0)],  # 1 x 2^(n-1), at most 30
+)
+def test_backoff(attempts: int, expected: float) -> None:
+    assert backoff_s(attempts, 1.0, 30.0) == expected
+
+
+GOOD = KnownGood(3, {**START, "chat-llm": START["chat-llm"].model_copy(update={"resources": {}})})
+
+
+@pytest.mark.parametrize(
+    ("alert", "known_good", "proposed", "reason"),
+    [
+        (
+            Alert("SlaBroken", "firing", "chat-llm"),
+            GOOD,
+            {"chat-llm": GOOD.knobs["chat-llm"]},
+            "back to tuning run 3",
+        ),
+        (Alert("SlaBroken", "resolved", "chat-llm"), GOOD, {}, "is resolved"),
+        (Alert("SlaBroken", "firing", "embeddings"), GOOD, {}, "a bulk model"),
+        (Alert("SlaBroken", "firing", None), GOOD, {}, "names no model"),
+        (Alert("SlaBroken", "firing", "ghost"), GOOD, {}, "names no model"),
+        (Alert("SlaBroken", "firing", "chat-llm"), None, {}, "no tuning run has proved"),
+        (Alert("SlaBroken", "firing", "chat-llm"), KnownGood(4, START), {}, "already running"),
+    ],
+)
+def test_alert_policy(
+    alert: Alert, known_good: KnownGood | None, proposed: dict[str, Knobs], reason: str
+) -> None:
+    decision = on_alert(SPEC, alert, START, known_good)
+    assert decision.proposed == proposed
+    assert reason in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("10.1.2.3", False),
+        ("example.com", False),
+    ],  # fmt: skip
+)
+def test_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_a_non_loopback_api_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLATUNE_API_TOKEN", raising=False)
+    with pytest.raises(
+        ValueError, match=r"api_host '0\.0\.0\.0' is not a loopback address: set SLATUNE_API_TOKEN"
+    ):
+        Settings(api_host="0.0.0.0")
+    assert Settings(api_host="0.0.0.0", api_token="t0ken").token() == "t0ken"  # type: ignore[arg-type]
+
+
+def test_a_loopback_api_generates_its_token_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLATUNE_API_TOKEN", raising=False)
+    settings = Settings(data_dir=tmp_path)  # type: ignore[arg-type]
+    token = settings.token()
+    assert len(token) >= 24 and Settings(data_dir=tmp_path).token() == token  # type: ignore[arg-type]
+    assert oct((settings.data_dir / "api-token").stat().st_mode & 0o777) == "0o600"
