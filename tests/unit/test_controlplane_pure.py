@@ -81,7 +81,7 @@ def test_alert_policy(
         ("0.0.0.0", False),
         ("10.1.2.3", False),
         ("example.com", False),
-    ],  # fmt: skip
+    ],
 )
 def test_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
