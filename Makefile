@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   set everything up, start the embedded default fleet and drive the demo traffic
+#   make demo   set everything up and run `slatune up --demo-load`: the embedded default fleet, the
+#               collectors, the reconciler and the API, with demo traffic and a tuning run
 #   make test   set everything up and run the whole test suite (what .ci/run calls)
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -36,7 +37,7 @@ services:
 	  exit $$status; }
 
 demo: setup
-	$(BIN)/slatune demo
+	$(BIN)/slatune up --demo-load
 
 lint: setup
 	$(BIN)/ruff check .
