@@ -151,19 +151,20 @@ class Reconciler:
             self.metrics.desired_pending.set(len(pending))
             results = []
             running: dict[str, Knobs] = {}
-            for name in wanted:
+            for name, (version_id, _) in wanted.items():
+                retry = self._retries.get(version_id)
+                if retry is not None and self.clock() < retry.next_at:
+                    results.append(Result(name, version_id, "waiting"))  # backing off
+                    continue
                 try:
                     running[name] = self.fleet.observed_knobs(name)
                 except ReconfigurationError as exc:
-                    results.append(self._failed(name, wanted[name][0], exc))
+                    results.append(self._failed(name, version_id, exc))
             for step in plan({m: w for m, w in wanted.items() if m in running}, running):
                 results.append(self._settle(step))
             return results
 
     def _settle(self, step: Step) -> Result:
-        retry = self._retries.get(step.version_id)
-        if retry is not None and self.clock() < retry.next_at:
-            return Result(step.model, step.version_id, "waiting")
         if not step.needs_apply:
             with self.store.session() as session:
                 version = session.get(ConfigVersion, step.version_id)

@@ -246,6 +246,11 @@ class Fleet:
     def restarts(self, server: str) -> int:
         return self._servers[server].restarts
 
+    def pid(self, server: str) -> int | None:
+        """The managed server's tritonserver process id (None when attached or not running)."""
+        proc = self._servers[server].process
+        return proc.proc.pid if proc is not None and proc.proc is not None else None
+
     def log_path(self, server: str) -> Path | None:
         proc = self._servers[server].process
         return None if proc is None else proc.log_path

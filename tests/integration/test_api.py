@@ -3,6 +3,8 @@ the bearer token; errors naming the bad field; SLAs; the alert webhook; a failed
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -271,3 +273,46 @@ def test_a_refused_apply_is_recorded_failed_and_the_previous_configuration_stays
     assert got["state"] == "failed" and "exceeds server 'triton0'" in got["error"]
     assert api.fleet.observed_knobs("reranker") == before
     assert config(api, "reranker")["applied"]["knobs"] == before.model_dump()
+
+
+def test_a_tuning_run_starts_lists_its_trials_and_stops(api: Api) -> None:
+    r = api.client.post(
+        f"{V1}/tuning", json={"budget": 4, "window_s": 2, "warmup_s": 0, "models": ["reranker"]}
+    )
+    assert r.status_code == 202, r.text
+    run = r.json()
+    assert run["status"] == "running" and run["models"] == ["reranker"] and run["budget"] == 4
+    again = api.client.post(f"{V1}/tuning", json={"budget": 2})
+    assert again.status_code == 409 and f"tuning run {run['id']} is still running" in again.json()["error"]
+    deadline = time.monotonic() + 30
+    while not api.client.get(f"{V1}/tuning/{run['id']}").json()["trials"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert api.client.post(f"{V1}/tuning/{run['id']}/stop").status_code == 202
+    deadline = time.monotonic() + 60
+    while (got := api.client.get(f"{V1}/tuning/{run['id']}").json())["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert got["status"] in ("stopped", "completed")
+    assert got["trials"][0]["number"] == 0
+    assert api.client.post(f"{V1}/tuning/{run['id']}/stop").status_code == 409  # not running any more
+    assert api.client.get(f"{V1}/tuning").json()[0]["id"] == run["id"]
+    with api.plane.store.session() as session:  # the tuner's changes went through the reconciler
+        actors = {v.actor for v in configs.history(session, "reranker")}
+    assert "tuner" in actors or got["trials"][0]["state"] != "COMPLETE"
+
+
+def test_an_unreachable_server_is_retried_with_backoff_until_it_is_back(api: Api) -> None:
+    """Runs last in this module: it kills the fleet's tritonserver; the supervisor restarts it."""
+    pid = api.fleet.pid("triton0")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    r = api.client.post(
+        f"{V1}/models/embeddings/config", json={"knobs": {"max_queue_size": 64}, "wait": True}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["version"]["state"] == "applied"
+    assert api.fleet.observed_knobs("embeddings").max_queue_size == 64
+    assert api.fleet.restarts("triton0") == 1
+    metrics = api.client.get("/metrics").text
+    assert 'slatune_reconcile_failures_total{kind="temporary",model="embeddings"}' in metrics
