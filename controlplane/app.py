@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from controlplane.api.deps import ApiError
 from controlplane.api.routes import alerts, configs, fleet, metrics, ops, slas, tuning
@@ -27,6 +28,15 @@ def _error(status: int, message: str, field: str | None = None, detail: list[dic
            headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
     body: dict[str, object] = {"error": message, "field": field, "detail": detail or []}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _allowed(app: FastAPI, request: Request) -> str:
+    """Every method the request's path takes (Starlette's 405 names only its first route's)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 def create_app(plane: ControlPlane, token: str) -> FastAPI:
@@ -59,8 +69,11 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
         return _error(422, f"{first['field']}: {first['message']}", str(first["field"]), detail)
 
     @app.exception_handler(StarletteHTTPException)
-    def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(app, request)}
+        return _error(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(UnknownModel)
     def _unknown(_: Request, exc: UnknownModel) -> JSONResponse:

@@ -7,10 +7,11 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from controlplane.api.schemas import MAX_ID
 from controlplane.plane import ControlPlane
 
 
@@ -34,6 +35,9 @@ def get_session(plane: PlaneDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+"""A row id in the path (a configuration version, a tuning run)."""
 
 _bearer = HTTPBearer(
     auto_error=False, description="The token of SLATUNE_API_TOKEN (or <data_dir>/api-token)."

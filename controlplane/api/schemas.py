@@ -1,17 +1,32 @@
 """Request and response bodies. Requests forbid unknown fields, so a misspelt knob is an error
-naming it rather than a change silently ignored."""
+naming it rather than a change silently ignored, and take JSON's types as the schema says: strict,
+so `true` is not 1 nor "5" a number, but 5.0 is an integer (JSON Schema's)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from runtime.spec import Knobs, Sla
 
+MAX_ID = 2**31 - 1
+"""Ids are INTEGER columns, 32-bit on PostgreSQL: a larger one is refused (422) before the database
+driver fails on it."""
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integral = BeforeValidator(_integral)
+"""For a strict int field: 5.0 is an integer to JSON Schema, so to the OpenAPI schema too."""
+NO_NUL = r"^[^\x00]*$"
+"""For a stored string: PostgreSQL's text holds no NUL character."""
+
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorOut(BaseModel):
@@ -89,18 +104,18 @@ class HealthOut(BaseModel):
 class KnobsPatch(_In):
     """The knobs to change; the others keep their current value."""
 
-    max_queue_delay_us: NonNegativeInt | None = None
-    instances: PositiveInt | None = None
-    priority: PositiveInt | None = None
-    resources: dict[str, NonNegativeInt] | None = None
+    max_queue_delay_us: Annotated[NonNegativeInt, Integral] | None = None
+    instances: Annotated[PositiveInt, Integral] | None = None
+    priority: Annotated[PositiveInt, Integral] | None = None
+    resources: dict[str, Annotated[NonNegativeInt, Integral]] | None = None
     """Merged into the running ones: {"compute": 0} drops compute, other resources stay."""
-    max_queue_size: NonNegativeInt | None = None
-    queue_timeout_us: NonNegativeInt | None = None
+    max_queue_size: Annotated[NonNegativeInt, Integral] | None = None
+    queue_timeout_us: Annotated[NonNegativeInt, Integral] | None = None
 
 
 class ProposalIn(_In):
     knobs: KnobsPatch
-    reason: str = Field(default="", max_length=500)
+    reason: str = Field(default="", max_length=500, pattern=NO_NUL)
     dry_run: bool = False
     """Only show what would change: the diff, the memory check and the guardrails' clips."""
     wait: bool = False
@@ -108,9 +123,9 @@ class ProposalIn(_In):
 
 
 class RollbackIn(_In):
-    version: PositiveInt
+    version: Annotated[int, Integral] = Field(ge=1, le=MAX_ID)
     """The configuration version to go back to (see the history)."""
-    reason: str = Field(default="", max_length=500)
+    reason: str = Field(default="", max_length=500, pattern=NO_NUL)
     dry_run: bool = False
     wait: bool = False
 
@@ -193,14 +208,15 @@ class SummaryOut(BaseModel):
 
 # ---------------------------------------------------------------- tuning
 class TuningIn(_In):
-    budget: int = Field(default=8, ge=2, le=200)
+    budget: Annotated[int, Integral] = Field(default=8, ge=2, le=200)
     """Configurations to measure, the baseline included."""
     window_s: float = Field(default=20.0, ge=2, le=3600)
     warmup_s: float = Field(default=5.0, ge=0, le=600)
     models: list[str] | None = Field(default=None, min_length=1)
     """Models whose knobs are searched (default: all)."""
     study_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), Integral] | None = None
+    """The sampler's seed (NumPy's range: a seed outside it would fail the run after it started)."""
 
 
 class TrialOut(BaseModel):

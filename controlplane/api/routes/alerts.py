@@ -26,7 +26,18 @@ def known_good(session: SessionDep) -> KnownGood | None:
     return None
 
 
-@router.post("", response_model=WebhookOut, responses={401: {"model": ErrorOut}}, dependencies=[Authorized])
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 422: {"model": ErrorOut},
+}  # fmt: skip
+
+
+def _fits(value: str, length: int) -> str:
+    """As its column holds it (an alert is recorded, not refused, for an odd label): at most
+    `length` characters and no NUL, which PostgreSQL refuses."""
+    return value.replace("\x00", "")[:length]
+
+
+@router.post("", response_model=WebhookOut, responses=ERRORS, dependencies=[Authorized])
 def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut:
     """Alertmanager's webhook (point a `webhook_configs` receiver here with
     `http_config.authorization.credentials` set to the token). A firing alert labelled with a
@@ -41,13 +52,13 @@ def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut
             AlertReceived(
                 received_at=now,
                 status=a.status,
-                alertname=name,
-                fingerprint=a.fingerprint,
-                model=model,
+                alertname=_fits(name, 128),
+                fingerprint=a.fingerprint and _fits(a.fingerprint, 64),
+                model=model and _fits(model, 128),
                 labels=a.labels,
                 annotations=a.annotations,
-                starts_at=a.startsAt,
-                ends_at=a.endsAt,
+                starts_at=a.startsAt and _fits(a.startsAt, 64),
+                ends_at=a.endsAt and _fits(a.endsAt, 64),
                 handled=False,
             )
         )
@@ -71,7 +82,7 @@ def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut
     return WebhookOut(recorded=len(body.alerts), decisions=decisions, proposed=proposed)
 
 
-@router.get("", response_model=list[AlertOut])
+@router.get("", response_model=list[AlertOut], responses={422: {"model": ErrorOut}})
 def alerts(session: SessionDep, limit: int = Query(100, ge=1, le=10_000)) -> list[AlertOut]:
     """Alerts received, newest first."""
     rows = session.scalars(select(AlertReceived).order_by(AlertReceived.id.desc()).limit(limit))

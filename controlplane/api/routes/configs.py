@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
 
-from controlplane.api.deps import ApiError, Authorized, PlaneDep, SessionDep, known_model
+from controlplane.api.deps import ApiError, Authorized, IdPath, PlaneDep, SessionDep, known_model
 from controlplane.api.proposals import propose_one, version_out
 from controlplane.api.schemas import ConfigOut, ErrorOut, ProposalIn, ProposalOut, RollbackIn, VersionOut
 from controlplane.plane import ControlPlane
@@ -15,6 +15,10 @@ from store import configs
 router = APIRouter(prefix="/models/{model}/config", tags=["configurations"])
 ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut}, 503: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
+}  # fmt: skip
+PROPOSED: dict[int | str, dict[str, object]] = {
+    **ERRORS, 400: {"model": ErrorOut},
+    202: {"model": ProposalOut, "description": "Recorded as desired; not applied yet (the reconciler applies it)"},
 }  # fmt: skip
 
 
@@ -37,7 +41,7 @@ def _settle(plane: ControlPlane, out: ProposalOut, wait: bool, response: Respons
     return out.model_copy(update={"version": version})
 
 
-@router.post("", response_model=ProposalOut, responses=ERRORS, dependencies=[Authorized])
+@router.post("", response_model=ProposalOut, responses=PROPOSED, dependencies=[Authorized])
 def propose(
     model: str, body: ProposalIn, plane: PlaneDep, session: SessionDep, response: Response
 ) -> ProposalOut:
@@ -58,7 +62,7 @@ def propose(
     return _settle(plane, out, body.wait, response)
 
 
-@router.post("/rollback", response_model=ProposalOut, responses=ERRORS, dependencies=[Authorized])
+@router.post("/rollback", response_model=ProposalOut, responses=PROPOSED, dependencies=[Authorized])
 def rollback(
     model: str, body: RollbackIn, plane: PlaneDep, session: SessionDep, response: Response
 ) -> ProposalOut:
@@ -103,7 +107,7 @@ def history(
 
 
 @router.get("/versions/{version_id}", response_model=VersionOut, responses=ERRORS)
-def get_version(model: str, version_id: int, plane: PlaneDep, session: SessionDep) -> VersionOut:
+def get_version(model: str, version_id: IdPath, plane: PlaneDep, session: SessionDep) -> VersionOut:
     known_model(plane, model)
     row = configs.version(session, model, version_id)
     if row is None:

@@ -83,7 +83,9 @@ def models(plane: PlaneDep, session: SessionDep) -> list[ModelOut]:
     return _models(plane, session, plane.fleet.spec.model_names)
 
 
-@router.get("/models/{model}", response_model=ModelOut, responses={404: {"model": ErrorOut}})
+@router.get(
+    "/models/{model}", response_model=ModelOut, responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+)
 def model(model: str, plane: PlaneDep, session: SessionDep) -> ModelOut:
     known_model(plane, model)
     return _models(plane, session, [model])[0]

@@ -12,7 +12,10 @@ from store import queries
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/models/{model}/windows", response_model=list[WindowOut], responses={404: {"model": ErrorOut}})
+ERRORS: dict[int | str, dict[str, object]] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+@router.get("/models/{model}/windows", response_model=list[WindowOut], responses=ERRORS)
 def windows(
     model: str,
     plane: PlaneDep,
@@ -53,7 +56,7 @@ def windows(
     ]
 
 
-@router.get("/summary", response_model=list[SummaryOut])
+@router.get("/summary", response_model=list[SummaryOut], responses={422: {"model": ErrorOut}})
 def summary(
     plane: PlaneDep,
     window_s: float = Query(30.0, gt=0, le=86_400, description="Seconds to summarise, up to now."),

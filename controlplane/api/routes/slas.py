@@ -10,7 +10,9 @@ from runtime.spec import Sla
 from store.configs import model_row
 
 router = APIRouter(prefix="/models/{model}/sla", tags=["slas"])
-ERRORS: dict[int | str, dict[str, object]] = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut},
+}  # fmt: skip
 
 
 @router.get("", response_model=Sla | None, responses=ERRORS)
@@ -23,7 +25,7 @@ def get_sla(model: str, plane: PlaneDep, session: SessionDep) -> Sla | None:
     return Sla(metric=row.sla_metric, target_ms=row.sla_target_ms)  # type: ignore[arg-type]
 
 
-@router.put("", response_model=Sla, responses=ERRORS, dependencies=[Authorized])
+@router.put("", response_model=Sla, responses={**ERRORS, 400: {"model": ErrorOut}}, dependencies=[Authorized])
 def put_sla(model: str, body: SlaIn, plane: PlaneDep, session: SessionDep) -> Sla:
     """Set the model's SLA: the metric (ttft_p99 for a streaming model, latency_p99) and its
     target. Tuning runs started afterwards keep it; the SLA metrics and alerts follow at once."""

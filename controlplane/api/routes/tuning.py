@@ -9,7 +9,7 @@ import optuna
 from fastapi import APIRouter, Response
 from sqlalchemy import select
 
-from controlplane.api.deps import ApiError, Authorized, PlaneDep, SessionDep
+from controlplane.api.deps import ApiError, Authorized, IdPath, PlaneDep, SessionDep
 from controlplane.api.schemas import ErrorOut, TrialOut, TuningIn, TuningOut
 from controlplane.plane import ControlPlane
 from controlplane.tuning import TuningBusy
@@ -60,7 +60,10 @@ def _run(session: SessionDep, run_id: int) -> TuningRun:
     return run
 
 
-@router.post("", response_model=TuningOut, status_code=202, responses=ERRORS, dependencies=[Authorized])
+@router.post(
+    "", response_model=TuningOut, status_code=202, responses={**ERRORS, 400: {"model": ErrorOut}},
+    dependencies=[Authorized],
+)  # fmt: skip
 def start(body: TuningIn, plane: PlaneDep, session: SessionDep) -> TuningOut:
     """Start a tuning run on the live fleet (one at a time). It measures the running configuration
     first, then `budget - 1` candidates for `window_s` each after `warmup_s`, keeping every SLA as
@@ -89,7 +92,7 @@ def runs(session: SessionDep) -> list[TuningOut]:
 
 
 @router.get("/{run_id}", response_model=TuningOut, responses=ERRORS)
-def run(run_id: int, plane: PlaneDep, session: SessionDep) -> TuningOut:
+def run(run_id: IdPath, plane: PlaneDep, session: SessionDep) -> TuningOut:
     """A run with its trials (knobs, score, whether cut short or refused) and, once it has one,
     the best configuration with its evidence (both measurements of it)."""
     r = _run(session, run_id)
@@ -99,7 +102,7 @@ def run(run_id: int, plane: PlaneDep, session: SessionDep) -> TuningOut:
 @router.post(
     "/{run_id}/stop", response_model=TuningOut, status_code=202, responses=ERRORS, dependencies=[Authorized]
 )
-def stop(run_id: int, plane: PlaneDep, session: SessionDep, response: Response) -> TuningOut:
+def stop(run_id: IdPath, plane: PlaneDep, session: SessionDep, response: Response) -> TuningOut:
     """Stop a running run: it applies the best feasible configuration measured so far and ends
     (status `stopped`)."""
     r = _run(session, run_id)
