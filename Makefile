@@ -64,6 +64,7 @@ bench: setup services
 	$(BIN)/python -m benchmarks.reconfigure --guard-timeout-ms 250
 	$(BIN)/python -m benchmarks.collect
 	$(BIN)/python -m benchmarks.tune
+	$(BIN)/python -m benchmarks.api
 
 clean:
 	rm -rf $(VENV) .slatune .mypy_cache .ruff_cache .pytest_cache
