@@ -7,17 +7,18 @@ mutating endpoint and the alert webhook require the bearer token."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api.deps import ApiError
 from controlplane.api.routes import alerts, configs, fleet, metrics, ops, slas, tuning
 from controlplane.plane import ControlPlane
+from controlplane.telemetry import ControlPlaneMetrics
 from store.configs import UnknownModel
 from store.db import StoreError
 
@@ -83,13 +84,34 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
     def _store(_: Request, exc: StoreError) -> JSONResponse:
         return _error(503, f"the store is unavailable: {exc}")
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        plane.metrics.http_requests.labels(request.method, route, str(response.status_code)).inc()
-        plane.metrics.http_seconds.labels(request.method, route).observe(time.perf_counter() - began)
-        return response
-
+    app.add_middleware(_RequestMetrics, metrics=plane.metrics)
     return app
+
+
+class _RequestMetrics:
+    """Counts and times every request by route template: a plain ASGI middleware (Starlette's
+    BaseHTTPMiddleware costs more than a cheap handler)."""
+
+    def __init__(self, app: ASGIApp, metrics: ControlPlaneMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - began)

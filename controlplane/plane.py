@@ -96,6 +96,7 @@ class ControlPlane:
         self._collector_thread: tuple[threading.Thread, threading.Event] | None = None
         self.started_at: float | None = None
         self._storages: dict[str, optuna.storages.BaseStorage] = {}
+        self._summaries: dict[float, tuple[float, dict[str, ModelSummary]]] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -140,13 +141,29 @@ class ControlPlane:
             return slas_of(list(session.scalars(select(Model)).all()))
 
     def summaries(self, seconds: float = SUMMARY_WINDOW_S) -> dict[str, ModelSummary]:
-        since = self.clock() - seconds
+        """Each model over the last `seconds`. Windows arrive once a scrape interval, so a summary
+        is kept for half of one: readers (the API, /metrics, the live table) share it."""
+        now = self.clock()
+        with self._lock:
+            cached = self._summaries.get(seconds)
+            if cached is not None and now - cached[0] < self.settings.scrape_interval_s / 2:
+                return cached[1]
+        out = self._summarise(now - seconds)
+        with self._lock:
+            self._summaries[seconds] = (now, out)
+            if len(self._summaries) > 32:  # arbitrary window lengths: keep the newest few
+                oldest = min(self._summaries, key=lambda k: self._summaries[k][0])
+                del self._summaries[oldest]
+        return out
+
+    def _summarise(self, since: float) -> dict[str, ModelSummary]:
         out = {}
         with self.store.session() as session:
             rows = {m.name: m for m in session.scalars(select(Model)).all()}
             slas = slas_of(list(rows.values()))
+            recent = queries.recent_windows(session, since)
             for name in self.fleet.spec.model_names:
-                agg = queries.aggregate(queries.windows(session, name, start=since))
+                agg = queries.aggregate(recent.get(name, []))
                 sla = slas.get(name)
                 value = None
                 if sla is not None:

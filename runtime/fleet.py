@@ -101,6 +101,8 @@ class Fleet:
         self._locks = {s.name: threading.Lock() for s in spec.servers}
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._readers: dict[str, grpcclient.InferenceServerClient] = {}
+        self._readers_lock = threading.Lock()
 
     # ----------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 120.0) -> dict[str, float]:
@@ -182,6 +184,10 @@ class Fleet:
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._readers_lock:
+            for client in self._readers.values():
+                client.close()
+            self._readers.clear()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
             self._watcher = None
@@ -267,9 +273,16 @@ class Fleet:
         return self._applied[model]
 
     def observed_config(self, model: str) -> ModelConfig:
-        """The model's configuration as the running Triton reports it."""
-        with self._client(self.spec.model(model).server) as client:
-            return self._observed(client, model)
+        """The model's configuration as the running Triton reports it (over one gRPC channel per
+        server, kept open: opening one costs more than the call)."""
+        server = self.spec.model(model).server
+        with self._readers_lock:
+            client = self._readers.get(server)
+            if client is None:
+                client = self._readers[server] = grpcclient.InferenceServerClient(
+                    self._servers[server].endpoints.grpc
+                )
+        return self._observed(client, model)
 
     def observed_knobs(self, model: str) -> Knobs:
         """The knobs the running Triton reports for `model`: what a reconciler compares with."""

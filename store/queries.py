@@ -232,7 +232,53 @@ class Aggregate:
     spans_reconfiguration: int = 0
 
 
-def aggregate(rows: Sequence[MetricWindow]) -> Aggregate:
+def window_page(
+    session: Session,
+    model: str,
+    *,
+    columns: Mapping[str, str],
+    start: float | None = None,
+    end: float | None = None,
+    limit: int = 500,
+) -> list[Any]:
+    """The newest `limit` windows of a model that ended in [start, end], oldest first, as rows of
+    `columns` (label -> MetricWindow column): what an API page shows, without whole ORM objects."""
+    q = (
+        select(*(getattr(MetricWindow, col).label(label) for label, col in columns.items()))
+        .join(Model, Model.id == MetricWindow.model_id)
+        .where(Model.name == model)
+    )
+    if start is not None:
+        q = q.where(MetricWindow.end >= start)
+    if end is not None:
+        q = q.where(MetricWindow.end <= end)
+    return list(reversed(session.execute(q.order_by(MetricWindow.end.desc()).limit(limit)).all()))
+
+
+AGGREGATE_COLUMNS = (
+    "start end requests success failures inference_rate avg_queue_ms p50_ms p99_ms ttft_p50_ms ttft_p99_ms "
+    "latency_buckets ttft_buckets reset spans_reconfiguration"
+).split()
+"""What `aggregate` reads of a window."""
+
+
+def recent_windows(session: Session, since: float) -> dict[str, list[Any]]:
+    """Every model's windows that ended at or after `since`, oldest first, as rows of the columns
+    `aggregate` reads (not whole ORM objects: several times cheaper to load)."""
+    q = (
+        select(Model.name, *(getattr(MetricWindow, c) for c in AGGREGATE_COLUMNS))
+        .join(Model, Model.id == MetricWindow.model_id)
+        .where(MetricWindow.end >= since)
+        .order_by(MetricWindow.end)
+    )
+    out: dict[str, list[Any]] = {}
+    for row in session.execute(q):
+        out.setdefault(row.name, []).append(row)
+    return out
+
+
+def aggregate(rows: Sequence[Any]) -> Aggregate:
+    """Sum up windows: MetricWindow objects, or rows with their AGGREGATE_COLUMNS."""
     if not rows:
         return Aggregate(0, 0.0, 0.0, 0.0)
     seconds = sum(r.end - r.start for r in rows)
@@ -262,7 +308,7 @@ def aggregate(rows: Sequence[MetricWindow]) -> Aggregate:
     )
 
 
-def _quantile(q: float, rows: Sequence[MetricWindow], buckets: str, fallback: str) -> float | None:
+def _quantile(q: float, rows: Sequence[Any], buckets: str, fallback: str) -> float | None:
     summed = summed_buckets(getattr(r, buckets) for r in rows)
     if summed.count > 0:
         return histogram_quantile(q, summed)

@@ -3,6 +3,8 @@ with its SLA status."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query
 
 from controlplane.api.deps import ApiError, PlaneDep, SessionDep, known_model
@@ -10,6 +12,9 @@ from controlplane.api.schemas import ErrorOut, SummaryOut, WindowOut
 from store import queries
 
 router = APIRouter(tags=["metrics"])
+WINDOW_COLUMNS = {
+    name: ("config_version_id" if name == "config_version" else name) for name in WindowOut.model_fields
+}
 
 
 ERRORS: dict[int | str, dict[str, object]] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
@@ -23,37 +28,13 @@ def windows(
     start: float | None = Query(None, description="Unix seconds; windows that ended at or after it."),
     end: float | None = Query(None, description="Unix seconds; windows that ended at or before it."),
     limit: int = Query(500, ge=1, le=10_000, description="At most this many, the newest."),
-) -> list[WindowOut]:
+) -> list[dict[str, Any]]:
     """The model's metric windows in [start, end] (default: the newest `limit`), oldest first."""
     known_model(plane, model)
     if start is not None and end is not None and end < start:
         raise ApiError(422, f"end ({end}) is before start ({start})", "query.end")
-    rows = queries.windows(session, model, start=start, end=end, limit=limit)
-    return [
-        WindowOut(
-            start=r.start,
-            end=r.end,
-            resolution_s=r.resolution_s,
-            config_version=r.config_version_id,
-            spans_reconfiguration=r.spans_reconfiguration,
-            reset=r.reset,
-            requests=r.requests,
-            success=r.success,
-            failures=r.failures or {},
-            request_rate=r.request_rate,
-            inference_rate=r.inference_rate,
-            avg_batch=r.avg_batch,
-            avg_queue_ms=r.avg_queue_ms,
-            avg_compute_infer_ms=r.avg_compute_infer_ms,
-            p50_ms=r.p50_ms,
-            p90_ms=r.p90_ms,
-            p99_ms=r.p99_ms,
-            ttft_p50_ms=r.ttft_p50_ms,
-            ttft_p99_ms=r.ttft_p99_ms,
-            pending=r.pending,
-        )
-        for r in rows
-    ]
+    rows = queries.window_page(session, model, start=start, end=end, limit=limit, columns=WINDOW_COLUMNS)
+    return [dict(r._mapping) for r in rows]  # validated as WindowOut (response_model) on the way out
 
 
 @router.get("/summary", response_model=list[SummaryOut], responses={422: {"model": ErrorOut}})

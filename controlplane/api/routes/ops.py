@@ -19,7 +19,7 @@ def metrics(plane: PlaneDep) -> Response:
 
 
 @router.get("/healthz", response_model=HealthOut)
-def healthz() -> HealthOut:
+async def healthz() -> HealthOut:  # async: nothing to wait for, no worker thread needed
     """Liveness: the process answers."""
     return HealthOut(status="ok", checks={})
 
