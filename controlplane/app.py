@@ -84,7 +84,7 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
     def _store(_: Request, exc: StoreError) -> JSONResponse:
         return _error(503, f"the store is unavailable: {exc}")
 
-    app.add_middleware(_RequestMetrics, metrics=plane.metrics)
+    app.add_middleware(_RequestMetrics)
     return app
 
 
@@ -92,8 +92,8 @@ class _RequestMetrics:
     """Counts and times every request by route template: a plain ASGI middleware (Starlette's
     BaseHTTPMiddleware costs more than a cheap handler)."""
 
-    def __init__(self, app: ASGIApp, metrics: ControlPlaneMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,5 +113,6 @@ class _RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
-            self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - began)
+            metrics: ControlPlaneMetrics = scope["app"].state.plane.metrics
+            metrics.http_requests.labels(method, route, str(status)).inc()
+            metrics.http_seconds.labels(method, route).observe(time.perf_counter() - began)

@@ -32,7 +32,7 @@ from runtime.fleet import Fleet, read_state
 from runtime.load import LoadReport, LoadRun, ModelLoad, ModelStats, demo_mix, format_ms, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
-from runtime.spec import FleetSpec, Knobs, SpecError, memory_problems, resolve_spec
+from runtime.spec import FleetSpec, Knobs, Sla, SpecError, memory_problems, resolve_spec
 from store import configs, queries
 from store.db import Store, StoreError
 from store.models import TuningRun
@@ -106,6 +106,20 @@ def _start(spec: FleetSpec, work_dir: Path) -> Fleet:
     return fleet
 
 
+def _sla_cell(sla: Sla | None) -> str:
+    return f"{'ttft' if sla.metric == 'ttft_p99' else 'p99'} <= {sla.target_ms:g} ms" if sla else "-"
+
+
+def _met_cell(met: bool | None) -> str:
+    return "-" if met is None else ("[green]yes[/green]" if met else "[red]NO[/red]")
+
+
+def _knobs_cell(k: Knobs) -> str:
+    """delay us / instances / priority / resources."""
+    res = ",".join(f"{r}:{c}" for r, c in k.resources.items()) or "-"
+    return f"{k.max_queue_delay_us} / {k.instances} / {k.priority} / {res}"
+
+
 def stats_table(
     title: str, stats: Mapping[str, ModelStats], spec: FleetSpec, knobs: Mapping[str, Knobs] | None = None
 ) -> Table:
@@ -120,8 +134,6 @@ def stats_table(
         ttft = s.ttft_p50_ms is not None
         p50 = s.ttft_p50_ms if ttft else s.latency_p50_ms
         p99 = s.ttft_p99_ms if ttft else s.latency_p99_ms
-        sla = f"{'ttft' if m.sla.metric == 'ttft_p99' else 'p99'} <= {m.sla.target_ms:g} ms" if m.sla else "-"
-        met = "-" if s.sla_met is None else ("[green]yes[/green]" if s.sla_met else "[red]NO[/red]")
         failed = ", ".join(f"{k}={v}" for k, v in s.failed.items()) or "0"
         row = [
             name,
@@ -132,13 +144,11 @@ def stats_table(
             f"{s.goodput:.1f}",
             format_ms(p50),
             format_ms(p99),
-            sla,
-            met,
+            _sla_cell(m.sla),
+            _met_cell(s.sla_met),
         ]
         if knobs:
-            k = knobs[name]
-            res = ",".join(f"{r}:{c}" for r, c in k.resources.items()) or "-"
-            row.append(f"{k.max_queue_delay_us} / {k.instances} / {k.priority} / {res}")
+            row.append(_knobs_cell(knobs[name]))
         t.add_row(*row)
     return t
 
@@ -348,18 +358,23 @@ def _record_start(fleet: Fleet, store: Store) -> None:
 def summary_table(plane: ControlPlane, title: str) -> Table:
     """Per model over the last 10 s, from the store: rate, p99 (TTFT for chat) against its SLA, knobs."""
     t = Table(title=title, title_justify="left")
-    for col in ("model", "req/s", "items/s", "failed", "p99 ms", "SLA", "met", "delay us/inst/prio/res"):
+    for col in (
+        "model",
+        "req/s",
+        "items/s",
+        "failed",
+        "p99 ms",
+        "SLA",
+        "met",
+        "delay us / inst / prio / res",
+    ):
         t.add_column(col, justify="right" if col in ("req/s", "items/s", "failed", "p99 ms") else "left")
     knobs = plane.fleet.all_knobs()
     for s in plane.summaries(10.0).values():
-        k = knobs[s.model]
-        value = s.sla_value_ms if s.sla else s.p99_ms
-        sla = f"{'ttft' if s.sla.metric == 'ttft_p99' else 'p99'} <= {s.sla.target_ms:g} ms" if s.sla else "-"
-        met = "-" if s.sla_met is None else ("[green]yes[/green]" if s.sla_met else "[red]NO[/red]")
-        res = ",".join(f"{r}:{c}" for r, c in k.resources.items()) or "-"
         t.add_row(
             s.model, f"{s.request_rate:.1f}", f"{s.items_per_s:.1f}", f"{sum(s.failures.values()):g}",
-            format_ms(value), sla, met, f"{k.max_queue_delay_us}/{k.instances}/{k.priority}/{res}",
+            format_ms(s.sla_value_ms if s.sla else s.p99_ms), _sla_cell(s.sla), _met_cell(s.sla_met),
+            _knobs_cell(knobs[s.model]),
         )  # fmt: skip
     return t
 

@@ -214,6 +214,11 @@ def test_fleet_devices_metrics_and_health(api: Api) -> None:
     for name in ("slatune_reconcile_cycles_total", "slatune_reconfigurations_total", "slatune_scrapes_total",
                  "slatune_http_requests_total", "slatune_alerts_received_total"):  # fmt: skip
         assert name in metrics
+    # counted by route template, prefix included (the count lands just after the response is sent)
+    assert (
+        'slatune_http_requests_total{method="GET",route="/api/v1/models/{model}/windows",status="200"}'
+        in metrics
+    )
     assert api.client.get("/openapi.json").json()["info"]["title"] == "slatune"
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from controlplane.api.deps import Authorized, PlaneDep, SessionDep, known_model
 from controlplane.api.schemas import ErrorOut, SlaIn
+from controlplane.plane import slas_of
 from runtime.spec import Sla
 from store.configs import model_row
 
@@ -19,10 +20,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 def get_sla(model: str, plane: PlaneDep, session: SessionDep) -> Sla | None:
     """The model's SLA, or null for a model without one (a bulk model)."""
     known_model(plane, model)
-    row = model_row(session, model)
-    if row.sla_metric is None or row.sla_target_ms is None:
-        return None
-    return Sla(metric=row.sla_metric, target_ms=row.sla_target_ms)  # type: ignore[arg-type]
+    return slas_of([model_row(session, model)])[model]
 
 
 @router.put("", response_model=Sla, responses={**ERRORS, 400: {"model": ErrorOut}}, dependencies=[Authorized])
