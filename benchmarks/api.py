@@ -58,7 +58,6 @@ import matplotlib.pyplot as plt
 app = typer.Typer(add_completion=False)
 
 GOAL_P99_MS = 25.0
-API_PREFIX = "/api/v1"
 CDF_AT = [*range(1, 100), 99.5, 99.9, 100]  # the percentiles kept per endpoint (the plot's CDF)
 STEADY_FILL_S = 60.0  # seconds of windows in the store before the mix's reads return full pages
 EXPIRED = "expired before it was sent"
@@ -359,13 +358,12 @@ def in_app(before: dict[str, dict[str, float]], after: dict[str, dict[str, float
 
 
 def app_route(path: str, measured: dict[str, Any]) -> float | None:
-    """The API's own mean time for the endpoint `path` of MIX. Its histogram labels a route by its
-    path in the router (without the /api/v1 prefix); the full path is tried too."""
+    """The API's own mean time for the endpoint `path` of MIX (its histogram labels a route by its
+    template, /api/v1/models/{model})."""
     route = path.split("?")[0].replace("{m}", "{model}")
-    for r in (route, route.removeprefix(API_PREFIX)):
-        if r in measured:
-            ms: float = measured[r]["mean_ms"]
-            return ms
+    if route in measured:
+        ms: float = measured[route]["mean_ms"]
+        return ms
     return None
 
 

@@ -88,6 +88,19 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
     return app
 
 
+def _route_label(scope: Scope) -> str:
+    """The route template of a request, with the prefix its router was included under (the route
+    knows only its own part: `/models/{model}` for `/api/v1/models/chat-llm`); "unmatched" for a
+    path no route takes. Path parameters are single segments, so the prefix is the leading rest."""
+    template = getattr(scope.get("route"), "path", None)
+    if template is None:
+        return "unmatched"
+    template = str(template)
+    segments = str(scope["path"]).rstrip("/").split("/")
+    prefix = "/".join(segments[: len(segments) - template.rstrip("/").count("/")])
+    return prefix + template
+
+
 class _RequestMetrics:
     """Counts and times every request by route template: a plain ASGI middleware (Starlette's
     BaseHTTPMiddleware costs more than a cheap handler)."""
@@ -111,7 +124,7 @@ class _RequestMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = _route_label(scope)
             method = scope["method"]
             metrics: ControlPlaneMetrics = scope["app"].state.plane.metrics
             metrics.http_requests.labels(method, route, str(status)).inc()
