@@ -259,6 +259,7 @@ def test_the_webhook_records_alerts_and_falls_back_to_the_last_tuned_configurati
     assert api.fleet.observed_knobs("safety-guard").resources == {}
     alerts = api.client.get(f"{V1}/alerts").json()
     assert alerts[0]["alertname"] == "SlaBroken" and alerts[0]["model"] == "safety-guard"
+    assert [a["handled"] for a in alerts[:2]] == [True, False]  # acted on; only recorded
     api.client.post(
         f"{V1}/models/safety-guard/config", json={"knobs": {"resources": {"compute": 1}}, "wait": True}
     )

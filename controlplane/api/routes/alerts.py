@@ -48,20 +48,19 @@ def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut
     for a in body.alerts:
         name = a.labels.get("alertname", "unnamed")
         model = a.labels.get("model")
-        session.add(
-            AlertReceived(
-                received_at=now,
-                status=a.status,
-                alertname=_fits(name, 128),
-                fingerprint=a.fingerprint and _fits(a.fingerprint, 64),
-                model=model and _fits(model, 128),
-                labels=a.labels,
-                annotations=a.annotations,
-                starts_at=a.startsAt and _fits(a.startsAt, 64),
-                ends_at=a.endsAt and _fits(a.endsAt, 64),
-                handled=False,
-            )
+        row = AlertReceived(
+            received_at=now,
+            status=a.status,
+            alertname=_fits(name, 128),
+            fingerprint=a.fingerprint and _fits(a.fingerprint, 64),
+            model=model and _fits(model, 128),
+            labels=a.labels,
+            annotations=a.annotations,
+            starts_at=a.startsAt and _fits(a.startsAt, 64),
+            ends_at=a.endsAt and _fits(a.endsAt, 64),
+            handled=False,
         )
+        session.add(row)
         plane.metrics.alerts.labels(name, a.status).inc()
         decision = on_alert(plane.fleet.spec, Alert(name, a.status, model), plane.fleet.all_knobs(), good)
         decisions.append(decision.reason)
@@ -73,10 +72,12 @@ def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut
             decisions.append(f"refused by the guardrails: {g.refused}")
             continue
         pending = configs.desired(session)
-        for m, knobs in sorted(g.knobs.items()):
+        for m in sorted(decision.proposed):  # the guard returns every model: only these change
+            knobs = g.knobs[m]
             if knobs != plane.fleet.knobs(m) or m in pending:
                 v = configs.propose(session, m, knobs.model_dump(), "alert", decision.reason, now)
                 proposed.append(version_out(m, v))
+                row.handled = True
     session.commit()
     plane.reconciler.nudge()
     return WebhookOut(recorded=len(body.alerts), decisions=decisions, proposed=proposed)
