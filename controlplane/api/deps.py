@@ -4,7 +4,7 @@ error type routes raise (rendered as JSON naming the field that was wrong)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -21,7 +21,9 @@ class ApiError(Exception):
         self.status, self.message, self.field = status, message, field
 
 
-def get_plane(request: Request) -> ControlPlane:
+# Dependencies that do no I/O are `async`: FastAPI runs a plain `def` dependency on a worker thread,
+# a hand-off (and, on a busy machine, a wait for the scheduler) per request.
+async def get_plane(request: Request) -> ControlPlane:
     plane: ControlPlane = request.app.state.plane
     return plane
 
@@ -29,7 +31,9 @@ def get_plane(request: Request) -> ControlPlane:
 PlaneDep = Annotated[ControlPlane, Depends(get_plane)]
 
 
-def get_session(plane: PlaneDep) -> Iterator[Session]:
+async def get_session(plane: PlaneDep) -> AsyncIterator[Session]:
+    """The request's session: opening one does no I/O (the handler's thread queries); its commit
+    at the end is short."""
     with plane.store.session() as session:
         yield session
 
@@ -44,7 +48,7 @@ _bearer = HTTPBearer(
 )
 
 
-def require_token(
+async def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     expected: str = request.app.state.token
