@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from collectors.parse import Histogram
 from collectors.window import DeviceWindow, ModelWindow, histogram_quantile
+from store import configs
 from store.models import ConfigVersion, DeviceWindowRow, MetricWindow, Model, Server
 
 
@@ -77,33 +78,17 @@ def record_applied(
     session: Session, model: str, knobs: Mapping[str, Any], actor: str, reason: str, at: float
 ) -> AppliedVersion:
     """Record that `knobs` now run on `model` (the previous applied version is superseded)."""
-    model_id = model_ids(session)[model]
-    for old in session.scalars(
-        select(ConfigVersion).where(ConfigVersion.model_id == model_id, ConfigVersion.state == "applied")
-    ):
-        old.state = "superseded"
-    row = ConfigVersion(
-        model_id=model_id,
-        knobs=dict(knobs),
-        actor=actor,
-        reason=reason,
-        state="applied",
-        created_at=at,
-        applied_at=at,
-    )
+    row = ConfigVersion(model_id=model_ids(session)[model], knobs=dict(knobs), actor=actor, reason=reason,
+                        state="applied", created_at=at)  # fmt: skip
     session.add(row)
     session.flush()
+    configs.mark_applied(session, row, at)
     return AppliedVersion(row.id, at)
 
 
 def applied_versions(session: Session) -> dict[str, AppliedVersion]:
     """Each model's configuration version in force now."""
-    rows = session.execute(
-        select(Model.name, ConfigVersion.id, ConfigVersion.applied_at)
-        .join(ConfigVersion, ConfigVersion.model_id == Model.id)
-        .where(ConfigVersion.state == "applied")
-    )
-    return {name: AppliedVersion(vid, at or 0.0) for name, vid, at in rows}
+    return {name: AppliedVersion(v.id, v.applied_at or 0.0) for name, v in configs.applied(session).items()}
 
 
 def version_of_window(version: AppliedVersion | None, start: float, end: float) -> tuple[int | None, bool]:
