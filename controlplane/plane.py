@@ -11,12 +11,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import optuna
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector as PromCollector
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from collectors.collector import Collector
@@ -37,9 +37,10 @@ log = logging.getLogger("slatune.controlplane")
 SUMMARY_WINDOW_S = 30.0
 
 
-@dataclass(frozen=True)
-class ModelSummary:
+class ModelSummary(BaseModel):
     """A model over the last `seconds`: traffic, latency, and its SLA (met or not)."""
+
+    model_config = ConfigDict(frozen=True)
 
     model: str
     role: str

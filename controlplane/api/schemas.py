@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt
 
+from controlplane.plane import ModelSummary
 from runtime.spec import Knobs, Sla
 
 MAX_ID = 2**31 - 1
@@ -188,22 +189,9 @@ class WindowOut(BaseModel):
     pending: float
 
 
-class SummaryOut(BaseModel):
-    model: str
-    role: str
-    seconds: float
-    windows: int
-    request_rate: float
-    items_per_s: float
-    failures: dict[str, float]
-    p50_ms: float | None
-    p99_ms: float | None
-    ttft_p50_ms: float | None
-    ttft_p99_ms: float | None
-    sla: Sla | None
-    sla_value_ms: float | None
-    sla_met: bool | None
+class SummaryOut(ModelSummary):
     knobs: Knobs
+    """What the model runs with now."""
 
 
 # ---------------------------------------------------------------- tuning

@@ -45,4 +45,4 @@ def summary(
     """Per model over the last `window_s`: rates, failures, p50/p99 (TTFT for a streaming model),
     its SLA and whether it was met (null: no SLA, or no traffic to tell)."""
     knobs = plane.fleet.all_knobs()
-    return [SummaryOut(**vars(s), knobs=knobs[s.model]) for s in plane.summaries(window_s).values()]
+    return [SummaryOut(**dict(s), knobs=knobs[s.model]) for s in plane.summaries(window_s).values()]
