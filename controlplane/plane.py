@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 
 import optuna
 from prometheus_client import CollectorRegistry
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from collectors.collector import Collector
-from collectors.fleet import fleet_collector, register_fleet
+from collectors.fleet import fleet_collector
 from collectors.selfmetrics import CollectorMetrics
 from controlplane.reconciler import Reconciler
 from controlplane.settings import Settings
@@ -60,12 +61,12 @@ class ModelSummary(BaseModel):
     """None when the SLA is unmeasured (no traffic in the window) or there is none."""
 
 
-def slas_of(session_rows: list[Model]) -> dict[str, Sla | None]:
+def slas_of(rows: list[Model]) -> dict[str, Sla | None]:
     return {
         m.name: Sla(metric=m.sla_metric, target_ms=m.sla_target_ms)  # type: ignore[arg-type]
         if m.sla_metric and m.sla_target_ms
         else None
-        for m in session_rows
+        for m in rows
     }
 
 
@@ -76,7 +77,6 @@ class ControlPlane:
         store: Store,
         fleet: Fleet,
         *,
-        collect: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -92,9 +92,8 @@ class ControlPlane:
         self.tuning = TuningRunner(
             self.reconciler, store, settings.optuna_url, self.slas, self.optuna_storage
         )
-        self.collect = collect
         self.collector: Collector | None = None
-        self._collector_thread: tuple[threading.Thread, threading.Event] | None = None
+        self._loops = ExitStack()
         self.started_at: float | None = None
         self._storages: dict[str, optuna.storages.BaseStorage] = {}
         self._summaries: dict[float, tuple[float, dict[str, ModelSummary]]] = {}
@@ -104,30 +103,22 @@ class ControlPlane:
         """Record the fleet in the store, close what a previous run left open, start the loops."""
         self.store.require_head()
         endpoints = {s.name: self.fleet.endpoints(s.name) for s in self.fleet.spec.servers}
-        register_fleet(self.store, self.fleet.spec, endpoints)
+        collector = fleet_collector(  # records the fleet's servers and models in the store
+            self.store, self.fleet.spec, endpoints, interval_s=self.settings.scrape_interval_s,
+            metrics=CollectorMetrics(self.registry), retention_raw_s=self.settings.retention_raw_s,
+        )  # fmt: skip
         self.optuna_storage(self.settings.optuna_url)  # opened once, before threads race to create its tables
         self.reconciler.recover()
         self.reconciler.start()
-        if self.collect:
-            self.collector = fleet_collector(
-                self.store, self.fleet.spec, endpoints, interval_s=self.settings.scrape_interval_s,
-                metrics=CollectorMetrics(self.registry), retention_raw_s=self.settings.retention_raw_s,
-            )  # fmt: skip
-            self._collector_thread = self.collector.start()
+        self.collector = self._loops.enter_context(collector.running())
         self.started_at = self.clock()
 
     def stop(self) -> None:
         """Stop tuning (its best configuration so far stays), then the reconciler, then collection."""
         self.tuning.stop(wait_s=120)
         self.reconciler.stop()
-        if self._collector_thread is not None:
-            thread, stop = self._collector_thread
-            stop.set()
-            thread.join(5)
-            self._collector_thread = None
-        if self.collector is not None:
-            self.collector.close()
-            self.collector = None
+        self._loops.close()
+        self.collector = None
 
     # ------------------------------------------------------------------ reading
     def optuna_storage(self, url: str) -> optuna.storages.BaseStorage:

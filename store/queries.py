@@ -179,10 +179,9 @@ def windows(
     start: float | None = None,
     end: float | None = None,
     config_version: int | None = None,
-    limit: int | None = None,
 ) -> Sequence[MetricWindow]:
     """A model's windows that ended in [start, end], or those of one configuration version,
-    oldest first (with `limit`, the newest `limit` of them)."""
+    oldest first."""
     q = select(MetricWindow).join(Model, Model.id == MetricWindow.model_id).where(Model.name == model)
     if start is not None:
         q = q.where(MetricWindow.end >= start)
@@ -190,8 +189,6 @@ def windows(
         q = q.where(MetricWindow.end <= end)
     if config_version is not None:
         q = q.where(MetricWindow.config_version_id == config_version)
-    if limit is not None:
-        return list(reversed(session.scalars(q.order_by(MetricWindow.end.desc()).limit(limit)).all()))
     return session.scalars(q.order_by(MetricWindow.end)).all()
 
 
