@@ -31,8 +31,8 @@ from collectors.collector import Collector, TickResult
 from collectors.fleet import fleet_collector
 from collectors.parse import parse
 from collectors.window import model_window
+from domain.spec import resolve_spec
 from runtime.fleet import Fleet
-from runtime.spec import resolve_spec
 from store import queries
 from store.db import Store
 

@@ -32,9 +32,9 @@ from typing import Annotated, Any
 import typer
 
 from benchmarks import report
+from domain.spec import FleetSpec, Knobs, resolve_spec
 from runtime.fleet import ApplyResult, Fleet
 from runtime.load import LoadRun, ModelLoad, ModelStats, percentile, summarize, targets_for
-from runtime.spec import FleetSpec, Knobs, resolve_spec
 
 app = typer.Typer(add_completion=False)
 

@@ -28,9 +28,9 @@ import typer
 from benchmarks import report
 from collectors.fleet import fleet_collector
 from controlplane.reconciler import Reconciler
+from domain.spec import FleetSpec, IntRange, Knobs, resolve_spec
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, demo_mix, targets_for
-from runtime.spec import FleetSpec, IntRange, Knobs, resolve_spec
 from store.db import Store
 from tuner.guardrails import Guardrails
 from tuner.live import LivePlant, run_study

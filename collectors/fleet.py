@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from collectors.collector import Collector, Target
 from collectors.nvml import NvmlCollector
 from collectors.selfmetrics import CollectorMetrics
+from domain.spec import FleetSpec
 from runtime.server import Endpoints
-from runtime.spec import FleetSpec
 from store import queries
 from store.db import Store
 

@@ -28,11 +28,11 @@ from controlplane.app import create_app
 from controlplane.plane import ControlPlane
 from controlplane.serve import ApiServer
 from controlplane.settings import Settings, get_settings
+from domain.spec import FleetSpec, Knobs, Sla, SpecError, memory_problems, resolve_spec
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadReport, LoadRun, ModelLoad, ModelStats, demo_mix, format_ms, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
-from runtime.spec import FleetSpec, Knobs, Sla, SpecError, memory_problems, resolve_spec
 from store import configs, queries
 from store.db import Store, StoreError
 from store.models import TuningRun
@@ -283,7 +283,7 @@ def load(
 def fleet_check(spec: SpecOpt = None) -> None:
     """Validate a fleet spec and print its memory plan; exit 2 naming every bad field."""
     fs = _spec(spec)
-    from runtime.spec import device_memory_used
+    from domain.spec import device_memory_used
 
     used = device_memory_used(fs, {m.name: m.knobs for m in fs.models})
     console.print(

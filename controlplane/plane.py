@@ -27,8 +27,8 @@ from controlplane.reconciler import Reconciler
 from controlplane.settings import Settings
 from controlplane.telemetry import ControlPlaneMetrics
 from controlplane.tuning import TuningRunner
+from domain.spec import Sla
 from runtime.fleet import Fleet
-from runtime.spec import Sla
 from store import queries
 from store.db import Store
 from store.models import Model

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from runtime.spec import FleetSpec, Knobs
+from domain.spec import FleetSpec, Knobs
 
 
 @dataclass(frozen=True)

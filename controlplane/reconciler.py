@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controlplane.telemetry import ControlPlaneMetrics
+from domain.spec import Knobs
 from runtime.fleet import Fleet, ReconfigurationError
-from runtime.spec import Knobs
 from store import configs
 from store.db import Store
 from store.models import ConfigVersion

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from runtime.spec import FleetSpec, Sla
+from domain.spec import FleetSpec, Sla
 from store.db import Store
 from tuner.guardrails import Guardrails
 from tuner.live import Reconciles, run_study

@@ -24,6 +24,7 @@ import tritonclient.grpc as grpcclient
 from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
+from domain.spec import FleetSpec, Knobs, ServerSpec, memory_problems, resource_overages
 from runtime import render
 from runtime.render import ModelConfig
 from runtime.server import (
@@ -36,7 +37,6 @@ from runtime.server import (
     python_backend_dir,
     server_environment,
 )
-from runtime.spec import FleetSpec, Knobs, ServerSpec, memory_problems, resource_overages
 
 log = logging.getLogger("slatune.runtime")
 

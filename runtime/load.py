@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from runtime.spec import FleetSpec, Sla
+from domain.spec import FleetSpec, Sla
 from runtime.words import WORDS
 
 

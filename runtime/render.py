@@ -19,7 +19,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import serialize_byte_tensor
 
-from runtime.spec import DeviceSpec, Knobs, ModelSpec
+from domain.spec import DeviceSpec, Knobs, ModelSpec
 from runtime.words import WORDS
 
 ModelConfig = mc.ModelConfig

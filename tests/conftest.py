@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from domain.spec import resolve_spec
 from runtime.fleet import Fleet
-from runtime.spec import resolve_spec
 
 
 @pytest.fixture(scope="session")

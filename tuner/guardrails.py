@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.spec import KNOB_NAMES, FleetSpec, IntRange, Knobs, memory_problems
+from domain.spec import KNOB_NAMES, FleetSpec, IntRange, Knobs, memory_problems
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import Protocol
 
 import optuna
 
+from domain.spec import FleetSpec, Knobs
 from runtime.fleet import Fleet, ReconfigurationError
-from runtime.spec import FleetSpec, Knobs
 from store import configs, queries
 from store.db import Store
 from store.models import TuningRun

@@ -24,7 +24,7 @@ import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from runtime.spec import FleetSpec, Knobs
+from domain.spec import FleetSpec, Knobs
 from tuner.guardrails import Guardrails, guard
 from tuner.objective import Measured, Score, breaks_badly, score
 from tuner.space import knobs_from_params, params_from_knobs, protective_params, search_space

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from runtime.spec import FleetSpec, Knobs, device_memory_used
+from domain.spec import FleetSpec, Knobs, device_memory_used
 
 UNMEASURED = 1.0  # the violation of an SLA that could not be measured
 MEMORY_TIEBREAK_PER_GB = 0.01  # goodput (items/s) one GB of memory is worth: a tie-breaker only

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from runtime.spec import KNOB_NAMES, FleetSpec, IntRange, Knobs
+from domain.spec import KNOB_NAMES, FleetSpec, IntRange, Knobs
 
 
 @dataclass(frozen=True)

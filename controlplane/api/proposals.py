@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from controlplane.api.deps import ApiError
 from controlplane.api.schemas import ClipOut, MemoryOut, ProposalOut, VersionOut
 from controlplane.plane import ControlPlane
-from runtime.spec import Knobs, device_memory_used, resource_overages
+from domain.spec import Knobs, device_memory_used, resource_overages
 from store import configs
 from store.models import ConfigVersion
 from tuner.guardrails import Guarded, Guardrails, guard

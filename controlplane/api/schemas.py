@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from controlplane.plane import ModelSummary
-from runtime.spec import Knobs, Sla
+from domain.spec import Knobs, Sla
 
 MAX_ID = 2**31 - 1
 """Ids are INTEGER columns, 32-bit on PostgreSQL: a larger one is refused (422) before the database

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from controlplane.app import create_app
 from controlplane.plane import ControlPlane
 from controlplane.settings import Settings
+from domain.spec import resolve_spec
 from runtime.fleet import Fleet
-from runtime.spec import resolve_spec
 from store.db import Store
 
 TOKEN = "test-token-0123456789"

@@ -27,7 +27,7 @@ from schemathesis import Case, HookContext
 from controlplane.api.schemas import MAX_ID
 from controlplane.app import create_app
 from controlplane.plane import ControlPlane
-from runtime.spec import resolve_spec
+from domain.spec import resolve_spec
 from tests.integration.conftest import TOKEN, Api
 
 pytestmark = pytest.mark.integration

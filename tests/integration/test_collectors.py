@@ -16,9 +16,9 @@ import pytest
 from collectors.collector import Collector, Target
 from collectors.fleet import fleet_collector
 from collectors.nvml import NvmlCollector
+from domain.spec import load_spec
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, ModelLoad, targets_for
-from runtime.spec import load_spec
 from store import queries
 from store.db import Store
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from domain.spec import embedded_spec_path, load_spec, resolve_spec
 from runtime.fleet import Fleet, read_state
 from runtime.render import knobs_of
 from runtime.server import ServerError
-from runtime.spec import embedded_spec_path, load_spec, resolve_spec
 from tests.conftest import pids_running
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from domain.spec import Knobs
 from runtime.fleet import Fleet, ReconfigurationError
 from runtime.load import LoadRun, ModelLoad, targets_for
-from runtime.spec import Knobs
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from optuna.trial import TrialState
 
 from collectors.fleet import fleet_collector
 from controlplane.reconciler import Reconciler
+from domain.spec import embedded_spec_path, load_spec
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, demo_mix, targets_for
-from runtime.spec import embedded_spec_path, load_spec
 from store import queries
 from store.db import Store
 from store.models import TuningRun

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from domain.spec import embedded_spec_path, resolve_spec
 from runtime.fleet import Fleet
-from runtime.spec import embedded_spec_path, resolve_spec
 from store import configs
 from store.db import Store, sqlite_url
 from tests.conftest import pids_running

@@ -10,7 +10,7 @@ import pytest
 from controlplane.policy import Alert, KnownGood, on_alert
 from controlplane.reconciler import Step, backoff_s, plan
 from controlplane.settings import Settings, is_loopback
-from runtime.spec import Knobs, resolve_spec
+from domain.spec import Knobs, resolve_spec
 
 SPEC = resolve_spec(None)
 START = {m.name: m.knobs for m in SPEC.models}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from domain.spec import Sla
 from runtime.load import ModelLoad, Record, failure_reason, percentile, require_loopback, summarize
-from runtime.spec import Sla
 
 
 def rec(

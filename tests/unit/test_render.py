@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from domain.spec import DeviceSpec, Knobs, ModelSpec, Source, resolve_spec
 from runtime import render
-from runtime.spec import DeviceSpec, Knobs, ModelSpec, Source, resolve_spec
 
 CPU = DeviceSpec(name="dev0", kind="cpu", memory_gb=80)
 GPU = DeviceSpec(name="gpu1", kind="gpu", memory_gb=80, index=1)

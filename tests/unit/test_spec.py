@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runtime.spec import (
+from domain.spec import (
     EMBEDDED_FLEETS,
     Knobs,
     SpecError,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from runtime.spec import Knobs, resolve_spec
+from domain.spec import Knobs, resolve_spec
 from tuner.guardrails import Clip, Guardrails, guard
 from tuner.objective import UNMEASURED, Measured, breaks_badly, score, violation
 

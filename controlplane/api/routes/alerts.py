@@ -11,7 +11,7 @@ from controlplane.api.deps import Authorized, PlaneDep, SessionDep
 from controlplane.api.proposals import guarded, version_out
 from controlplane.api.schemas import AlertOut, AmWebhook, ErrorOut, WebhookOut
 from controlplane.policy import Alert, KnownGood, on_alert
-from runtime.spec import Knobs
+from domain.spec import Knobs
 from store import configs
 from store.models import AlertReceived, TuningRun
 

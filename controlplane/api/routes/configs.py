@@ -8,8 +8,8 @@ from controlplane.api.deps import ApiError, Authorized, IdPath, PlaneDep, Sessio
 from controlplane.api.proposals import propose_one, version_out
 from controlplane.api.schemas import ConfigOut, ErrorOut, ProposalIn, ProposalOut, RollbackIn, VersionOut
 from controlplane.plane import ControlPlane
+from domain.spec import Knobs
 from runtime.fleet import ReconfigurationError
-from runtime.spec import Knobs
 from store import configs
 
 router = APIRouter(prefix="/models/{model}/config", tags=["configurations"])

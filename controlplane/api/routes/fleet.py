@@ -10,7 +10,7 @@ from controlplane.api.deps import PlaneDep, SessionDep, known_model
 from controlplane.api.proposals import version_out
 from controlplane.api.schemas import DeviceOut, ErrorOut, FleetOut, ModelOut, ServerOut
 from controlplane.plane import ControlPlane, slas_of
-from runtime.spec import device_memory_used
+from domain.spec import device_memory_used
 from store import configs
 from store.models import Model
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from controlplane.api.deps import Authorized, PlaneDep, SessionDep, known_model
 from controlplane.api.schemas import ErrorOut, SlaIn
 from controlplane.plane import slas_of
-from runtime.spec import Sla
+from domain.spec import Sla
 from store.configs import model_row
 
 router = APIRouter(prefix="/models/{model}/sla", tags=["slas"])

@@ -13,7 +13,7 @@ from controlplane.api.deps import ApiError, Authorized, IdPath, PlaneDep, Sessio
 from controlplane.api.schemas import ErrorOut, TrialOut, TuningIn, TuningOut
 from controlplane.plane import ControlPlane
 from controlplane.tuning import TuningBusy
-from runtime.spec import Knobs
+from domain.spec import Knobs
 from store.models import TuningRun
 
 router = APIRouter(prefix="/tuning", tags=["tuning"])

@@ -414,7 +414,7 @@ def embedded_spec_path(name: str = "default") -> Path:
         raise SpecError(
             name, [("(name)", f"no embedded fleet {name!r} (have: {', '.join(EMBEDDED_FLEETS)})")]
         )
-    return Path(str(resources.files("runtime") / "fleets" / f"{name}.yaml"))
+    return Path(str(resources.files("domain") / "fleets" / f"{name}.yaml"))
 
 
 def resolve_spec(spec: str | Path | None) -> FleetSpec:
