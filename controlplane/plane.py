@@ -157,9 +157,7 @@ class ControlPlane:
             for name in self.fleet.spec.model_names:
                 agg = queries.aggregate(recent.get(name, []))
                 sla = slas.get(name)
-                value = None
-                if sla is not None:
-                    value = agg.ttft_p99_ms if sla.metric == "ttft_p99" else agg.p99_ms
+                value = None if sla is None else sla.value_of(p99_ms=agg.p99_ms, ttft_p99_ms=agg.ttft_p99_ms)
                 out[name] = ModelSummary(
                     model=name,
                     role=rows[name].role if name in rows else self.fleet.spec.model(name).role,

@@ -109,6 +109,17 @@ class Sla(_Strict):
     """ttft_p99: time to first token (streaming models); latency_p99: whole-request latency."""
     target_ms: PositiveFloat
 
+    def value_of(self, *, p99_ms: float | None, ttft_p99_ms: float | None) -> float | None:
+        """The figure this SLA judges, out of a measurement's latency and TTFT p99."""
+        return ttft_p99_ms if self.metric == "ttft_p99" else p99_ms
+
+    def problem(self, streaming: bool) -> tuple[str, str] | None:
+        """Why this SLA cannot belong to a model (field, reason), or None: the one rule the spec
+        and the API share."""
+        if self.metric == "ttft_p99" and not streaming:
+            return ("metric", "ttft_p99 is for streaming models; use latency_p99")
+        return None
+
 
 class Source(_Strict):
     """Where a model comes from: exactly one of a built-in demo model, a user's model repository
@@ -256,8 +267,8 @@ def model_problems(m: ModelSpec, device: DeviceSpec | None) -> list[tuple[str, s
         out.append(("backend", f"tensorrtllm needs a gpu device, {device.name!r} is {device.kind}"))
     if m.role == "latency-critical" and m.sla is None:
         out.append(("sla", "a latency-critical model needs an SLA"))
-    if m.sla is not None and m.sla.metric == "ttft_p99" and not m.streaming:
-        out.append(("sla.metric", "ttft_p99 is for streaming models; use latency_p99"))
+    if m.sla is not None and (bad := m.sla.problem(m.streaming)) is not None:
+        out.append((f"sla.{bad[0]}", bad[1]))
     for path, why in knob_bound_problems(m.knobs, m.bounds):
         out.append((path, why))
     return out

@@ -152,7 +152,7 @@ def summarize(
         if sla is not None:
             s.sla_metric = sla.metric
             s.sla_target_ms = sla.target_ms
-            s.sla_value_ms = s.ttft_p99_ms if sla.metric == "ttft_p99" else s.latency_p99_ms
+            s.sla_value_ms = sla.value_of(p99_ms=s.latency_p99_ms, ttft_p99_ms=s.ttft_p99_ms)
             s.sla_met = s.sla_value_ms is not None and s.sla_value_ms <= sla.target_ms and not s.failed
         out[name] = s
     return out

@@ -67,7 +67,7 @@ def score(spec: FleetSpec, measured: Mapping[str, Measured], knobs: Mapping[str,
         if m.sla is None:
             continue
         got = measured.get(m.name)
-        value = None if got is None else (got.ttft_p99_ms if m.sla.metric == "ttft_p99" else got.p99_ms)
+        value = None if got is None else m.sla.value_of(p99_ms=got.p99_ms, ttft_p99_ms=got.ttft_p99_ms)
         violations[m.name] = violation(m.sla.target_ms, value, got)
     return Score(goodput, violations, sum(device_memory_used(spec, knobs).values()))
 
@@ -80,7 +80,7 @@ def breaks_badly(spec: FleetSpec, measured: Mapping[str, Measured], factor: floa
         got = measured.get(m.name)
         if m.role != "latency-critical" or m.sla is None or got is None or got.requests <= 0:
             continue
-        value = got.ttft_p99_ms if m.sla.metric == "ttft_p99" else got.p99_ms
+        value = m.sla.value_of(p99_ms=got.p99_ms, ttft_p99_ms=got.ttft_p99_ms)
         if value is not None and value > factor * m.sla.target_ms:
             out.append(m.name)
     return out

@@ -184,6 +184,10 @@ def test_sla_read_change_and_validate(api: Api) -> None:
     assert r.status_code == 422 and r.json()["field"] == "body.target_ms"
     r = api.client.put(f"{V1}/models/safety-guard/sla", json={"metric": "p42", "target_ms": 5})
     assert r.status_code == 422 and r.json()["field"] == "body.metric"
+    # The spec's rule: time to first token belongs to a streaming model only.
+    r = api.client.put(f"{V1}/models/safety-guard/sla", json={"metric": "ttft_p99", "target_ms": 20})
+    assert r.status_code == 422 and r.json()["field"] == "body.metric", r.json()
+    assert "streaming" in r.json()["error"]
     try:
         r = api.client.put(f"{V1}/models/safety-guard/sla", json={"metric": "latency_p99", "target_ms": 35})
         assert r.status_code == 200

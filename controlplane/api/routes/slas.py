@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from controlplane.api.deps import Authorized, PlaneDep, SessionDep, known_model
+from controlplane.api.deps import ApiError, Authorized, PlaneDep, SessionDep, known_model
 from controlplane.api.schemas import ErrorOut, SlaIn
 from controlplane.plane import slas_of
 from domain.spec import Sla
@@ -28,6 +28,10 @@ def put_sla(model: str, body: SlaIn, plane: PlaneDep, session: SessionDep) -> Sl
     """Set the model's SLA: the metric (ttft_p99 for a streaming model, latency_p99) and its
     target. Tuning runs started afterwards keep it; the SLA metrics and alerts follow at once."""
     known_model(plane, model)
+    sla = Sla(metric=body.metric, target_ms=body.target_ms)
+    bad = sla.problem(plane.fleet.spec.model(model).streaming)
+    if bad is not None:
+        raise ApiError(422, f"{model}: {bad[1]}", f"body.{bad[0]}")
     row = model_row(session, model)
-    row.sla_metric, row.sla_target_ms = body.metric, body.target_ms
-    return Sla(metric=body.metric, target_ms=body.target_ms)
+    row.sla_metric, row.sla_target_ms = sla.metric, sla.target_ms
+    return sla
