@@ -28,13 +28,13 @@ import typer
 from benchmarks import report
 from collectors.fleet import fleet_collector
 from controlplane.reconciler import Reconciler
+from domain.proposal import Guardrails
 from domain.spec import FleetSpec, IntRange, Knobs, resolve_spec
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, demo_mix, targets_for
 from store.db import Store
-from tuner.guardrails import Guardrails
 from tuner.live import LivePlant, run_study
-from tuner.loop import Outcome, TuningConfig, measure_configuration
+from tuner.loop import Outcome, TuningConfig, measure_configuration, propose_to
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -125,18 +125,26 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
         reconciler = Reconciler(fleet, store)
         plant = LivePlant(reconciler, store)
         start = plant.knobs()
+        # The grid visits every point in turn, however far from the last: no step limit for it.
+        grid_rails = Guardrails(max_step={})
+
+        def measure(knobs: dict[str, Knobs], number: int, reason: str) -> Outcome:
+            proposal = propose_to(spec, plant, knobs, grid_rails)
+            assert proposal.accepted, proposal.refused
+            return measure_configuration(spec, plant, proposal, config, number, reason)
+
         with fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False).running():
             load.start()
             try:
                 time.sleep(3)
                 began = time.monotonic()
-                default = measure_configuration(spec, plant, start, config, 0, "benchmark: default")
+                default = measure(start, 0, "benchmark: default")
                 default_s = time.monotonic() - began
 
                 began = time.monotonic()
                 grid = []
                 for i, knobs in enumerate(grid_configs(start)):
-                    grid.append(measure_configuration(spec, plant, knobs, config, i, f"benchmark: grid {i}"))
+                    grid.append(measure(knobs, i, f"benchmark: grid {i}"))
                     g = grid[-1]
                     assert g.score is not None
                     print(
@@ -145,20 +153,16 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
                     )
                 grid_s = time.monotonic() - began
 
-                plant.apply(start, "benchmark: back to the default before tuning")
+                plant.apply(
+                    propose_to(spec, plant, start, grid_rails), "benchmark: back to the default before tuning"
+                )
                 began = time.monotonic()
                 tuned = run_study(
                     reconciler, store, config, "benchmark", f"sqlite:///{Path(tmp) / 'optuna.db'}", seed=seed,
                     on_outcome=lambda o: print(f"tuner trial {o.trial}: {summary(spec, o)['bulk_goodput'] if o.score else 'refused'}", flush=True),
                 )  # fmt: skip
                 tuner_s = time.monotonic() - began
-                again = (
-                    measure_configuration(
-                        spec, plant, tuned.best, config, 99, "benchmark: re-measure the winner"
-                    )
-                    if tuned.best
-                    else None
-                )
+                again = measure(tuned.best, 99, "benchmark: re-measure the winner") if tuned.best else None
             finally:
                 load.stop()
                 load.join()

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import optuna
 
+from domain.proposal import Guardrails
 from domain.spec import FleetSpec, Sla
 from store.db import Store
-from tuner.guardrails import Guardrails
 from tuner.live import Reconciles, run_study
 from tuner.loop import Outcome, TuningConfig
 

@@ -242,15 +242,8 @@ class FleetSpec(_Strict):
             if m.device not in devices:
                 out.append((f"{at}.device", f"unknown device {m.device!r} (known: {', '.join(devices)})"))
             out += [(f"{at}.{path}", why) for path, why in model_problems(m, devices.get(m.device))]
-            server = servers.get(m.server)
-            if server is not None:
-                for res, count, total in resource_overages(m.knobs, server):
-                    out.append(
-                        (
-                            f"{at}.knobs.resources.{res}",
-                            f"asks for {count} but server {server.name!r} has {total}",
-                        )
-                    )
+            if m.server in servers:
+                out += [(f"{at}.{path}", why) for path, why in knob_problems(servers[m.server], m.knobs)]
         knobs = {m.name: m.knobs for m in self.models}
         out += [("devices", why) for why in memory_problems(self, knobs)]
         return out
@@ -274,12 +267,14 @@ def model_problems(m: ModelSpec, device: DeviceSpec | None) -> list[tuple[str, s
     return out
 
 
-def resource_overages(knobs: Knobs, server: ServerSpec) -> list[tuple[str, int, int]]:
-    """Rate-limiter resources an instance asks for beyond the server's total: (name, asked, total)."""
+def knob_problems(server: ServerSpec, knobs: Knobs) -> list[tuple[str, str]]:
+    """The hard limits a model's `knobs` must keep on its `server`, as (field path, reason): no
+    instance may ask for more of a rate-limiter resource than the server has in total. No guardrail
+    moves a limit: the spec, every proposal and `Fleet.validate` check this one rule."""
     return [
-        (res, count, server.rate_limit_resources[res])
+        (f"knobs.resources.{res}", f"asks for {count} but server {server.name!r} has {total}")
         for res, count in knobs.resources.items()
-        if res in server.rate_limit_resources and count > server.rate_limit_resources[res]
+        if (total := server.rate_limit_resources.get(res)) is not None and count > total
     ]
 
 

@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
-from domain.spec import FleetSpec, Knobs, ServerSpec, memory_problems, resource_overages
+from domain.spec import FleetSpec, Knobs, ServerSpec, knob_problems, memory_problems
 from runtime import render
 from runtime.render import ModelConfig
 from runtime.server import (
@@ -320,18 +320,14 @@ class Fleet:
         try:
             knobs = Knobs.model_validate({**current.model_dump(), **changes})
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ReconfigurationError(f"{model}: {problems}") from None
-        server = self.spec.server(spec.server)
-        overages = resource_overages(knobs, server)
-        if overages:
-            res, count, total = overages[0]
-            raise ReconfigurationError(
-                f"{model}: resources.{res}={count} exceeds server {server.name!r}'s {total}"
-            )
+            why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ReconfigurationError(f"{model}: {why}") from None
+        # The spec's own rules, the ones every proposal is checked with before it is recorded.
+        problems = knob_problems(self.spec.server(spec.server), knobs)
         memory = memory_problems(self.spec, {**self.all_knobs(), model: knobs})
-        if memory:
-            raise ReconfigurationError(f"{model}: instances={knobs.instances} does not fit: {memory[0]}")
+        problems += [("knobs.instances", why) for why in memory]
+        if problems:
+            raise ReconfigurationError(f"{model}: " + "; ".join(f"{path}: {why}" for path, why in problems))
         return knobs
 
     def apply(self, model: str, knobs: Knobs | None = None, **changes: Any) -> ApplyResult:

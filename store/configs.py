@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from domain.proposal import Proposal
+from domain.spec import Knobs
 from store.models import ConfigVersion, JournalEntry, Model
 
 
@@ -48,6 +50,22 @@ def propose(
         older.state = "superseded"
         older.error = f"overtaken by version {row.id} before it was applied"
     return row
+
+
+def record(session: Session, proposal: Proposal, reason: str, at: float) -> dict[str, ConfigVersion]:
+    """The desired versions of an accepted proposal's changes (none when nothing changes). Every
+    writer of configurations records through here, with what `domain.proposal.propose` allowed."""
+    if not proposal.accepted:
+        raise ValueError(f"a refused proposal is not recorded: {proposal.refused}")
+    return {
+        model: propose(session, model, knobs.model_dump(), proposal.actor, reason, at)
+        for model, knobs in sorted(proposal.changes.items())
+    }
+
+
+def pending_knobs(session: Session) -> dict[str, Knobs]:
+    """The newest desired knobs of each model that has some (what it will run next)."""
+    return {name: Knobs.model_validate(v.knobs) for name, v in desired(session).items()}
 
 
 def desired(session: Session) -> dict[str, ConfigVersion]:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import optuna
 
+from domain.proposal import Proposal
 from domain.spec import FleetSpec, Knobs
+from domain.windows import aggregate
 from runtime.fleet import Fleet, ReconfigurationError
 from store import configs, queries
 from store.db import Store
@@ -39,7 +41,6 @@ class LivePlant:
         reconciler: Reconciles,
         store: Store,
         *,
-        actor: str = "tuner",
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
         apply_timeout_s: float = 120.0,
@@ -47,7 +48,6 @@ class LivePlant:
         self.reconciler = reconciler
         self.fleet = reconciler.fleet
         self.store = store
-        self.actor = actor
         self._clock = clock
         self._stop = stop or threading.Event()
         self.apply_timeout_s = apply_timeout_s
@@ -55,15 +55,14 @@ class LivePlant:
     def knobs(self) -> dict[str, Knobs]:
         return self.fleet.all_knobs()
 
-    def apply(self, knobs: Mapping[str, Knobs], reason: str) -> None:
-        """Propose the models whose knobs differ and wait until the reconciler has applied them."""
-        current = self.fleet.all_knobs()
+    def pending(self) -> dict[str, Knobs]:
         with self.store.session() as session:
-            ids = {
-                configs.propose(session, name, k.model_dump(), self.actor, reason, self._clock()).id: name
-                for name, k in knobs.items()
-                if current[name] != k
-            }
+            return configs.pending_knobs(session)
+
+    def apply(self, proposal: Proposal, reason: str) -> None:
+        """Record the proposal's changes and wait until the reconciler has applied them."""
+        with self.store.session() as session:
+            ids = {v.id: name for name, v in configs.record(session, proposal, reason, self._clock()).items()}
         if not ids:
             return
         states = self.reconciler.converge(ids, self.apply_timeout_s)
@@ -87,7 +86,7 @@ class LivePlant:
                 rows = queries.windows(
                     session, m.name, start=since, config_version=version.id if version else None
                 )
-                agg = queries.aggregate([r for r in rows if r.start >= since])
+                agg = aggregate([r for r in rows if r.start >= since])
                 out[m.name] = Measured(
                     requests=agg.requests,
                     failures=sum(agg.failures.values()),

@@ -24,8 +24,8 @@ import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from domain.proposal import Guardrails, Proposal, propose
 from domain.spec import FleetSpec, Knobs
-from tuner.guardrails import Guardrails, guard
 from tuner.objective import Measured, Score, breaks_badly, score
 from tuner.space import knobs_from_params, params_from_knobs, protective_params, search_space
 
@@ -38,8 +38,11 @@ class Plant(Protocol):
     def knobs(self) -> dict[str, Knobs]:
         """The knobs every model runs with now."""
 
-    def apply(self, knobs: Mapping[str, Knobs], reason: str) -> None:
-        """Make `knobs` live (only the models whose knobs differ change)."""
+    def pending(self) -> dict[str, Knobs]:
+        """The knobs asked for and not applied yet (by anyone), per model that has some."""
+
+    def apply(self, proposal: Proposal, reason: str) -> None:
+        """Make an accepted proposal live: record its changes and wait until they run."""
 
     def measure(self, since: float) -> dict[str, Measured]:
         """Each model's measurement over the windows of its current configuration since `since`."""
@@ -124,17 +127,36 @@ def knobs_from_attr(attr: Mapping[str, Mapping[str, object]]) -> dict[str, Knobs
     return {name: Knobs.model_validate(k) for name, k in attr.items()}
 
 
-def measure_configuration(
+def propose_to(
     spec: FleetSpec,
     plant: Plant,
     knobs: Mapping[str, Knobs],
+    rails: Guardrails,
+    last_change: Mapping[str, float] | None = None,
+    *,
+    known_safe: bool = False,
+) -> Proposal:
+    """The tuner's one call of the proposal path, for every apply: trials, restores, re-measures
+    and the winner (those three are returns to a configuration measured safe)."""
+    return propose(
+        spec, plant.knobs(), knobs, actor="tuner", now=plant.now(), pending=plant.pending(), rails=rails,
+        last_change=last_change, known_safe=known_safe,
+    )  # fmt: skip
+
+
+def measure_configuration(
+    spec: FleetSpec,
+    plant: Plant,
+    proposal: Proposal,
     config: TuningConfig,
     number: int = -1,
     reason: str | None = None,
 ) -> Outcome:
-    """Apply, warm up, measure one window, checking it as it goes: a badly broken SLA ends it."""
+    """Apply an accepted proposal, warm up, measure one window, checking it as it goes: a badly
+    broken SLA ends it."""
+    knobs = proposal.knobs
     applied_at = plant.now()
-    plant.apply(knobs, reason or f"tuner trial {number}")
+    plant.apply(proposal, reason or f"tuner trial {number}")
     plant.sleep(config.warmup_s)
     since = plant.now()
     measured: dict[str, Measured] = {}
@@ -188,27 +210,19 @@ class Tuner:
         while self._measured() < self.config.budget and asked < 3 * self.config.budget:
             asked += 1
             trial = self.study.ask(self.distributions)
-            current = self.plant.knobs()
-            candidate = knobs_from_params(current, trial.params)
-            guarded = guard(
-                self.spec,
-                current,
-                candidate,
-                rails=self.config.rails,
-                last_change=self._last_change,
-                now=self.plant.now(),
-            )
-            if guarded.refused is not None:
-                trial.set_user_attr("refused", guarded.refused)
+            candidate = knobs_from_params(self.plant.knobs(), trial.params)
+            proposal = self._propose(candidate)
+            if not proposal.accepted:
+                trial.set_user_attr("refused", proposal.refused)
                 self.study.tell(trial, state=TrialState.PRUNED)
-                outcome = Outcome(trial.number, guarded.knobs, None, refused=guarded.refused)
+                outcome = Outcome(trial.number, proposal.knobs, None, refused=proposal.refused)
             else:
-                outcome = self._measure(trial.number, guarded.knobs)
+                outcome = self._measure(trial.number, proposal)
                 assert outcome.score is not None
                 for model, value in sorted(outcome.score.violations.items()):
                     trial.set_constraint(f"sla:{model}", value)  # what the constrained sampler uses
                 trial.set_user_attr("score", score_to_attr(outcome.score))
-                trial.set_user_attr("knobs", knobs_to_attr(guarded.knobs))
+                trial.set_user_attr("knobs", knobs_to_attr(proposal.knobs))
                 trial.set_user_attr("cut_short", outcome.cut_short)
                 trial.set_user_attr("violation_s", outcome.violation_s)
                 self.study.tell(trial, outcome.score.objective)
@@ -218,18 +232,34 @@ class Tuner:
             self.on_outcome(outcome)
         best, best_score = self._remeasure_best(outcomes)
         if best is not None:
-            self.plant.apply(best, "tuner: the best feasible configuration, re-measured")
+            self._apply_safe(best, "tuner: the best feasible configuration, re-measured")
         baseline = next((o.score for o in outcomes if o.trial == 0), None)
         return TuningResult(baseline, best, best_score, outcomes)
 
-    def _measure(self, number: int, knobs: Mapping[str, Knobs], reason: str | None = None) -> Outcome:
-        before = self.plant.knobs()
-        applied_at = self.plant.now()
-        outcome = measure_configuration(self.spec, self.plant, knobs, self.config, number, reason)
-        for name, k in knobs.items():
-            if before.get(name) != k:
-                self._last_change[name] = applied_at
-        return outcome
+    def _propose(self, knobs: Mapping[str, Knobs], *, known_safe: bool = False) -> Proposal:
+        return propose_to(
+            self.spec, self.plant, knobs, self.config.rails, self._last_change, known_safe=known_safe
+        )
+
+    def _apply_safe(self, knobs: Mapping[str, Knobs], reason: str) -> bool:
+        """Back to a configuration measured safe, through the proposal path like any other apply;
+        False (and nothing applied) if it refuses, e.g. when the spec changed since."""
+        proposal = self._propose(knobs, known_safe=True)
+        if not proposal.accepted:
+            log.error("%s: refused: %s", reason, proposal.refused)
+            return False
+        self._note_changes(proposal)
+        self.plant.apply(proposal, reason)
+        return True
+
+    def _note_changes(self, proposal: Proposal) -> None:
+        """Start each changing model's cooldown."""
+        for name in proposal.changes:
+            self._last_change[name] = self.plant.now()
+
+    def _measure(self, number: int, proposal: Proposal, reason: str | None = None) -> Outcome:
+        self._note_changes(proposal)
+        return measure_configuration(self.spec, self.plant, proposal, self.config, number, reason)
 
     def _restore_safe(self) -> None:
         """Back to the best feasible configuration measured so far."""
@@ -244,8 +274,7 @@ class Tuner:
         if not safe:
             return None
         knobs = knobs_from_attr(safe[0].user_attrs["knobs"])
-        self.plant.apply(knobs, reason)
-        return knobs
+        return knobs if self._apply_safe(knobs, reason) else None
 
     def _remeasure_best(self, outcomes: list[Outcome]) -> tuple[dict[str, Knobs] | None, Score | None]:
         """Measure the best few feasible configurations again; each keeps its worse measurement
@@ -253,7 +282,11 @@ class Tuner:
         best: tuple[dict[str, Knobs], Score] | None = None
         for trial in self._best_feasible(self.config.remeasure_top):
             knobs = knobs_from_attr(trial.user_attrs["knobs"])
-            again = self._measure(trial.number, knobs, f"tuner: re-measure trial {trial.number}").score
+            proposal = self._propose(knobs, known_safe=True)
+            if not proposal.accepted:
+                log.error("re-measure of trial %d refused: %s", trial.number, proposal.refused)
+                continue
+            again = self._measure(trial.number, proposal, f"tuner: re-measure trial {trial.number}").score
             assert again is not None
             first = score_from_attr(trial.user_attrs["score"])
             worse = Score(

@@ -280,7 +280,7 @@ def test_a_refused_apply_is_recorded_failed_and_the_previous_configuration_stays
         vid = configs.propose(session, "reranker", bad, "person", "too greedy", time.time()).id
     assert api.plane.reconciler.converge([vid], 30) == {vid: "failed"}
     got = api.client.get(f"{V1}/models/reranker/config/versions/{vid}").json()
-    assert got["state"] == "failed" and "exceeds server 'triton0'" in got["error"]
+    assert got["state"] == "failed" and "asks for 7 but server 'triton0' has 2" in got["error"]
     assert api.fleet.observed_knobs("reranker") == before
     assert config(api, "reranker")["applied"]["knobs"] == before.model_dump()
 

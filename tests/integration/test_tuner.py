@@ -15,13 +15,13 @@ from optuna.trial import TrialState
 
 from collectors.fleet import fleet_collector
 from controlplane.reconciler import Reconciler
+from domain.proposal import Guardrails
 from domain.spec import embedded_spec_path, load_spec
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, demo_mix, targets_for
 from store import queries
 from store.db import Store
 from store.models import TuningRun
-from tuner.guardrails import Guardrails
 from tuner.live import LivePlant, run_study
 from tuner.loop import Tuner, TuningConfig, make_study
 

@@ -1,4 +1,4 @@
-"""The tuner's pure parts, as tables: guardrails and SLA scoring on the default fleet."""
+"""The tuner's pure parts, as tables: SLA scoring and the search space on the default fleet."""
 
 from __future__ import annotations
 
@@ -7,68 +7,14 @@ import math
 import pytest
 
 from domain.spec import Knobs, resolve_spec
-from tuner.guardrails import Clip, Guardrails, guard
 from tuner.objective import UNMEASURED, Measured, breaks_badly, score, violation
 
 SPEC = resolve_spec(None)
 START = {m.name: m.knobs for m in SPEC.models}
-RAILS = Guardrails()
 
 
 def k(model: str, **change: object) -> Knobs:
     return START[model].model_copy(update=change)
-
-
-@pytest.mark.parametrize(
-    ("proposal", "expected", "clips"),
-    [
-        # within bounds and step: applied as asked
-        ({"embeddings": k("embeddings", instances=3)}, {"embeddings": k("embeddings", instances=3)}, []),
-        # bounds: embeddings instances [1, 6]
-        ({"embeddings": k("embeddings", instances=9)}, {"embeddings": k("embeddings", instances=4)},
-         [Clip("embeddings", "instances", 9, 6, "bounds"), Clip("embeddings", "instances", 6, 4, "max_step")]),
-        # max step: from 2 instances, at most 2 more
-        ({"reranker": k("reranker", instances=4)}, {"reranker": k("reranker", instances=4)}, []),
-        # chat's instances are bounded [1, 1]: a second 42 GB instance is clipped away
-        ({"chat-llm": k("chat-llm", instances=2)}, {"chat-llm": k("chat-llm", instances=1)},
-         [Clip("chat-llm", "instances", 2, 1, "bounds")]),
-        # resources within [0, 2]
-        ({"reranker": k("reranker", resources={"compute": 5})}, {"reranker": k("reranker", resources={"compute": 2})},
-         [Clip("reranker", "resources.compute", 5, 2, "bounds")]),
-        # dropping a resource is a count of 0
-        ({"safety-guard": k("safety-guard", resources={})}, {"safety-guard": k("safety-guard", resources={})}, []),
-    ],
-)  # fmt: skip
-def test_guard_clips_to_bounds_then_step(
-    proposal: dict[str, Knobs], expected: dict[str, Knobs], clips: list[Clip]
-) -> None:
-    g = guard(SPEC, START, proposal, rails=RAILS, last_change={}, now=0.0)
-    assert g.refused is None
-    for name, knobs in expected.items():
-        assert g.knobs[name] == knobs
-    assert list(g.clips) == clips
-    untouched = set(START) - set(proposal)
-    assert all(g.knobs[n] == START[n] for n in untouched)
-
-
-def test_a_proposal_that_cannot_fit_is_refused_whole() -> None:
-    # From embeddings 4, reranker 4 (42 + 4x2 + 4x6 + 1 = 75 GB): embeddings to 6 and the guard
-    # to 4, which the step rail makes 3: 42 + 6x2 + 4x6 + 3x1 = 81 GB > 80
-    fits = {"embeddings": k("embeddings", instances=4), "reranker": k("reranker", instances=4)}
-    current = {**START, **fits}
-    too_big = {"embeddings": k("embeddings", instances=6), "safety-guard": k("safety-guard", instances=4)}
-    g = guard(SPEC, current, too_big, rails=RAILS, last_change={}, now=0.0)
-    assert g.refused is not None and "need 81 GB but the budget is 80 GB" in g.refused
-    assert g.knobs == current  # nothing of it is applied
-
-
-def test_cooldown_keeps_a_recently_changed_model() -> None:
-    rails = Guardrails(cooldown_s=30)
-    proposal = {"embeddings": k("embeddings", instances=3), "reranker": k("reranker", priority=2)}
-    g = guard(SPEC, START, proposal, rails=rails, last_change={"embeddings": 100.0}, now=110.0)
-    assert g.knobs["embeddings"] == START["embeddings"]  # changed 10 s ago
-    assert g.knobs["reranker"] == proposal["reranker"]
-    assert [c.rule for c in g.clips] == ["cooldown"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from controlplane.api.deps import Authorized, PlaneDep, SessionDep
-from controlplane.api.proposals import guarded, version_out
+from controlplane.api.proposals import proposal, version_out
 from controlplane.api.schemas import AlertOut, AmWebhook, ErrorOut, WebhookOut
 from controlplane.policy import Alert, KnownGood, on_alert
 from domain.spec import Knobs
@@ -67,17 +67,14 @@ def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut
         plane.metrics.decisions.labels("propose" if decision.proposed else "none").inc()
         if not decision.proposed:
             continue
-        _, g = guarded(plane, session, decision.proposed, now)
-        if g.refused is not None:
-            decisions.append(f"refused by the guardrails: {g.refused}")
+        # A fallback to a configuration a tuning run measured safe: at once, not step by step.
+        p = proposal(plane, session, decision.proposed, "alert", known_safe=True)
+        if not p.accepted:
+            decisions.append(f"refused by the guardrails: {p.refused}")
             continue
-        pending = configs.desired(session)
-        for m in sorted(decision.proposed):  # the guard returns every model: only these change
-            knobs = g.knobs[m]
-            if knobs != plane.fleet.knobs(m) or m in pending:
-                v = configs.propose(session, m, knobs.model_dump(), "alert", decision.reason, now)
-                proposed.append(version_out(m, v))
-                row.handled = True
+        versions = configs.record(session, p, decision.reason, now)
+        proposed += [version_out(m, v) for m, v in versions.items()]
+        row.handled = row.handled or bool(versions)
     session.commit()
     plane.reconciler.nudge()
     return WebhookOut(recorded=len(body.alerts), decisions=decisions, proposed=proposed)

@@ -55,7 +55,7 @@ def propose(
         patch["resources"] = {**current.resources, **patch["resources"]}
     target = Knobs.model_validate({**current.model_dump(), **patch})
     out = propose_one(
-        plane, session, model, target, actor="person", reason=body.reason or "proposed through the API",
+        plane, session, model, target, reason=body.reason or "proposed through the API",
         dry_run=body.dry_run,
     )  # fmt: skip
     session.commit()
@@ -72,7 +72,7 @@ def rollback(
     if old is None:
         raise ApiError(404, f"{model} has no configuration version {body.version}", "body.version")
     out = propose_one(
-        plane, session, model, Knobs.model_validate(old.knobs), actor="person",
+        plane, session, model, Knobs.model_validate(old.knobs),
         reason=body.reason or f"rollback to version {old.id}", dry_run=body.dry_run,
     )  # fmt: skip
     session.commit()
