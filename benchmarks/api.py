@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import csv
 import json
-import math
 import os
 import random
 import resource
@@ -50,6 +49,7 @@ import typer
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import report
+from domain.stats import percentile
 from runtime.server import free_ports
 
 matplotlib.use("Agg")
@@ -298,22 +298,14 @@ async def drive(
 
 
 # ---------------------------------------------------------------------- figures
-def pct(values: list[float], q: float) -> float | None:
-    """The q-th percentile (nearest rank)."""
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s), max(1, math.ceil(q / 100 * len(s)))) - 1]
-
-
 def stats(samples: list[Sample]) -> dict[str, Any]:
     lat = [s.latency_ms for s in samples]
     return {
         "requests": len(samples),
         "errors": sum(s.error is not None for s in samples),
-        "p50_ms": pct(lat, 50),
-        "p90_ms": pct(lat, 90),
-        "p99_ms": pct(lat, 99),
+        "p50_ms": percentile(lat, 50),
+        "p90_ms": percentile(lat, 90),
+        "p99_ms": percentile(lat, 99),
         "max_ms": max(lat) if lat else None,
         "mean_ms": sum(lat) / len(lat) if lat else None,
         "over_goal": sum(v >= GOAL_P99_MS for v in lat),
@@ -373,7 +365,13 @@ def timeline(samples: list[Sample]) -> list[dict[str, Any]]:
     for s in samples:
         by_s[int(s.scheduled)].append(s.latency_ms)
     return [
-        {"t": t, "requests": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": max(v)}
+        {
+            "t": t,
+            "requests": len(v),
+            "p50_ms": percentile(v, 50),
+            "p99_ms": percentile(v, 99),
+            "max_ms": max(v),
+        }
         for t, v in sorted(by_s.items())
     ]
 
@@ -515,7 +513,7 @@ def run(
         "overall": overall,
         "endpoints": by_endpoint,
         "errors": dict(errors),
-        "send_lag_ms": {"p50": pct(lag, 50), "p99": pct(lag, 99), "max": max(lag) if lag else None},
+        "send_lag_ms": {"p50": percentile(lag, 50), "p99": percentile(lag, 99), "max": max(lag) if lag else None},
         "in_app": in_app(hist_a, hist_b),
         "cpu": cpu_figures(cpu_a, cpu_b, wall_s, cpus),
         "fleet_processes": len(cpu_a.fleet_pids),
@@ -525,7 +523,7 @@ def run(
         "timeline": timeline(samples),
         "cdf_at_percent": CDF_AT,
         "cdf_ms": {
-            path: [pct(v, q) for q in CDF_AT]
+            path: [percentile(v, q) for q in CDF_AT]
             for path, _ in MIX
             if (v := [s.latency_ms for s in samples if s.endpoint == path])
         },

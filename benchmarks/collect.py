@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from collectors.fleet import fleet_collector
 from collectors.parse import parse
 from collectors.window import model_window
 from domain.spec import resolve_spec
+from domain.stats import percentile
 from runtime.fleet import Fleet
 from store import queries
 from store.db import Store
@@ -70,7 +70,7 @@ def prepared_store(url: str, models: int) -> tuple[Store, dict[str, int]]:
     return store, ids
 
 
-def parse_and_store(url: str, models: int = 100, rounds: int = 50) -> dict[str, float]:
+def parse_and_store(url: str, models: int = 100, rounds: int = 50) -> dict[str, float | None]:
     store, ids = prepared_store(url, models)
     first = parse(page_of(models))
     text_ = bump(page_of(models), 10)
@@ -93,11 +93,11 @@ def parse_and_store(url: str, models: int = 100, rounds: int = 50) -> dict[str, 
     store.dispose()
     total = [a + b + c for a, b, c in zip(parse_ms, window_ms, store_ms, strict=True)]
     return {
-        "parse_ms_p50": statistics.median(parse_ms),
-        "window_ms_p50": statistics.median(window_ms),
-        "store_ms_p50": statistics.median(store_ms),
-        "total_ms_p50": statistics.median(total),
-        "total_ms_p90": statistics.quantiles(total, n=10)[-1],
+        "parse_ms_p50": percentile(parse_ms, 50),
+        "window_ms_p50": percentile(window_ms, 50),
+        "store_ms_p50": percentile(store_ms, 50),
+        "total_ms_p50": percentile(total, 50),
+        "total_ms_p90": percentile(total, 90),
     }
 
 
@@ -190,7 +190,7 @@ def main(
     res: dict[str, Any] = {"benchmark": "collect", "cpus": len(os.sched_getaffinity(0))}
     res["page_lines"] = len(page_of(100).splitlines())
     four = FIXTURE.read_text()
-    res["page_4_models_parse_ms"] = statistics.median(_timed(lambda: parse(four)) for _ in range(50))
+    res["page_4_models_parse_ms"] = percentile((_timed(lambda: parse(four)) for _ in range(50)), 50)
     with tempfile.TemporaryDirectory() as tmp:
         res["page_100_models"] = {"sqlite": parse_and_store(f"sqlite:///{tmp}/a.db")}
         res["windows_per_s"] = {"sqlite": windows_per_second(f"sqlite:///{tmp}/b.db")}

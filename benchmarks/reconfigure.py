@@ -33,8 +33,9 @@ import typer
 
 from benchmarks import report
 from domain.spec import FleetSpec, Knobs, resolve_spec
+from domain.stats import ModelStats, percentile, summarize
 from runtime.fleet import ApplyResult, Fleet
-from runtime.load import LoadRun, ModelLoad, ModelStats, percentile, summarize, targets_for
+from runtime.load import LoadRun, ModelLoad, targets_for
 
 app = typer.Typer(add_completion=False)
 

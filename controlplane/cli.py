@@ -29,8 +29,9 @@ from controlplane.plane import ControlPlane
 from controlplane.serve import ApiServer
 from controlplane.settings import Settings, get_settings
 from domain.spec import FleetSpec, Knobs, Sla, SpecError, memory_problems, resolve_spec
+from domain.stats import LoadReport, ModelStats, format_ms
 from runtime.fleet import Fleet, read_state
-from runtime.load import LoadReport, LoadRun, ModelLoad, ModelStats, demo_mix, format_ms, targets_for
+from runtime.load import LoadRun, ModelLoad, demo_mix, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
 from store import configs, queries
