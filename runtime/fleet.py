@@ -3,13 +3,12 @@
 `runtime/` is the only package that talks to Triton. Callers state the knobs a model should run
 with; `Fleet.apply` validates them, changes the running model through the model-repository API,
 reads the result back from Triton and keeps the on-disk repository in step, so a server that dies
-is restarted with its last applied configuration.
+is restarted (by `runtime/supervisor.py`) with its last applied configuration.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import threading
@@ -37,8 +36,7 @@ from runtime.server import (
     python_backend_dir,
     server_environment,
 )
-
-log = logging.getLogger("slatune.runtime")
+from runtime.supervisor import Supervisor
 
 ApplyPath = Literal["unchanged", "in-place", "reload"]
 STATE_FILE = "fleet.json"
@@ -74,7 +72,6 @@ class _Server:
     spec: ServerSpec
     endpoints: Endpoints
     process: TritonProcess | None  # None for a server slatune attached to
-    restarts: int = 0
 
 
 class Fleet:
@@ -99,8 +96,7 @@ class Fleet:
         # One reconfiguration per server at a time: concurrent reloads would stack their start-up
         # CPU bursts on the instances that are serving. The supervisor's restarts take it too.
         self._locks = {s.name: threading.Lock() for s in spec.servers}
-        self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._supervisor: Supervisor | None = None
         self._readers: dict[str, grpcclient.InferenceServerClient] = {}
         self._readers_lock = threading.Lock()
 
@@ -108,7 +104,6 @@ class Fleet:
     def start(self, timeout: float = 120.0) -> dict[str, float]:
         """Render every model repository, start or attach to every server, and wait until all
         models are ready. Returns the seconds each server took. On failure nothing is left running."""
-        self._stopping.clear()
         timings: dict[str, float] = {}
         try:
             managed = [s for s in self.spec.servers if not s.attached]
@@ -127,9 +122,10 @@ class Fleet:
             self.stop()
             raise
         self._write_state()
-        if self.supervise and any(not s.attached for s in self.spec.servers):
-            self._watcher = threading.Thread(target=self._watch, name="slatune-supervisor", daemon=True)
-            self._watcher.start()
+        processes = {name: s.process for name, s in self._servers.items() if s.process is not None}
+        self._supervisor = Supervisor(processes, self._locks)
+        if self.supervise and processes:
+            self._supervisor.start()
         return timings
 
     def _start_managed(
@@ -183,14 +179,12 @@ class Fleet:
                 self._applied[m.name] = self._observed(client, m.name)
 
     def stop(self) -> None:
-        self._stopping.set()
         with self._readers_lock:
             for client in self._readers.values():
                 client.close()
             self._readers.clear()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
-            self._watcher = None
+        if self._supervisor is not None:
+            self._supervisor.stop()
         for server in self._servers.values():
             if server.process is not None:
                 server.process.stop()
@@ -217,31 +211,6 @@ class Fleet:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _watch(self) -> None:
-        """Restart a managed server that died, with its last applied configuration (the on-disk
-        repository is kept in step by every apply). Backs off 1, 2, 4 ... 30 s between tries."""
-        backoff: dict[str, float] = {}
-        while not self._stopping.wait(0.5):
-            for name, server in self._servers.items():
-                proc = server.process
-                if proc is None or proc.alive() or proc.proc is None:
-                    continue
-                status = proc.proc.poll()
-                wait = backoff.get(name, 1.0)
-                log.warning("server %s exited (status %s); restarting in %.0f s", name, status, wait)
-                if self._stopping.wait(wait):
-                    return
-                with self._locks[name]:
-                    proc.stop()
-                    try:
-                        proc.start()
-                        server.restarts += 1
-                        backoff.pop(name, None)
-                        log.warning("server %s restarted (restart #%d)", name, server.restarts)
-                    except ServerError as exc:
-                        backoff[name] = min(wait * 2, 30.0)
-                        log.error("restart of server %s failed: %s", name, exc)
-
     # ----------------------------------------------------------------- reading
     def endpoints(self, server: str) -> Endpoints:
         return self._servers[server].endpoints
@@ -250,7 +219,10 @@ class Fleet:
         return self.endpoints(self.spec.model(model).server)
 
     def restarts(self, server: str) -> int:
-        return self._servers[server].restarts
+        """How many times the supervisor restarted `server` since `start()`."""
+        if server not in self._servers:
+            raise KeyError(server)
+        return 0 if self._supervisor is None else self._supervisor.restarts(server)
 
     def pid(self, server: str) -> int | None:
         """The managed server's tritonserver process id (None when attached or not running)."""

@@ -1,0 +1,122 @@
+"""The supervisor's restarts and backoff, on stand-in processes (no tritonserver, no time passes).
+A real tritonserver killed and brought back is tests/integration/test_lifecycle.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from runtime.server import ServerError
+from runtime.supervisor import Supervisor
+
+
+class Exit:
+    def __init__(self, status: int | None) -> None:
+        self.status = status
+
+    def poll(self) -> int | None:
+        return self.status
+
+
+class FakeProcess:
+    """Exited (status -9); each start fails (exiting with status 1 while starting) until
+    `failures` starts have failed, then it runs."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.proc: Exit | None = Exit(-9)
+        self.failures = failures
+        self.starts = 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 120.0) -> float:
+        self.starts += 1
+        if self.failures:
+            self.failures -= 1
+            self.proc = Exit(1)
+            raise ServerError("exited with status 1 while starting")
+        self.proc = Exit(None)
+        return 0.0
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.proc = None
+
+
+def supervised(**procs: FakeProcess) -> tuple[Supervisor, list[float]]:
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False  # not stopped meanwhile
+
+    locks = {name: threading.Lock() for name in procs}
+    return Supervisor(procs, locks, wait=wait), waits
+
+
+@pytest.mark.parametrize(
+    ("failures", "waits"),
+    [
+        (0, [1.0]),  # restarted after the first wait
+        (1, [1.0, 2.0]),  # failed once: the wait doubles
+        (3, [1.0, 2.0, 4.0, 8.0]),
+        # doubling from 1 s: 1, 2, 4, 8, 16, then 32 is capped at 30, and stays there
+        (7, [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]),
+    ],
+)
+def test_a_failing_restart_backs_off_doubling_up_to_30_s(failures: int, waits: list[float]) -> None:
+    proc = FakeProcess(failures)
+    sup, waited = supervised(triton0=proc)
+    for _ in range(failures + 1):
+        assert sup.check()
+    assert waited == waits
+    assert (proc.starts, proc.alive(), sup.restarts("triton0")) == (failures + 1, True, 1)
+    assert sup.check() and len(waited) == len(waits)  # running: nothing more to do
+
+
+def test_backoff_starts_again_from_1_s_once_a_server_is_back() -> None:
+    proc = FakeProcess(failures=2)
+    sup, waited = supervised(triton0=proc)
+    for _ in range(3):
+        sup.check()
+    proc.proc = Exit(-9)  # dies again
+    sup.check()
+    assert waited == [1.0, 2.0, 4.0, 1.0]  # 2 failures, back up, then from 1 s again
+    assert sup.restarts("triton0") == 2
+
+
+def test_servers_back_off_each_on_their_own() -> None:
+    failing, healthy = FakeProcess(failures=5), FakeProcess()
+    healthy.proc = Exit(None)
+    sup, waited = supervised(a=failing, b=healthy)
+    sup.check()
+    sup.check()
+    healthy.proc = Exit(-9)
+    sup.check()
+    assert waited == [1.0, 2.0, 4.0, 1.0]  # a: 1, 2, 4; b's first restart waits 1 s, not a's 8
+    assert (sup.restarts("a"), sup.restarts("b")) == (0, 1)
+
+
+def test_a_server_stopped_on_purpose_is_left_alone() -> None:
+    proc = FakeProcess()
+    proc.proc = None  # never started, or stopped by the fleet
+    sup, waited = supervised(triton0=proc)
+    assert sup.check() and waited == [] and proc.starts == 0
+
+
+def test_stopping_during_the_wait_restarts_nothing() -> None:
+    proc = FakeProcess()
+    sup = Supervisor({"triton0": proc}, {"triton0": threading.Lock()}, wait=lambda seconds: True)
+    assert sup.check() is False
+    assert proc.starts == 0 and sup.restarts("triton0") == 0
+
+
+def test_the_thread_stops_promptly() -> None:
+    proc = FakeProcess()
+    proc.proc = Exit(None)
+    sup = Supervisor({"triton0": proc}, {"triton0": threading.Lock()}, poll_s=0.01)
+    sup.start()
+    assert "slatune-supervisor" in {t.name for t in threading.enumerate()}
+    sup.stop(timeout=5)
+    assert "slatune-supervisor" not in {t.name for t in threading.enumerate()}
