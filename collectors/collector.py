@@ -1,9 +1,9 @@
 """The collector: scrape every server on an interval and store per-model and per-device windows.
 
-Parsing and window arithmetic are pure (`collectors.parse`, `collectors.window`); this module does
-the HTTP, keeps the previous scrape per server, and writes to the store. An unreachable server is
-marked stale and retried with backoff; a malformed page fails that scrape alone. Neither stops the
-collector.
+Parsing and window arithmetic are pure (`collectors.parse`, `collectors.window`, `domain.windows`);
+this module does the HTTP, keeps the previous scrape per server, and writes to the store. An
+unreachable server is marked stale and retried with backoff; a malformed page fails that scrape
+alone. Neither stops the collector.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import httpx
 from collectors.nvml import NvmlCollector
 from collectors.parse import ParseError, Scrape, parse
 from collectors.selfmetrics import CollectorMetrics
-from collectors.window import DeviceWindow, ModelWindow, device_window, model_window
+from collectors.window import device_window, model_window
+from domain.windows import DeviceWindow, ModelWindow
 from store import queries
 from store.db import Store
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from collectors.window import DeviceWindow
+from domain.windows import DeviceWindow
 
 log = logging.getLogger("slatune.collectors.nvml")
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from domain.windows import Histogram
+
 # Triton's per-model counters (cumulative) and the field each becomes.
 COUNTERS = {
     "nv_inference_request_success": "success",
@@ -39,15 +41,6 @@ LATENCY_HISTOGRAM = "slatune_request_ms"
 
 class ParseError(ValueError):
     """The page is not Prometheus exposition text."""
-
-
-@dataclass
-class Histogram:
-    """Cumulative bucket counts by upper bound (ms), with +Inf; plus the count and sum."""
-
-    buckets: dict[float, float] = field(default_factory=dict)
-    count: float = 0.0
-    sum: float = 0.0
 
 
 @dataclass

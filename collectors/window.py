@@ -1,4 +1,5 @@
-"""Windows: what happened to each model between two scrapes, as rates, averages and percentiles.
+"""Windows from scrapes: what happened to each model between two of them, as rates, averages and
+percentiles (the window record and its maths are `domain.windows`).
 
 Pure functions of two samples and their times. A counter that went down was reset (the model was
 reloaded or the server restarted): its increase over the window is then its current value, as in
@@ -7,68 +8,11 @@ Prometheus' rate(), never a negative or doubled rate, and the window is marked `
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
-from collectors.parse import DeviceSample, Histogram, ModelSample
+from collectors.parse import DeviceSample, ModelSample
+from domain.windows import DeviceWindow, Histogram, ModelWindow, histogram_quantile
 
 # Preference order for time to first token: Triton's own, then client-stamped, then model-side.
 TTFT_SOURCES = ("triton", "client", "model")
-
-
-@dataclass(frozen=True)
-class ModelWindow:
-    model: str
-    start: float  # Unix seconds
-    end: float
-    requests: float
-    """Requests that completed in the window (successes plus failures)."""
-    success: float
-    failures: dict[str, float] = field(default_factory=dict)
-    request_rate: float = 0.0
-    """Completed requests per second."""
-    inference_rate: float = 0.0
-    """Successful items per second (a batched request counts each item)."""
-    avg_batch: float | None = None
-    """Items per model execution: how well dynamic batching is batching."""
-    avg_request_ms: float | None = None
-    avg_queue_ms: float | None = None
-    avg_compute_input_ms: float | None = None
-    avg_compute_infer_ms: float | None = None
-    avg_compute_output_ms: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    """Request latency quantiles over the window from the model's latency histogram, else from
-    Triton's summary at the window's end (which remembers about a minute; None when NaN)."""
-    latency_source: str | None = None
-    """"client" or "model" (histogram origin), "summary", or None."""
-    latency_buckets: dict[float, float] = field(default_factory=dict)
-    """The window's latency histogram (cumulative counts by upper bound, ms), so that quantiles
-    over many windows are exact: sum the buckets, then take the quantile."""
-    ttft_buckets: dict[float, float] = field(default_factory=dict)
-    ttft_p50_ms: float | None = None
-    ttft_p99_ms: float | None = None
-    ttft_source: str | None = None
-    pending: float = 0.0
-    reset: bool = False
-    """A counter went down, or the server was unreachable in between (it may have restarted):
-    the window's increases are lower bounds."""
-
-
-@dataclass(frozen=True)
-class DeviceWindow:
-    device: str
-    kind: str
-    source: str  # "triton" or "nvml"
-    start: float
-    end: float
-    utilization: float | None = None
-    memory_used_bytes: float | None = None
-    memory_total_bytes: float | None = None
-    power_w: float | None = None
-    processes: dict[str, float] = field(default_factory=dict)
-    """Per-process GPU memory in bytes by pid (NVML only)."""
 
 
 def increase(prev: float | None, cur: float) -> tuple[float, bool]:
@@ -89,30 +33,6 @@ def histogram_increase(prev: Histogram | None, cur: Histogram) -> tuple[Histogra
         return Histogram(dict(cur.buckets), cur.count, cur.sum), True
     buckets = {le: max(v - prev.buckets.get(le, 0.0), 0.0) for le, v in cur.buckets.items()}
     return Histogram(buckets, count, max(cur.sum - prev.sum, 0.0)), False
-
-
-def histogram_quantile(q: float, h: Histogram) -> float | None:
-    """The q-quantile (0..1) of a histogram's observations, interpolating linearly inside the
-    bucket, as Prometheus' histogram_quantile does. None without observations; when it falls in
-    the +Inf bucket, the highest finite bound."""
-    bounds = sorted(h.buckets)
-    if not bounds:
-        return None
-    total = h.buckets[bounds[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for le in bounds:
-        count = h.buckets[le]
-        if count >= rank:
-            if math.isinf(le):
-                return lower_bound
-            if count == lower_count:
-                return le
-            return lower_bound + (le - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = le, count
-    return bounds[-1]
 
 
 def _avg_ms(total_us: float, count: float) -> float | None:

@@ -23,13 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from collectors.fleet import fleet_collector
-from collectors.window import ModelWindow
 from controlplane.app import create_app
 from controlplane.plane import ControlPlane
 from controlplane.serve import ApiServer
 from controlplane.settings import Settings, get_settings
 from domain.spec import FleetSpec, Knobs, Sla, SpecError, memory_problems, resolve_spec
 from domain.stats import LoadReport, ModelStats, format_ms
+from domain.windows import ModelWindow
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadRun, ModelLoad, demo_mix, targets_for
 from runtime.render import render, to_pbtxt, write_model

@@ -28,6 +28,7 @@ from controlplane.settings import Settings
 from controlplane.telemetry import ControlPlaneMetrics
 from controlplane.tuning import TuningRunner
 from domain.spec import Sla
+from domain.windows import aggregate
 from runtime.fleet import Fleet
 from store import queries
 from store.db import Store
@@ -155,7 +156,7 @@ class ControlPlane:
             slas = slas_of(list(rows.values()))
             recent = queries.recent_windows(session, since)
             for name in self.fleet.spec.model_names:
-                agg = queries.aggregate(recent.get(name, []))
+                agg = aggregate(recent.get(name, []))
                 sla = slas.get(name)
                 value = None if sla is None else sla.value_of(p99_ms=agg.p99_ms, ttft_p99_ms=agg.ttft_p99_ms)
                 out[name] = ModelSummary(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from collectors.parse import Histogram
-from collectors.window import DeviceWindow, ModelWindow, histogram_quantile
+from domain import windows as window_maths
+from domain.windows import AGGREGATE_FIELDS, AppliedVersion, DeviceWindow, ModelWindow, version_of_window
 from store import configs
 from store.models import ConfigVersion, DeviceWindowRow, MetricWindow, Model, Server
 
@@ -68,12 +68,6 @@ def model_ids(session: Session) -> dict[str, int]:
     return {name: id_ for name, id_ in session.execute(select(Model.name, Model.id))}
 
 
-@dataclass(frozen=True)
-class AppliedVersion:
-    id: int
-    applied_at: float
-
-
 def record_applied(
     session: Session, model: str, knobs: Mapping[str, Any], actor: str, reason: str, at: float
 ) -> AppliedVersion:
@@ -91,16 +85,6 @@ def applied_versions(session: Session) -> dict[str, AppliedVersion]:
     return {name: AppliedVersion(v.id, v.applied_at or 0.0) for name, v in configs.applied(session).items()}
 
 
-def version_of_window(version: AppliedVersion | None, start: float, end: float) -> tuple[int | None, bool]:
-    """The configuration version a window belongs to, and whether a reconfiguration fell inside it
-    (then it belongs to none, so no trial is scored with another trial's traffic)."""
-    if version is None:
-        return None, False
-    if start < version.applied_at <= end:
-        return None, True
-    return version.id, False
-
-
 _WINDOW_FIELDS = (
     "start end requests success failures request_rate inference_rate avg_batch avg_request_ms avg_queue_ms "
     "avg_compute_input_ms avg_compute_infer_ms avg_compute_output_ms p50_ms p90_ms p99_ms latency_source ttft_p50_ms "
@@ -115,24 +99,31 @@ def add_windows(
     versions: Mapping[str, AppliedVersion],
     resolution_s: float,
 ) -> int:
+    """Store the collector's windows, each tagged with the configuration version it belongs to."""
     rows = []
     for w in windows:
         if w.model not in ids:
             continue
         version_id, spans = version_of_window(versions.get(w.model), w.start, w.end)
-        row = {f: getattr(w, f) for f in _WINDOW_FIELDS}
-        row["latency_buckets"] = buckets_to_json(w.latency_buckets)
-        row["ttft_buckets"] = buckets_to_json(w.ttft_buckets)
-        row.update(
-            model_id=ids[w.model],
-            config_version_id=version_id,
-            spans_reconfiguration=spans,
-            resolution_s=resolution_s,
-        )
-        rows.append(row)
+        rows.append(_row(w, ids[w.model], version_id, spans, resolution_s))
     if rows:  # one multi-row INSERT: ORM objects cost more than the database here
         session.execute(insert(MetricWindow), rows)
     return len(rows)
+
+
+def _row(
+    w: ModelWindow, model_id: int, version_id: int | None, spans: bool, resolution_s: float
+) -> dict[str, Any]:
+    row = {f: getattr(w, f) for f in _WINDOW_FIELDS}
+    row["latency_buckets"] = buckets_to_json(w.latency_buckets)
+    row["ttft_buckets"] = buckets_to_json(w.ttft_buckets)
+    row.update(
+        model_id=model_id,
+        config_version_id=version_id,
+        spans_reconfiguration=spans,
+        resolution_s=resolution_s,
+    )
+    return row
 
 
 def buckets_to_json(buckets: Mapping[float, float]) -> dict[str, float]:
@@ -140,14 +131,20 @@ def buckets_to_json(buckets: Mapping[float, float]) -> dict[str, float]:
     return {("inf" if math.isinf(le) else repr(le)): count for le, count in buckets.items()}
 
 
-def summed_buckets(rows: Iterable[Mapping[str, float] | None]) -> Histogram:
-    """The histogram of many windows: their buckets added up (the quantile of the union)."""
-    total: dict[float, float] = {}
-    for buckets in rows:
-        for le, count in (buckets or {}).items():
-            key = float(le)
-            total[key] = total.get(key, 0.0) + count
-    return Histogram(total, total.get(math.inf, 0.0))
+def buckets_from_json(buckets: Mapping[str, float] | None) -> dict[float, float]:
+    return {float(le): count for le, count in (buckets or {}).items()}
+
+
+def as_window(model: str, r: MetricWindow) -> ModelWindow:
+    """A stored window as the domain's record."""
+    return ModelWindow(
+        model=model,
+        **{f: getattr(r, f) for f in _WINDOW_FIELDS},
+        latency_buckets=buckets_from_json(r.latency_buckets),
+        ttft_buckets=buckets_from_json(r.ttft_buckets),
+        config_version=r.config_version_id,
+        spans_reconfiguration=r.spans_reconfiguration,
+    )
 
 
 def add_device_windows(
@@ -192,28 +189,6 @@ def windows(
     return session.scalars(q.order_by(MetricWindow.end)).all()
 
 
-@dataclass(frozen=True)
-class Aggregate:
-    """Windows summed up: totals and rates over their span, the worst latency quantiles."""
-
-    windows: int
-    seconds: float
-    requests: float
-    success: float
-    failures: dict[str, float] = field(default_factory=dict)
-    request_rate: float = 0.0
-    inference_rate: float = 0.0
-    avg_queue_ms: float | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    """Over all the windows: exact from their summed histograms where they have them, else the
-    worst window's (Triton's summary)."""
-    ttft_p50_ms: float | None = None
-    ttft_p99_ms: float | None = None
-    resets: int = 0
-    spans_reconfiguration: int = 0
-
-
 def window_page(
     session: Session,
     model: str,
@@ -237,18 +212,11 @@ def window_page(
     return list(reversed(session.execute(q.order_by(MetricWindow.end.desc()).limit(limit)).all()))
 
 
-AGGREGATE_COLUMNS = (
-    "start end requests success failures inference_rate avg_queue_ms p50_ms p99_ms ttft_p50_ms ttft_p99_ms "
-    "latency_buckets ttft_buckets reset spans_reconfiguration"
-).split()
-"""What `aggregate` reads of a window."""
-
-
 def recent_windows(session: Session, since: float) -> dict[str, list[Any]]:
     """Every model's windows that ended at or after `since`, oldest first, as rows of the columns
-    `aggregate` reads (not whole ORM objects: several times cheaper to load)."""
+    `domain.windows.aggregate` reads (not whole ORM objects: several times cheaper to load)."""
     q = (
-        select(Model.name, *(getattr(MetricWindow, c) for c in AGGREGATE_COLUMNS))
+        select(Model.name, *(getattr(MetricWindow, c) for c in AGGREGATE_FIELDS))
         .join(Model, Model.id == MetricWindow.model_id)
         .where(MetricWindow.end >= since)
         .order_by(MetricWindow.end)
@@ -259,100 +227,23 @@ def recent_windows(session: Session, since: float) -> dict[str, list[Any]]:
     return out
 
 
-def aggregate(rows: Sequence[Any]) -> Aggregate:
-    """Sum up windows: MetricWindow objects, or rows with their AGGREGATE_COLUMNS."""
-    if not rows:
-        return Aggregate(0, 0.0, 0.0, 0.0)
-    seconds = sum(r.end - r.start for r in rows)
-    failures: dict[str, float] = {}
-    for r in rows:
-        for k, v in (r.failures or {}).items():
-            failures[k] = failures.get(k, 0.0) + v
-    success = sum(r.success for r in rows)
-    queue = [(r.avg_queue_ms, r.success) for r in rows if r.avg_queue_ms is not None and r.success > 0]
-    return Aggregate(
-        windows=len(rows),
-        seconds=seconds,
-        requests=sum(r.requests for r in rows),
-        success=success,
-        failures=failures,
-        request_rate=sum(r.requests for r in rows) / seconds if seconds > 0 else 0.0,
-        inference_rate=sum(r.inference_rate * (r.end - r.start) for r in rows) / seconds
-        if seconds > 0
-        else 0.0,
-        avg_queue_ms=sum(q * n for q, n in queue) / sum(n for _, n in queue) if queue else None,
-        p50_ms=_quantile(0.5, rows, "latency_buckets", "p50_ms"),
-        p99_ms=_quantile(0.99, rows, "latency_buckets", "p99_ms"),
-        ttft_p50_ms=_quantile(0.5, rows, "ttft_buckets", "ttft_p50_ms"),
-        ttft_p99_ms=_quantile(0.99, rows, "ttft_buckets", "ttft_p99_ms"),
-        resets=sum(r.reset for r in rows),
-        spans_reconfiguration=sum(r.spans_reconfiguration for r in rows),
-    )
-
-
-def _quantile(q: float, rows: Sequence[Any], buckets: str, fallback: str) -> float | None:
-    summed = summed_buckets(getattr(r, buckets) for r in rows)
-    if summed.count > 0:
-        return histogram_quantile(q, summed)
-    return _max(getattr(r, fallback) for r in rows)
-
-
-def _max(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None and not math.isnan(v)]
-    return max(present) if present else None
-
-
 def downsample(session: Session, older_than: float, bucket_s: float = 60.0) -> int:
     """Replace raw windows that ended before `older_than` by one window per model, configuration
-    version and `bucket_s` bucket: counts and rates are summed over time, latencies keep their
-    worst value. Returns the raw windows removed."""
-    raw = session.scalars(
-        select(MetricWindow)
+    version and `bucket_s` bucket (`domain.windows.downsample`). Returns the raw windows removed."""
+    raw = session.execute(
+        select(Model.name, MetricWindow)
+        .join(Model, Model.id == MetricWindow.model_id)
         .where(MetricWindow.end < older_than, MetricWindow.resolution_s < bucket_s)
         .order_by(MetricWindow.model_id, MetricWindow.end)
     ).all()
-    groups: dict[tuple[int, int | None, bool, float], list[MetricWindow]] = {}
-    for r in raw:
-        key = (
-            r.model_id,
-            r.config_version_id,
-            r.spans_reconfiguration,
-            math.floor(r.end / bucket_s) * bucket_s,
-        )
-        groups.setdefault(key, []).append(r)
-    for (model_id, version_id, spans, _), rows in groups.items():
-        agg = aggregate(rows)
-        batches = [(r.avg_batch, r.requests) for r in rows if r.avg_batch is not None and r.requests > 0]
-        session.add(
-            MetricWindow(
-                model_id=model_id,
-                start=min(r.start for r in rows),
-                end=max(r.end for r in rows),
-                resolution_s=bucket_s,
-                config_version_id=version_id,
-                spans_reconfiguration=spans,
-                reset=agg.resets > 0,
-                requests=agg.requests,
-                success=agg.success,
-                failures=agg.failures,
-                request_rate=agg.request_rate,
-                inference_rate=agg.inference_rate,
-                avg_batch=sum(b * n for b, n in batches) / sum(n for _, n in batches) if batches else None,
-                avg_queue_ms=agg.avg_queue_ms,
-                p50_ms=agg.p50_ms,
-                p90_ms=_quantile(0.9, rows, "latency_buckets", "p90_ms"),
-                p99_ms=agg.p99_ms,
-                latency_buckets=buckets_to_json(summed_buckets(r.latency_buckets for r in rows).buckets),
-                ttft_buckets=buckets_to_json(summed_buckets(r.ttft_buckets for r in rows).buckets),
-                ttft_p50_ms=agg.ttft_p50_ms,
-                ttft_p99_ms=agg.ttft_p99_ms,
-                ttft_source=next((r.ttft_source for r in rows if r.ttft_source), None),
-                latency_source=next((r.latency_source for r in rows if r.latency_source), None),
-                pending=rows[-1].pending,
-            )
-        )
-    if raw:
-        session.execute(delete(MetricWindow).where(MetricWindow.id.in_([r.id for r in raw])))
+    ids = {name: r.model_id for name, r in raw}
+    rows = [
+        _row(w, ids[w.model], w.config_version, w.spans_reconfiguration, bucket_s)
+        for w in window_maths.downsample((as_window(name, r) for name, r in raw), bucket_s)
+    ]
+    if rows:
+        session.execute(insert(MetricWindow), rows)
+        session.execute(delete(MetricWindow).where(MetricWindow.id.in_([r.id for _, r in raw])))
     return len(raw)
 
 

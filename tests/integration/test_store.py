@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import inspect
 
 from alembic import command
-from collectors.window import ModelWindow
+from domain.windows import ModelWindow, aggregate
 from store import queries
 from store.db import SchemaNotAtHead, Store, StoreError
 from store.models import ConfigVersion, Model
@@ -82,7 +82,7 @@ def test_windows_are_tagged_with_their_configuration_version(store: Store) -> No
         assert [w.start for w in first] == [100.0, 101.0, 102.0, 103.0, 104.0]
         assert [w.start for w in second] == [106.0, 107.0, 108.0, 109.0]
         assert [(w.start, w.config_version_id) for w in spanning] == [(105.0, None)]  # 105.5 fell inside
-        agg = queries.aggregate(second)
+        agg = aggregate(second)
         assert (agg.windows, agg.seconds, agg.requests) == (4, 4.0, 80)
         assert agg.request_rate == pytest.approx(20.0) and agg.inference_rate == pytest.approx(80.0)
         states = {v.knobs["instances"]: v.state for v in session.query(ConfigVersion)}
@@ -98,7 +98,7 @@ def test_time_range_query_and_aggregate(store: Store) -> None:
     with store.session() as session:
         rows = queries.windows(session, "chat", start=3.0, end=6.0)  # windows ending in [3, 6]
         assert [r.end for r in rows] == [3.0, 4.0, 5.0, 6.0]
-        agg = queries.aggregate(rows)
+        agg = aggregate(rows)
         assert agg.requests == 12 and agg.p99_ms == 15.0 and agg.avg_queue_ms == 2.0
         assert queries.windows(session, "emb") == []
 
@@ -150,7 +150,7 @@ def test_quantiles_over_many_windows_are_exact_from_their_buckets(store: Store) 
     with store.session() as session:
         queries.add_windows(session, ids, windows, {}, 1.0)
     with store.session() as session:
-        agg = queries.aggregate(queries.windows(session, "emb"))
+        agg = aggregate(queries.windows(session, "emb"))
     # 1000 observations: 900 in (0, 10], 100 in (10, 1000]
     assert agg.p50_ms == pytest.approx(10 * 500 / 900)  # rank 500 in the first bucket
     assert agg.p99_ms == pytest.approx(10 + 990 * (990 - 900) / 100)  # rank 990: 90% into the second
@@ -158,7 +158,7 @@ def test_quantiles_over_many_windows_are_exact_from_their_buckets(store: Store) 
         queries.downsample(session, older_than=100.0, bucket_s=60.0)
     with store.session() as session:
         (row,) = queries.windows(session, "emb")
-        assert queries.aggregate([row]).p99_ms == pytest.approx(agg.p99_ms)  # downsampling keeps the buckets
+        assert aggregate([row]).p99_ms == pytest.approx(agg.p99_ms)  # downsampling keeps the buckets
 
 
 def test_upgrade_keeps_windows_written_by_an_older_schema(store_url: str) -> None:
@@ -187,5 +187,5 @@ def test_upgrade_keeps_windows_written_by_an_older_schema(store_url: str) -> Non
     with s.session() as session:
         (row,) = queries.windows(session, "emb")
         assert row.latency_buckets == {} and row.p99_ms == 12.5
-        assert queries.aggregate([row]).p99_ms == 12.5  # no buckets: the window's own p99
+        assert aggregate([row]).p99_ms == 12.5  # no buckets: the window's own p99
     s.dispose()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from collectors.parse import Histogram, ModelSample, ParseError, parse
-from collectors.window import histogram_increase, histogram_quantile, increase, model_window
+from collectors.parse import ModelSample, ParseError, parse
+from collectors.window import histogram_increase, increase, model_window
+from domain.windows import Histogram, histogram_quantile
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 PAGE = (FIXTURES / "triton-2.51-default-fleet.metrics").read_text()

@@ -1,0 +1,255 @@
+"""Window maths: what a model did over a span, and how windows add up. Pure: no store, no scraping.
+
+A window is one model's rates, averages and latency quantiles between two times. The collectors
+make raw windows from two scrapes (`collectors.window`); the store keeps them and, past the
+retention age, replaces them by one-minute windows (`downsample`); readers sum windows over a span
+(`aggregate`). Latency quantiles over many windows are exact where the windows carry histograms:
+their buckets are added up, then the quantile is taken.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Histogram:
+    """Cumulative bucket counts by upper bound (ms), with +Inf; plus the count and sum."""
+
+    buckets: dict[float, float] = field(default_factory=dict)
+    count: float = 0.0
+    sum: float = 0.0
+
+
+def histogram_quantile(q: float, h: Histogram) -> float | None:
+    """The q-quantile (0..1) of a histogram's observations, interpolating linearly inside the
+    bucket, as Prometheus' histogram_quantile does. None without observations; when it falls in
+    the +Inf bucket, the highest finite bound."""
+    bounds = sorted(h.buckets)
+    if not bounds:
+        return None
+    total = h.buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for le in bounds:
+        count = h.buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return lower_bound
+            if count == lower_count:
+                return le
+            return lower_bound + (le - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = le, count
+    return bounds[-1]
+
+
+def summed_buckets(rows: Iterable[Mapping[Any, float] | None]) -> Histogram:
+    """The histogram of many windows: their buckets added up (the quantile of the union). Bounds
+    may be floats or their JSON spelling ("10.0", "inf")."""
+    total: dict[float, float] = {}
+    for buckets in rows:
+        for le, count in (buckets or {}).items():
+            key = float(le)
+            total[key] = total.get(key, 0.0) + count
+    return Histogram(total, total.get(math.inf, 0.0))
+
+
+@dataclass(frozen=True)
+class ModelWindow:
+    """One model over [start, end]: raw (two scrapes apart) or downsampled (one minute)."""
+
+    model: str
+    start: float  # Unix seconds
+    end: float
+    requests: float
+    """Requests that completed in the window (successes plus failures)."""
+    success: float
+    failures: dict[str, float] = field(default_factory=dict)
+    request_rate: float = 0.0
+    """Completed requests per second."""
+    inference_rate: float = 0.0
+    """Successful items per second (a batched request counts each item)."""
+    avg_batch: float | None = None
+    """Items per model execution: how well dynamic batching is batching."""
+    avg_request_ms: float | None = None
+    avg_queue_ms: float | None = None
+    avg_compute_input_ms: float | None = None
+    avg_compute_infer_ms: float | None = None
+    avg_compute_output_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    """Request latency quantiles over the window from the model's latency histogram, else from
+    Triton's summary at the window's end (which remembers about a minute; None when NaN)."""
+    latency_source: str | None = None
+    """"client" or "model" (histogram origin), "summary", or None."""
+    latency_buckets: dict[float, float] = field(default_factory=dict)
+    """The window's latency histogram (cumulative counts by upper bound, ms), so that quantiles
+    over many windows are exact: sum the buckets, then take the quantile."""
+    ttft_buckets: dict[float, float] = field(default_factory=dict)
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    ttft_source: str | None = None
+    pending: float = 0.0
+    reset: bool = False
+    """A counter went down, or the server was unreachable in between (it may have restarted):
+    the window's increases are lower bounds."""
+    config_version: int | None = None
+    """The configuration version the window belongs to (the store tags it: `version_of_window`)."""
+    spans_reconfiguration: bool = False
+    """A configuration was applied inside the window, which then belongs to no version."""
+
+
+@dataclass(frozen=True)
+class DeviceWindow:
+    device: str
+    kind: str
+    source: str  # "triton" or "nvml"
+    start: float
+    end: float
+    utilization: float | None = None
+    memory_used_bytes: float | None = None
+    memory_total_bytes: float | None = None
+    power_w: float | None = None
+    processes: dict[str, float] = field(default_factory=dict)
+    """Per-process GPU memory in bytes by pid (NVML only)."""
+
+
+@dataclass(frozen=True)
+class AppliedVersion:
+    """A model's configuration version in force, since `applied_at`."""
+
+    id: int
+    applied_at: float
+
+
+def version_of_window(version: AppliedVersion | None, start: float, end: float) -> tuple[int | None, bool]:
+    """The configuration version a window belongs to, and whether a reconfiguration fell inside it
+    (then it belongs to none, so no trial is scored with another trial's traffic)."""
+    if version is None:
+        return None, False
+    if start < version.applied_at <= end:
+        return None, True
+    return version.id, False
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Windows summed up: totals and rates over their span, the worst latency quantiles."""
+
+    windows: int
+    seconds: float
+    requests: float
+    success: float
+    failures: dict[str, float] = field(default_factory=dict)
+    request_rate: float = 0.0
+    inference_rate: float = 0.0
+    avg_queue_ms: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    """Over all the windows: exact from their summed histograms where they have them, else the
+    worst window's (Triton's summary)."""
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    resets: int = 0
+    spans_reconfiguration: int = 0
+
+
+AGGREGATE_FIELDS = (
+    "start end requests success failures inference_rate avg_queue_ms p50_ms p99_ms ttft_p50_ms ttft_p99_ms "
+    "latency_buckets ttft_buckets reset spans_reconfiguration"
+).split()
+"""What `aggregate` reads of a window (the store loads only these columns for it)."""
+
+
+def aggregate(rows: Sequence[Any]) -> Aggregate:
+    """Sum up windows: ModelWindows, or anything with their AGGREGATE_FIELDS (stored rows)."""
+    if not rows:
+        return Aggregate(0, 0.0, 0.0, 0.0)
+    seconds = sum(r.end - r.start for r in rows)
+    failures: dict[str, float] = {}
+    for r in rows:
+        for k, v in (r.failures or {}).items():
+            failures[k] = failures.get(k, 0.0) + v
+    success = sum(r.success for r in rows)
+    queue = [(r.avg_queue_ms, r.success) for r in rows if r.avg_queue_ms is not None and r.success > 0]
+    return Aggregate(
+        windows=len(rows),
+        seconds=seconds,
+        requests=sum(r.requests for r in rows),
+        success=success,
+        failures=failures,
+        request_rate=sum(r.requests for r in rows) / seconds if seconds > 0 else 0.0,
+        inference_rate=sum(r.inference_rate * (r.end - r.start) for r in rows) / seconds
+        if seconds > 0
+        else 0.0,
+        avg_queue_ms=sum(q * n for q, n in queue) / sum(n for _, n in queue) if queue else None,
+        p50_ms=_quantile(0.5, rows, "latency_buckets", "p50_ms"),
+        p99_ms=_quantile(0.99, rows, "latency_buckets", "p99_ms"),
+        ttft_p50_ms=_quantile(0.5, rows, "ttft_buckets", "ttft_p50_ms"),
+        ttft_p99_ms=_quantile(0.99, rows, "ttft_buckets", "ttft_p99_ms"),
+        resets=sum(r.reset for r in rows),
+        spans_reconfiguration=sum(r.spans_reconfiguration for r in rows),
+    )
+
+
+def _quantile(q: float, rows: Sequence[Any], buckets: str, fallback: str) -> float | None:
+    summed = summed_buckets(getattr(r, buckets) for r in rows)
+    if summed.count > 0:
+        return histogram_quantile(q, summed)
+    return _max(getattr(r, fallback) for r in rows)
+
+
+def _max(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return max(present) if present else None
+
+
+def merge(rows: Sequence[ModelWindow]) -> ModelWindow:
+    """One window for several of one model, version and reconfiguration flag, oldest first:
+    counts and rates summed over time, quantiles from the summed buckets (else the worst window's),
+    the newest pending count. The per-stage averages other than the queue's are not kept."""
+    agg = aggregate(rows)
+    batches = [(r.avg_batch, r.requests) for r in rows if r.avg_batch is not None and r.requests > 0]
+    return ModelWindow(
+        model=rows[0].model,
+        start=min(r.start for r in rows),
+        end=max(r.end for r in rows),
+        config_version=rows[0].config_version,
+        spans_reconfiguration=rows[0].spans_reconfiguration,
+        reset=agg.resets > 0,
+        requests=agg.requests,
+        success=agg.success,
+        failures=agg.failures,
+        request_rate=agg.request_rate,
+        inference_rate=agg.inference_rate,
+        avg_batch=sum(b * n for b, n in batches) / sum(n for _, n in batches) if batches else None,
+        avg_queue_ms=agg.avg_queue_ms,
+        p50_ms=agg.p50_ms,
+        p90_ms=_quantile(0.9, rows, "latency_buckets", "p90_ms"),
+        p99_ms=agg.p99_ms,
+        latency_buckets=summed_buckets(r.latency_buckets for r in rows).buckets,
+        ttft_buckets=summed_buckets(r.ttft_buckets for r in rows).buckets,
+        ttft_p50_ms=agg.ttft_p50_ms,
+        ttft_p99_ms=agg.ttft_p99_ms,
+        ttft_source=next((r.ttft_source for r in rows if r.ttft_source), None),
+        latency_source=next((r.latency_source for r in rows if r.latency_source), None),
+        pending=rows[-1].pending,
+    )
+
+
+def downsample(windows: Iterable[ModelWindow], bucket_s: float = 60.0) -> list[ModelWindow]:
+    """One window per model, configuration version, reconfiguration flag and `bucket_s` bucket of
+    the end time (a window ending at 59.5 s is in [0, 60), one ending at 60 s in [60, 120)).
+    Windows that span a reconfiguration stay apart from their version's, so a trial's minutes
+    never take in another trial's traffic."""
+    groups: dict[tuple[str, int | None, bool, float], list[ModelWindow]] = {}
+    for w in sorted(windows, key=lambda w: w.end):
+        key = (w.model, w.config_version, w.spans_reconfiguration, math.floor(w.end / bucket_s) * bucket_s)
+        groups.setdefault(key, []).append(w)
+    return [merge(rows) for rows in groups.values()]
