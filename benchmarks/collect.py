@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, text
 from benchmarks import report
 from collectors.collector import Collector, TickResult
 from collectors.fleet import fleet_collector
+from controlplane.startup import register_fleet
 from collectors.parse import parse
 from collectors.window import model_window
 from domain.spec import resolve_spec
@@ -123,6 +124,7 @@ def collector_cpu(seconds: float) -> dict[str, Any]:
             store = Store(f"sqlite:///{Path(tmp) / 'slatune.db'}")
             store.upgrade()
             endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
+            register_fleet(store, spec, endpoints)
             collector: Collector = fleet_collector(store, spec, endpoints, interval_s=1.0)
             load_cmd = ["load", "--demo", "--duration", str(seconds + 10), "--data-dir", str(Path(tmp))]
             load = subprocess.Popen(

@@ -26,13 +26,11 @@ import matplotlib
 import typer
 
 from benchmarks import report
-from collectors.fleet import fleet_collector
-from controlplane.reconciler import Reconciler
+from controlplane import startup
+from controlplane.settings import Settings
 from domain.proposal import Guardrails
 from domain.spec import FleetSpec, IntRange, Knobs, resolve_spec
-from runtime.fleet import Fleet
 from runtime.load import LoadRun, demo_mix, targets_for
-from store.db import Store
 from tuner.live import LivePlant, run_study
 from tuner.loop import Outcome, TuningConfig, measure_configuration, propose_to
 
@@ -113,16 +111,14 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
     )  # fmt: skip
     with (
         tempfile.TemporaryDirectory(prefix="slatune-tune-") as tmp,
-        Fleet(spec, Path(tmp) / "fleet") as fleet,
+        startup.running(Settings(data_dir=Path(tmp), scrape_interval_s=0.5), spec, resume=False) as system,
     ):
-        store = Store(f"sqlite:///{Path(tmp) / 'slatune.db'}")
-        store.upgrade()
-        endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
+        store, fleet = system.store, system.fleet
         seconds = (grid_size + budget + 4) * (warmup_s + window_s + 3) + 60
         load = LoadRun(
             demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=seconds, seed=seed
         )
-        reconciler = Reconciler(fleet, store)
+        reconciler = system.plane.reconciler
         plant = LivePlant(reconciler, store)
         start = plant.knobs()
         # The grid visits every point in turn, however far from the last: no step limit for it.
@@ -133,40 +129,38 @@ def run(warmup_s: float, window_s: float, seed: int) -> dict[str, Any]:
             assert proposal.accepted, proposal.refused
             return measure_configuration(spec, plant, proposal, config, number, reason)
 
-        with fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False).running():
-            load.start()
-            try:
-                time.sleep(3)
-                began = time.monotonic()
-                default = measure(start, 0, "benchmark: default")
-                default_s = time.monotonic() - began
+        load.start()
+        try:
+            time.sleep(3)
+            began = time.monotonic()
+            default = measure(start, 0, "benchmark: default")
+            default_s = time.monotonic() - began
 
-                began = time.monotonic()
-                grid = []
-                for i, knobs in enumerate(grid_configs(start)):
-                    grid.append(measure(knobs, i, f"benchmark: grid {i}"))
-                    g = grid[-1]
-                    assert g.score is not None
-                    print(
-                        f"grid {i + 1:2d}/{grid_size}: goodput {g.score.bulk_goodput:6.1f}/s feasible {g.score.feasible}",
-                        flush=True,
-                    )
-                grid_s = time.monotonic() - began
-
-                plant.apply(
-                    propose_to(spec, plant, start, grid_rails), "benchmark: back to the default before tuning"
+            began = time.monotonic()
+            grid = []
+            for i, knobs in enumerate(grid_configs(start)):
+                grid.append(measure(knobs, i, f"benchmark: grid {i}"))
+                g = grid[-1]
+                assert g.score is not None
+                print(
+                    f"grid {i + 1:2d}/{grid_size}: goodput {g.score.bulk_goodput:6.1f}/s feasible {g.score.feasible}",
+                    flush=True,
                 )
-                began = time.monotonic()
-                tuned = run_study(
-                    reconciler, store, config, "benchmark", f"sqlite:///{Path(tmp) / 'optuna.db'}", seed=seed,
-                    on_outcome=lambda o: print(f"tuner trial {o.trial}: {summary(spec, o)['bulk_goodput'] if o.score else 'refused'}", flush=True),
-                )  # fmt: skip
-                tuner_s = time.monotonic() - began
-                again = measure(tuned.best, 99, "benchmark: re-measure the winner") if tuned.best else None
-            finally:
-                load.stop()
-                load.join()
-        store.dispose()
+            grid_s = time.monotonic() - began
+
+            plant.apply(
+                propose_to(spec, plant, start, grid_rails), "benchmark: back to the default before tuning"
+            )
+            began = time.monotonic()
+            tuned = run_study(
+                reconciler, store, config, "benchmark", f"sqlite:///{Path(tmp) / 'optuna.db'}", seed=seed,
+                on_outcome=lambda o: print(f"tuner trial {o.trial}: {summary(spec, o)['bulk_goodput'] if o.score else 'refused'}", flush=True),
+            )  # fmt: skip
+            tuner_s = time.monotonic() - began
+            again = measure(tuned.best, 99, "benchmark: re-measure the winner") if tuned.best else None
+        finally:
+            load.stop()
+            load.join()
 
     feasible = [g for g in grid if g.score is not None and g.score.feasible]
     grid_best = max(feasible, key=lambda g: g.score.bulk_goodput) if feasible else None  # type: ignore[union-attr]

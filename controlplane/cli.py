@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,18 +21,16 @@ from rich.table import Table
 from rich.text import Text
 
 from collectors.fleet import fleet_collector
-from controlplane.app import create_app
+from controlplane import startup
 from controlplane.plane import ControlPlane
-from controlplane.serve import ApiServer
 from controlplane.settings import Settings, get_settings
-from domain.spec import FleetSpec, Knobs, Sla, SpecError, memory_problems, resolve_spec
+from domain.spec import FleetSpec, Knobs, Sla, SpecError, resolve_spec
 from domain.stats import LoadReport, ModelStats, format_ms
 from domain.windows import ModelWindow
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadRun, ModelLoad, demo_mix, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
-from store import configs, queries
 from store.db import Store, StoreError
 from store.models import TuningRun
 
@@ -97,13 +93,8 @@ def _start(spec: FleetSpec, work_dir: Path) -> Fleet:
     ):
         fleet.start()
     console.print(f"[green]fleet {spec.name!r} up and serving in {time.monotonic() - began:.1f} s[/green]")
-    for s in spec.servers:
-        e = fleet.endpoints(s.name)
-        logp = fleet.log_path(s.name)
-        console.print(
-            f"  {s.name}: grpc {e.grpc}  http {e.http}  metrics {e.metrics_url}"
-            + (f"  log {logp}" if logp else "")
-        )
+    for line in startup.fleet_lines(fleet):
+        console.print(line)
     return fleet
 
 
@@ -327,35 +318,6 @@ def fleet_up(spec: SpecOpt = None, data_dir: DataDirOpt = None) -> None:
         console.print("fleet stopped")
 
 
-def _starting_knobs(spec: FleetSpec, store: Store) -> FleetSpec:
-    """The spec with each model's last applied configuration from the store, where one fits, so a
-    restarted control plane serves what it served before (managed servers start from the spec)."""
-    with store.session() as session:
-        applied = {name: Knobs.model_validate(v.knobs) for name, v in configs.applied(session).items()}
-    resumed = {m.name: applied[m.name] for m in spec.models if m.name in applied}
-    if not resumed or memory_problems(spec, {**{m.name: m.knobs for m in spec.models}, **resumed}):
-        return spec
-    changed = [n for n, k in resumed.items() if k != spec.model(n).knobs]
-    if changed:
-        console.print(f"resuming the last applied configuration of {', '.join(changed)} from the store")
-    return spec.model_copy(
-        update={"models": [m.model_copy(update={"knobs": resumed.get(m.name, m.knobs)}) for m in spec.models]}
-    )
-
-
-def _record_start(fleet: Fleet, store: Store) -> None:
-    """Models that run other knobs than their applied version (started from the spec) get a new
-    applied version, actor "startup", so the history says what runs."""
-    with store.session() as session:
-        applied = configs.applied(session)
-        for name, knobs in fleet.all_knobs().items():
-            v = applied.get(name)
-            if v is not None and Knobs.model_validate(v.knobs) != knobs:
-                queries.record_applied(
-                    session, name, knobs.model_dump(), "startup", "started from the spec's knobs", time.time()
-                )
-
-
 def summary_table(plane: ControlPlane, title: str) -> Table:
     """Per model over the last 10 s, from the store: rate, p99 (TTFT for chat) against its SLA, knobs."""
     t = Table(title=title, title_justify="left")
@@ -461,55 +423,41 @@ def up(
                 "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
             ) from None
     fs = _spec(spec)
-    store = Store(settings.database_url)
-    with console.status(f"migrating the store {store.safe_url}"), failing_with(1, StoreError):
-        store.upgrade()
-    if not from_spec and not demo_load:
-        fs = _starting_knobs(fs, store)
-    fleet = _start(fs, settings.fleet_dir)
-    _record_start(fleet, store)
-    plane = ControlPlane(settings, store, fleet)
-    api: ApiServer | None = None
     load: LoadRun | None = None
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        with failing_with(1, StoreError, OSError):
-            plane.start()
-            token = settings.token()
-            api = ApiServer(create_app(plane, token), settings.api_host, settings.api_port)
-            api.start()
-        gc.freeze()  # start-up's objects are kept for good: full collections need not walk them again
-        # A thread waiting for the GIL (an API request behind a collector tick) waits out the
-        # holder's switch interval: 5 ms by default, a fifth of the API's latency budget.
-        sys.setswitchinterval(0.001)
-        console.print(
-            f"[green]slatune is up[/green]: API {api.url}/api/v1  docs {api.url}/docs  metrics {api.url}/metrics"
-        )
-        token_from = "SLATUNE_API_TOKEN" if settings.api_token else str(settings.data_dir / "api-token")
-        console.print(f"  bearer token for changes: {token_from}")
-        console.print(
-            f"  store {store.safe_url}; tuning studies {settings.optuna_url}; fleet files {settings.fleet_dir}"
-        )
-        if demo_load:
-            duration = duration or 300.0
-            load = LoadRun(
-                demo_mix(), targets_for(fs, lambda s: fleet.endpoints(s).grpc),
-                duration_s=duration, max_requests=int(duration * 200),
-            ).start()  # fmt: skip
-        _watch(plane, duration, demo_load, tune_budget, tune_window)
+        with (
+            failing_with(1, StoreError, ServerError, OSError, ValueError),
+            startup.running(
+                settings, fs, resume=not from_spec and not demo_load, api=True, say=console.print
+            ) as system,
+        ):
+            assert system.api is not None
+            url = system.api.url
+            console.print(
+                f"[green]slatune is up[/green]: API {url}/api/v1  docs {url}/docs  metrics {url}/metrics"
+            )
+            token_from = "SLATUNE_API_TOKEN" if settings.api_token else str(settings.data_dir / "api-token")
+            console.print(f"  bearer token for changes: {token_from}")
+            console.print(
+                f"  store {system.store.safe_url}; tuning studies {settings.optuna_url}; fleet files {settings.fleet_dir}"
+            )
+            try:
+                if demo_load:
+                    duration = duration or 300.0
+                    load = LoadRun(
+                        demo_mix(), targets_for(fs, lambda s: system.fleet.endpoints(s).grpc),
+                        duration_s=duration, max_requests=int(duration * 200),
+                    ).start()  # fmt: skip
+                _watch(system.plane, duration, demo_load, tune_budget, tune_window)
+            finally:
+                console.print("stopping: traffic, tuning, reconciler, collectors, API, fleet")
+                if load is not None:
+                    load.stop()
+                    load.join()
     except KeyboardInterrupt:
         pass
-    finally:
-        with console.status("stopping: tuning, reconciler, collectors, API, fleet"):
-            if load is not None:
-                load.stop()
-                load.join()
-            plane.stop()
-            if api is not None:
-                api.stop()
-            fleet.stop()
-            store.dispose()
-        console.print("slatune stopped")
+    console.print("slatune stopped")
 
 
 def _watch(
@@ -591,6 +539,7 @@ def collect(
         store = _store(database_url)
         store.require_head()
     settings = get_settings()
+    startup.register_fleet(store, running.spec, running.endpoints)
     collector = fleet_collector(
         store, running.spec, running.endpoints, interval_s=interval, retention_raw_s=settings.retention_raw_s
     )

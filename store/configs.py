@@ -52,6 +52,12 @@ def propose(
     return row
 
 
+def set_sla(session: Session, model: str, metric: str, target_ms: float) -> None:
+    """A person's SLA for `model`: in force until they or the spec change it again."""
+    row = model_row(session, model)
+    row.sla_metric, row.sla_target_ms = metric, target_ms
+
+
 def record(session: Session, proposal: Proposal, reason: str, at: float) -> dict[str, ConfigVersion]:
     """The desired versions of an accepted proposal's changes (none when nothing changes). Every
     writer of configurations records through here, with what `domain.proposal.propose` allowed."""

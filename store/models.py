@@ -68,6 +68,10 @@ class Model(Base):
     device: Mapped[str] = mapped_column(String(128))
     sla_metric: Mapped[str | None] = mapped_column(String(32))
     sla_target_ms: Mapped[float | None] = mapped_column(Float)
+    """The SLA in force: the spec's, or one a person set since through the API."""
+    spec_sla_metric: Mapped[str | None] = mapped_column(String(32))
+    spec_sla_target_ms: Mapped[float | None] = mapped_column(Float)
+    """The spec's SLA when the store last saw it: a spec that changes it again wins over a person's."""
 
     server: Mapped[Server] = relationship(back_populates="models")
 

@@ -51,14 +51,16 @@ def sync_fleet(
     ids = {}
     for m in models:
         mrow = session.scalar(select(Model).where(Model.name == m.name))
-        values = dict(server_id=server_ids[m.server], role=m.role, device=m.device,
-                      sla_metric=m.sla_metric, sla_target_ms=m.sla_target_ms)  # fmt: skip
         if mrow is None:
-            mrow = Model(name=m.name, **values)
+            mrow = Model(name=m.name)
             session.add(mrow)
-        else:
-            for k, v in values.items():
-                setattr(mrow, k, v)
+        mrow.server_id, mrow.role, mrow.device = server_ids[m.server], m.role, m.device
+        # The newest decision wins: the spec's SLA when it is new or changed since the store last
+        # saw it, else the one in force (a person's change through the API survives a restart).
+        spec_sla = (m.sla_metric, m.sla_target_ms)
+        if spec_sla != (mrow.spec_sla_metric, mrow.spec_sla_target_ms):
+            mrow.sla_metric, mrow.sla_target_ms = spec_sla
+            mrow.spec_sla_metric, mrow.spec_sla_target_ms = spec_sla
         session.flush()
         ids[m.name] = mrow.id
     return ids
@@ -66,6 +68,11 @@ def sync_fleet(
 
 def model_ids(session: Session) -> dict[str, int]:
     return {name: id_ for name, id_ in session.execute(select(Model.name, Model.id))}
+
+
+def models(session: Session, names: Iterable[str]) -> dict[str, Model]:
+    """The named models' rows by name (those the store has)."""
+    return {m.name: m for m in session.scalars(select(Model).where(Model.name.in_(list(names))))}
 
 
 def record_applied(

@@ -16,6 +16,7 @@ import pytest
 from collectors.collector import Collector, Target
 from collectors.fleet import fleet_collector
 from collectors.nvml import NvmlCollector
+from controlplane.startup import register_fleet
 from domain.spec import load_spec
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, ModelLoad, targets_for
@@ -36,6 +37,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def collecting(default_fleet: Fleet, store: Store) -> Iterator[Collector]:
     endpoints = {s.name: default_fleet.endpoints(s.name) for s in default_fleet.spec.servers}
+    register_fleet(store, default_fleet.spec, endpoints)
     collector = fleet_collector(store, default_fleet.spec, endpoints, interval_s=0.5)
     collector.tick()  # the baseline scrape: windows start from here
     with collector.running():
@@ -134,6 +136,7 @@ def test_a_server_restart_is_a_reset_not_a_negative_rate(tmp_path: Path) -> None
     store.upgrade()
     with Fleet(spec, tmp_path / "work") as fleet:
         endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
+        register_fleet(store, spec, endpoints)
         collector = fleet_collector(store, spec, endpoints, interval_s=0.5)
         collector.tick()
         proc = fleet._servers["triton0"].process

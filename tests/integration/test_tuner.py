@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from collectors.fleet import fleet_collector
 from controlplane.reconciler import Reconciler
+from controlplane.startup import register_fleet
 from domain.proposal import Guardrails
 from domain.spec import embedded_spec_path, load_spec
 from runtime.fleet import Fleet
@@ -58,6 +59,7 @@ def live(tmp_path: Path) -> Iterator[tuple[Fleet, Store, LivePlant]]:
     store.upgrade()
     with Fleet(spec, tmp_path / "fleet") as fleet:
         endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
+        register_fleet(store, spec, endpoints)
         with fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False).running():
             load = LoadRun(
                 demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=240, seed=7

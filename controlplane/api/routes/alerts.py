@@ -5,25 +5,25 @@ calls Triton itself."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from controlplane.api.deps import Authorized, PlaneDep, SessionDep
 from controlplane.api.proposals import proposal, version_out
 from controlplane.api.schemas import AlertOut, AmWebhook, ErrorOut, WebhookOut
 from controlplane.policy import Alert, KnownGood, on_alert
 from domain.spec import Knobs
+from store import alerts as alert_store
 from store import configs
-from store.models import AlertReceived, TuningRun
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
 
-def known_good(session: SessionDep) -> KnownGood | None:
+def known_good(session: Session) -> KnownGood | None:
     """The best configuration of the newest tuning run that found one."""
-    for run in session.scalars(select(TuningRun).order_by(TuningRun.id.desc())):
-        if run.best and run.best.get("knobs"):
-            return KnownGood(run.id, {m: Knobs.model_validate(k) for m, k in run.best["knobs"].items()})
-    return None
+    best = alert_store.newest_best(session)
+    if best is None:
+        return None
+    return KnownGood(best[0], {m: Knobs.model_validate(k) for m, k in best[1].items()})
 
 
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -31,51 +31,34 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }  # fmt: skip
 
 
-def _fits(value: str, length: int) -> str:
-    """As its column holds it (an alert is recorded, not refused, for an odd label): at most
-    `length` characters and no NUL, which PostgreSQL refuses."""
-    return value.replace("\x00", "")[:length]
-
-
 @router.post("", response_model=WebhookOut, responses=ERRORS, dependencies=[Authorized])
-def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut:
+def webhook(body: AmWebhook, plane: PlaneDep) -> WebhookOut:
     """Alertmanager's webhook (point a `webhook_configs` receiver here with
     `http_config.authorization.credentials` set to the token). A firing alert labelled with a
     latency-critical `model` falls back to the newest tuning run's best configuration."""
     now = plane.clock()
     decisions, proposed = [], []
-    good = known_good(session)
-    for a in body.alerts:
-        name = a.labels.get("alertname", "unnamed")
-        model = a.labels.get("model")
-        row = AlertReceived(
-            received_at=now,
-            status=a.status,
-            alertname=_fits(name, 128),
-            fingerprint=a.fingerprint and _fits(a.fingerprint, 64),
-            model=model and _fits(model, 128),
-            labels=a.labels,
-            annotations=a.annotations,
-            starts_at=a.startsAt and _fits(a.startsAt, 64),
-            ends_at=a.endsAt and _fits(a.endsAt, 64),
-            handled=False,
-        )
-        session.add(row)
-        plane.metrics.alerts.labels(name, a.status).inc()
-        decision = on_alert(plane.fleet.spec, Alert(name, a.status, model), plane.fleet.all_knobs(), good)
-        decisions.append(decision.reason)
-        plane.metrics.decisions.labels("propose" if decision.proposed else "none").inc()
-        if not decision.proposed:
-            continue
-        # A fallback to a configuration a tuning run measured safe: at once, not step by step.
-        p = proposal(plane, session, decision.proposed, "alert", known_safe=True)
-        if not p.accepted:
-            decisions.append(f"refused by the guardrails: {p.refused}")
-            continue
-        versions = configs.record(session, p, decision.reason, now)
-        proposed += [version_out(m, v) for m, v in versions.items()]
-        row.handled = row.handled or bool(versions)
-    session.commit()
+    with plane.store.session() as session:  # committed before the reconciler is nudged
+        good = known_good(session)
+        for a in body.alerts:
+            row = alert_store.record(
+                session, now, a.status, a.labels, a.annotations, a.fingerprint, a.startsAt, a.endsAt
+            )
+            name, model = a.labels.get("alertname", "unnamed"), a.labels.get("model")
+            plane.metrics.alerts.labels(name, a.status).inc()
+            decision = on_alert(plane.fleet.spec, Alert(name, a.status, model), plane.fleet.all_knobs(), good)
+            decisions.append(decision.reason)
+            plane.metrics.decisions.labels("propose" if decision.proposed else "none").inc()
+            if not decision.proposed:
+                continue
+            # A fallback to a configuration a tuning run measured safe: at once, not step by step.
+            p = proposal(plane, session, decision.proposed, "alert", known_safe=True)
+            if not p.accepted:
+                decisions.append(f"refused by the guardrails: {p.refused}")
+                continue
+            versions = configs.record(session, p, decision.reason, now)
+            proposed += [version_out(m, v) for m, v in versions.items()]
+            row.handled = row.handled or bool(versions)
     plane.reconciler.nudge()
     return WebhookOut(recorded=len(body.alerts), decisions=decisions, proposed=proposed)
 
@@ -83,7 +66,6 @@ def webhook(body: AmWebhook, plane: PlaneDep, session: SessionDep) -> WebhookOut
 @router.get("", response_model=list[AlertOut], responses={422: {"model": ErrorOut}})
 def alerts(session: SessionDep, limit: int = Query(100, ge=1, le=10_000)) -> list[AlertOut]:
     """Alerts received, newest first."""
-    rows = session.scalars(select(AlertReceived).order_by(AlertReceived.id.desc()).limit(limit))
     return [
         AlertOut(
             id=r.id,
@@ -95,5 +77,5 @@ def alerts(session: SessionDep, limit: int = Query(100, ge=1, le=10_000)) -> lis
             annotations=r.annotations,
             handled=r.handled,
         )
-        for r in rows
+        for r in alert_store.received(session, limit)
     ]

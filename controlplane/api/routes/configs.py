@@ -42,9 +42,7 @@ def _settle(plane: ControlPlane, out: ProposalOut, wait: bool, response: Respons
 
 
 @router.post("", response_model=ProposalOut, responses=PROPOSED, dependencies=[Authorized])
-def propose(
-    model: str, body: ProposalIn, plane: PlaneDep, session: SessionDep, response: Response
-) -> ProposalOut:
+def propose(model: str, body: ProposalIn, plane: PlaneDep, response: Response) -> ProposalOut:
     """Propose new knobs for a model. A dry run shows the diff, the memory check and the
     guardrails' clips, and records nothing. Otherwise the clipped knobs become the model's desired
     configuration (202) and the reconciler applies them; `wait` returns once applied (200)."""
@@ -54,28 +52,26 @@ def propose(
     if "resources" in patch:  # merged: naming one resource keeps the others; a count of 0 drops one
         patch["resources"] = {**current.resources, **patch["resources"]}
     target = Knobs.model_validate({**current.model_dump(), **patch})
-    out = propose_one(
-        plane, session, model, target, reason=body.reason or "proposed through the API",
-        dry_run=body.dry_run,
-    )  # fmt: skip
-    session.commit()
+    with plane.store.session() as session:  # committed before the reconciler is nudged
+        out = propose_one(
+            plane, session, model, target, reason=body.reason or "proposed through the API",
+            dry_run=body.dry_run,
+        )  # fmt: skip
     return _settle(plane, out, body.wait, response)
 
 
 @router.post("/rollback", response_model=ProposalOut, responses=PROPOSED, dependencies=[Authorized])
-def rollback(
-    model: str, body: RollbackIn, plane: PlaneDep, session: SessionDep, response: Response
-) -> ProposalOut:
+def rollback(model: str, body: RollbackIn, plane: PlaneDep, response: Response) -> ProposalOut:
     """Go back to a previous version's knobs: a new desired version, through the same guardrails."""
     known_model(plane, model)
-    old = configs.version(session, model, body.version)
-    if old is None:
-        raise ApiError(404, f"{model} has no configuration version {body.version}", "body.version")
-    out = propose_one(
-        plane, session, model, Knobs.model_validate(old.knobs),
-        reason=body.reason or f"rollback to version {old.id}", dry_run=body.dry_run,
-    )  # fmt: skip
-    session.commit()
+    with plane.store.session() as session:  # committed before the reconciler is nudged
+        old = configs.version(session, model, body.version)
+        if old is None:
+            raise ApiError(404, f"{model} has no configuration version {body.version}", "body.version")
+        out = propose_one(
+            plane, session, model, Knobs.model_validate(old.knobs),
+            reason=body.reason or f"rollback to version {old.id}", dry_run=body.dry_run,
+        )  # fmt: skip
     return _settle(plane, out, body.wait, response)
 
 

@@ -8,6 +8,7 @@ from controlplane.api.deps import ApiError, Authorized, PlaneDep, SessionDep, kn
 from controlplane.api.schemas import ErrorOut, SlaIn
 from controlplane.plane import slas_of
 from domain.spec import Sla
+from store import configs
 from store.configs import model_row
 
 router = APIRouter(prefix="/models/{model}/sla", tags=["slas"])
@@ -32,6 +33,5 @@ def put_sla(model: str, body: SlaIn, plane: PlaneDep, session: SessionDep) -> Sl
     bad = sla.problem(plane.fleet.spec.model(model).streaming)
     if bad is not None:
         raise ApiError(422, f"{model}: {bad[1]}", f"body.{bad[0]}")
-    row = model_row(session, model)
-    row.sla_metric, row.sla_target_ms = sla.metric, sla.target_ms
+    configs.set_sla(session, model, sla.metric, sla.target_ms)
     return sla
