@@ -28,9 +28,9 @@ from sqlalchemy import create_engine, text
 from benchmarks import report
 from collectors.collector import Collector, TickResult
 from collectors.fleet import fleet_collector
-from controlplane.startup import register_fleet
 from collectors.parse import parse
 from collectors.window import model_window
+from controlplane.startup import register_fleet
 from domain.spec import resolve_spec
 from domain.stats import percentile
 from runtime.fleet import Fleet
