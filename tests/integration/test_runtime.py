@@ -163,7 +163,11 @@ def test_each_knob_is_reconfigured_live_and_read_back(
             "max_queue_delay_us: Input should be greater than or equal to 0",
         ),
         ("embeddings", {"instances": 16}, "knobs.instances: device 'dev0': instances need"),
-        ("reranker", {"resources": {"compute": 5}}, "knobs.resources.compute: asks for 5 but server 'triton0' has 2"),
+        (
+            "reranker",
+            {"resources": {"compute": 5}},
+            "knobs.resources.compute: asks for 5 but server 'triton0' has 2",
+        ),
         ("reranker", {"speed": 11}, "unknown knob(s) speed"),
     ],
 )
