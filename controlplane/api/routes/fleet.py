@@ -4,15 +4,13 @@ asked for."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from controlplane.api.deps import PlaneDep, SessionDep, known_model
 from controlplane.api.proposals import version_out
 from controlplane.api.schemas import DeviceOut, ErrorOut, FleetOut, ModelOut, ServerOut
 from controlplane.plane import ControlPlane, slas_of
 from domain.spec import device_memory_used
-from store import configs
-from store.models import Model
+from store import configs, queries
 
 router = APIRouter(tags=["fleet"])
 
@@ -55,7 +53,7 @@ def devices(plane: PlaneDep) -> list[DeviceOut]:
 
 def _models(plane: ControlPlane, session: SessionDep, names: list[str]) -> list[ModelOut]:
     applied, desired = configs.applied(session), configs.desired(session)
-    rows = {m.name: m for m in session.scalars(select(Model).where(Model.name.in_(names)))}
+    rows = queries.models(session, names)
     slas = slas_of(list(rows.values()))
     knobs = plane.fleet.all_knobs()
     out = []

@@ -7,13 +7,13 @@ from typing import Any
 
 import optuna
 from fastapi import APIRouter, Response
-from sqlalchemy import select
 
 from controlplane.api.deps import ApiError, Authorized, IdPath, PlaneDep, SessionDep
 from controlplane.api.schemas import ErrorOut, TrialOut, TuningIn, TuningOut
 from controlplane.plane import ControlPlane
 from controlplane.tuning import TuningBusy
 from domain.spec import Knobs
+from store import tuning
 from store.models import TuningRun
 
 router = APIRouter(prefix="/tuning", tags=["tuning"])
@@ -54,7 +54,7 @@ def _trials(plane: ControlPlane, run: TuningRun) -> list[TrialOut]:
 
 
 def _run(session: SessionDep, run_id: int) -> TuningRun:
-    run = session.get(TuningRun, run_id)
+    run = tuning.run(session, run_id)
     if run is None:
         raise ApiError(404, f"no tuning run {run_id}", "path.run_id")
     return run
@@ -72,7 +72,7 @@ def start(body: TuningIn, plane: PlaneDep, session: SessionDep) -> TuningOut:
     for i, m in enumerate(body.models or []):
         if m not in names:
             raise ApiError(422, f"unknown model {m!r} (fleet has: {', '.join(names)})", f"body.models.{i}")
-    if body.study_name and session.scalar(select(TuningRun).where(TuningRun.study_name == body.study_name)):
+    if body.study_name and tuning.study_exists(session, body.study_name):
         raise ApiError(409, f"study {body.study_name!r} exists; pick another name", "body.study_name")
     try:
         run_id = plane.tuning.start(
@@ -88,7 +88,7 @@ def start(body: TuningIn, plane: PlaneDep, session: SessionDep) -> TuningOut:
 @router.get("", response_model=list[TuningOut])
 def runs(session: SessionDep) -> list[TuningOut]:
     """Every tuning run, newest first (without trials)."""
-    return [_out(r) for r in session.scalars(select(TuningRun).order_by(TuningRun.id.desc()))]
+    return [_out(r) for r in tuning.runs(session)]
 
 
 @router.get("/{run_id}", response_model=TuningOut, responses=ERRORS)
