@@ -21,6 +21,7 @@ from collectors.nvml import NvmlCollector
 from collectors.parse import ParseError, Scrape, parse
 from collectors.selfmetrics import CollectorMetrics
 from collectors.window import device_window, model_window
+from domain.health import Heartbeat
 from domain.windows import DeviceWindow, ModelWindow
 from store import queries
 from store.db import Store
@@ -79,6 +80,8 @@ class Collector:
         self.retention_raw_s = retention_raw_s
         self.downsample_every_s = downsample_every_s
         self._last_downsample = clock()
+        # A pass scrapes every server under its own deadline: far past a few intervals is a hang.
+        self.heartbeat = Heartbeat("collector", stuck_after_s=max(10 * interval_s, 30.0))
 
     def close(self) -> None:
         self._http.close()
@@ -170,12 +173,15 @@ class Collector:
 
     def run(self, stop: threading.Event) -> None:
         """Tick every interval until `stop` is set. Store errors are logged and the loop goes on."""
+        self.heartbeat.start()
         while not stop.is_set():
             began = time.monotonic()
             try:
                 self.tick()
-            except Exception:  # a store outage must not end collection
+                self.heartbeat.beat()
+            except Exception as exc:  # a store outage must not end collection
                 log.exception("collector tick failed")
+                self.heartbeat.beat(f"{exc.__class__.__name__}: {exc}")
             stop.wait(max(self.interval_s - (time.monotonic() - began), 0.0))
 
     def start(self) -> tuple[threading.Thread, threading.Event]:
@@ -193,4 +199,5 @@ class Collector:
         finally:
             stop.set()
             thread.join(5)
+            self.heartbeat.stop()
             self.close()

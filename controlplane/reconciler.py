@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controlplane.telemetry import ControlPlaneMetrics
+from domain.health import Heartbeat
 from domain.spec import Knobs
 from runtime.fleet import Fleet, ReconfigurationError
 from store import configs
@@ -98,6 +99,8 @@ class Reconciler:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._lock = threading.Lock()
+        # A cycle applies one change at most per model, each bounded by the runtime's deadlines.
+        self.heartbeat = Heartbeat("reconciler", stuck_after_s=max(4 * poll_s, 60.0))
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -255,6 +258,7 @@ class Reconciler:
 
     def start(self) -> None:
         self._stopping.clear()
+        self.heartbeat.start()
         self._thread = threading.Thread(target=self._run, name="slatune-reconciler", daemon=True)
         self._thread.start()
 
@@ -264,6 +268,7 @@ class Reconciler:
         if self._thread is not None:
             self._thread.join(timeout=60)
             self._thread = None
+        self.heartbeat.stop()
 
     @property
     def running(self) -> bool:
@@ -273,7 +278,9 @@ class Reconciler:
         while not self._stopping.is_set():
             try:
                 self.reconcile_once()
-            except Exception:  # a store outage must not end reconciliation for good
+                self.heartbeat.beat()
+            except Exception as exc:  # a store outage must not end reconciliation for good
                 log.exception("reconcile cycle failed; next one in %.0f s", self.poll_s)
+                self.heartbeat.beat(f"{exc.__class__.__name__}: {exc}")
             self._wake.wait(self.poll_s)
             self._wake.clear()

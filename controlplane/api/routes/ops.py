@@ -26,8 +26,9 @@ async def healthz() -> HealthOut:  # async: nothing to wait for, no worker threa
 
 @router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def readyz(plane: PlaneDep, response: Response) -> HealthOut:
-    """Readiness: the store answers, the reconciler runs, and every server's metrics answered
-    their last scrape. 503 naming what is not ready otherwise."""
+    """Readiness: the store answers, the reconciler and the collector each finished a pass lately
+    without failing, and every server's metrics answered their last scrape. 503 naming what is not
+    ready otherwise (a loop is "stuck" or "failing", with why)."""
     checks = {}
     try:
         with plane.store.session() as session:
@@ -35,7 +36,8 @@ def readyz(plane: PlaneDep, response: Response) -> HealthOut:
         checks["store"] = "ok"
     except Exception as exc:
         checks["store"] = f"unreachable: {exc}"
-    checks["reconciler"] = "ok" if plane.reconciler.running else "not running"
+    checks["reconciler"] = plane.reconciler.heartbeat.status()
+    checks["collector"] = plane.collector.heartbeat.status() if plane.collector is not None else "not running"
     stale = plane.collector.stale() if plane.collector is not None else []
     for s in plane.fleet.spec.servers:
         checks[f"server:{s.name}"] = "stale (its last scrape failed)" if s.name in stale else "ok"
