@@ -15,7 +15,7 @@ import optuna
 import typer
 from prometheus_client import start_http_server
 from pydantic import ValidationError
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -47,6 +47,7 @@ db_app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 console = Console()
+log = logging.getLogger("slatune.cli")
 
 SpecOpt = Annotated[
     str | None,
@@ -460,10 +461,27 @@ def up(
     console.print("slatune stopped")
 
 
+def _view(plane: ControlPlane, title: str, run_id: int | None) -> RenderableType:
+    """The live table and the tuning line; when the store cannot be read, a line that says so.
+    The fleet keeps serving either way: nothing a view reads may stop it."""
+    try:
+        return Group(summary_table(plane, title), Text(_tuning_line(plane, run_id)))
+    except Exception as exc:
+        loops = f"collector {plane.collector.heartbeat.status() if plane.collector else 'not running'}; "
+        loops += f"reconciler {plane.reconciler.heartbeat.status()}"
+        return Text(
+            f"{title}\nthe store cannot be read ({exc.__class__.__name__}: {str(exc)[:200]}); "
+            f"the fleet keeps serving. {loops}",
+            style="yellow",
+        )
+
+
 def _watch(
     plane: ControlPlane, duration: float | None, demo_load: bool, budget: int, window_s: float
 ) -> None:
-    """The live table until `duration` or Ctrl-C; the demo's tuning run starts after a baseline."""
+    """The live table until `duration` or Ctrl-C; the demo's tuning run starts after a baseline.
+    A control-plane error (the store down, say) is shown and retried, never a reason to stop: only
+    the operator stops the fleet."""
     began = time.monotonic()
     baseline_s = min(window_s, 15.0)
     run_id: int | None = None
@@ -472,17 +490,20 @@ def _watch(
         while duration is None or time.monotonic() - began < duration:
             elapsed = time.monotonic() - began
             if demo_load and run_id is None and elapsed >= baseline_s:
-                run_id = plane.tuning.start(budget=budget, window_s=window_s, warmup_s=3.0, models=None)
-            if not console.is_terminal and elapsed - printed >= 10:  # a log, not a live screen
-                printed = elapsed
-                console.print(summary_table(plane, f"slatune up: {elapsed:.0f} s, last 10 s"))
-                console.print(_tuning_line(plane, run_id))
+                try:
+                    run_id = plane.tuning.start(budget=budget, window_s=window_s, warmup_s=3.0, models=None)
+                except Exception as exc:  # the store is down: try again on the next tick
+                    log.warning("the demo's tuning run could not start yet: %s", exc)
             title = (
                 f"slatune up: {elapsed:.0f} s"
                 + (f" of {duration:.0f} s" if duration else "")
                 + ", last 10 s; Ctrl-C stops"
             )
-            live.update(Group(summary_table(plane, title), Text(_tuning_line(plane, run_id))))
+            view = _view(plane, title, run_id)
+            if not console.is_terminal and elapsed - printed >= 10:  # a log, not a live screen
+                printed = elapsed
+                console.print(view)
+            live.update(view)
             time.sleep(1.0)
 
 
