@@ -61,7 +61,7 @@ test: lint services migrations
 
 bench: setup services
 	$(BIN)/python -m benchmarks.reconfigure
-	$(BIN)/python -m benchmarks.reconfigure --guard-timeout-ms 250
+	$(BIN)/python -m benchmarks.reconfigure --guard-timeout-ms 750
 	$(BIN)/python -m benchmarks.collect
 	$(BIN)/python -m benchmarks.tune
 	$(BIN)/python -m benchmarks.api
