@@ -16,7 +16,7 @@ is the same for the live fleet and for anything else that can apply knobs and re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,6 +63,9 @@ class TuningConfig:
     """How often a trial's partial window is checked for a badly broken SLA."""
     cut_factor: float = 2.0
     """An SLA broken by more than this many times its target cuts the trial short."""
+    settle_max_s: float = 30.0
+    """After a restore, how long the tuner may wait for the latency-critical models to meet their
+    SLAs again (the queues a broken trial built draining) before it measures anything."""
     remeasure_top: int = 2
     models: tuple[str, ...] | None = None
     """Models whose knobs are searched (all by default)."""
@@ -262,8 +265,22 @@ class Tuner:
         return measure_configuration(self.spec, self.plant, proposal, self.config, number, reason)
 
     def _restore_safe(self) -> None:
-        """Back to the best feasible configuration measured so far."""
-        self.apply_best_so_far("tuner: restore the best safe configuration")
+        """Back to the best feasible configuration measured so far, then settled: the queues the
+        broken trial built drain before the next measurement, which would be charged with them."""
+        if self.apply_best_so_far("tuner: restore the best safe configuration") is not None:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait, at most `settle_max_s`, until every latency-critical model meets its SLA over the
+        last `check_every_s` again."""
+        began = self.plant.now()
+        while (waited := self.plant.now() - began) < self.config.settle_max_s:
+            self.plant.sleep(min(self.config.check_every_s, self.config.settle_max_s - waited))
+            recent = self.plant.measure(self.plant.now() - self.config.check_every_s)
+            if score(self.spec, recent, self.plant.knobs()).feasible:
+                log.info("settled %.0f s after the restore", self.plant.now() - began)
+                return
+        log.warning("not settled %.0f s after the restore; measuring on", self.config.settle_max_s)
 
     def apply_best_so_far(
         self, reason: str = "tuner: stopped; the best feasible configuration so far"
@@ -304,15 +321,24 @@ class Tuner:
         return sum(t.state == TrialState.COMPLETE for t in self.study.trials)
 
     def _best_feasible(self, n: int) -> list[FrozenTrial]:
-        done = [
-            t for t in self.study.trials
-            if t.state == TrialState.COMPLETE and "knobs" in t.user_attrs and all(c <= 0 for c in constraints_of(t))
-        ]  # fmt: skip
-        return sorted(done, key=lambda t: t.value or 0.0, reverse=True)[:n]
+        return best_feasible(self.study.trials, n)
 
     def _fail_interrupted(self) -> None:
-        """A trial still RUNNING belongs to a run that died: it is failed, never told twice."""
-        for t in self.study.trials:
-            if t.state == TrialState.RUNNING:
-                log.warning("trial %d was interrupted; marked failed", t.number)
-                self.study.tell(t.number, state=TrialState.FAIL)
+        fail_interrupted(self.study)
+
+
+def best_feasible(trials: Sequence[FrozenTrial], n: int) -> list[FrozenTrial]:
+    """The `n` best measured trials that kept every SLA, best first."""
+    done = [
+        t for t in trials
+        if t.state == TrialState.COMPLETE and "knobs" in t.user_attrs and all(c <= 0 for c in constraints_of(t))
+    ]  # fmt: skip
+    return sorted(done, key=lambda t: t.value or 0.0, reverse=True)[:n]
+
+
+def fail_interrupted(study: optuna.Study) -> None:
+    """A trial still RUNNING belongs to a run that died: it is failed, never told twice."""
+    for t in study.trials:
+        if t.state == TrialState.RUNNING:
+            log.warning("trial %d was interrupted; marked failed", t.number)
+            study.tell(t.number, state=TrialState.FAIL)

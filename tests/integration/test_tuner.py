@@ -13,9 +13,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from collectors.fleet import fleet_collector
-from controlplane.reconciler import Reconciler
-from controlplane.startup import register_fleet
+from controlplane import startup
+from controlplane.settings import Settings
 from domain.proposal import Guardrails
 from domain.spec import embedded_spec_path, load_spec
 from runtime.fleet import Fleet
@@ -54,22 +53,19 @@ def tuning_spec(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[Fleet, Store, LivePlant]]:
-    spec = load_spec(tuning_spec(tmp_path))
-    store = Store(f"sqlite:///{tmp_path / 'slatune.db'}")
-    store.upgrade()
-    with Fleet(spec, tmp_path / "fleet") as fleet:
-        endpoints = {s.name: fleet.endpoints(s.name) for s in spec.servers}
-        register_fleet(store, spec, endpoints)
-        with fleet_collector(store, spec, endpoints, interval_s=0.5, nvml=False).running():
-            load = LoadRun(
-                demo_mix(), targets_for(spec, lambda s: fleet.endpoints(s).grpc), duration_s=240, seed=7
-            ).start()
-            try:
-                yield fleet, store, LivePlant(Reconciler(fleet, store), store)
-            finally:
-                load.stop()
-                load.join()
-    store.dispose()
+    """The tuning spec brought up as `slatune up` does (store, fleet, collectors, reconciler),
+    under the demo's mixed traffic."""
+    settings = Settings(data_dir=tmp_path, scrape_interval_s=0.5)  # type: ignore[call-arg]
+    with startup.running(settings, load_spec(tuning_spec(tmp_path)), resume=False) as system:
+        fleet = system.fleet
+        load = LoadRun(
+            demo_mix(), targets_for(fleet.spec, lambda s: fleet.endpoints(s).grpc), duration_s=280, seed=7
+        ).start()
+        try:
+            yield fleet, system.store, LivePlant(system.plane.reconciler, system.store)
+        finally:
+            load.stop()
+            load.join()
 
 
 CONFIG = TuningConfig(

@@ -49,6 +49,7 @@ def narrowed_spec() -> FleetSpec:
 
 
 SPEC = narrowed_spec()
+GUARD_TARGET_MS = SPEC.model("safety-guard").sla.target_ms  # type: ignore[union-attr]
 START = {m.name: m.knobs for m in SPEC.models}  # 2 embeddings, 2 rerankers, 1 token each: 59 GB
 CONFIG = TuningConfig(
     budget=4, warmup_s=2, window_s=10, check_every_s=5, cut_factor=2, remeasure_top=1, rails=Guardrails()
@@ -143,6 +144,11 @@ class FakePlant:
     clock: float = 1000.0
     applies: list[Applied] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
+    settle_reads: list[tuple[float, float]] = field(default_factory=list)
+    """(since, at) of each read the tuner makes after a restore, to see that it settled."""
+    draining_s: float = 0.0
+    """After a restore, reads over spans that start sooner than this still see the broken trial's
+    queues (the guard at 5x its target)."""
 
     def knobs(self) -> dict[str, Knobs]:
         return dict(self.current)
@@ -155,6 +161,12 @@ class FakePlant:
         self.applies.append(Applied(self.clock, dict(self.current), reason))
 
     def measure(self, since: float) -> dict[str, Measured]:
+        if self.applies and "restore" in self.applies[-1].reason:  # settling, not a window
+            self.settle_reads.append((since, self.clock))
+            f = rule(self.current)
+            if since < self.applies[-1].at + self.draining_s:
+                f = Figures(f.chat_ttft_ms, 5 * GUARD_TARGET_MS, f.embeddings_per_s, f.reranker_per_s)
+            return measured_by(f, self.clock - since)
         if not self.windows or self.windows[-1].since != since:
             nth = sum(key(w.knobs) == key(self.current) for w in self.windows)
             self.windows.append(Window(dict(self.current), since, since, nth))
@@ -243,11 +255,24 @@ def test_a_badly_broken_trial_is_cut_short_and_the_best_safe_configuration_resto
     assert key(restore.knobs) == key(PROTECTIVE)  # the only feasible configuration measured so far
     assert "restore" in restore.reason
     assert restore.at == window.end  # right after the cut, no warmup or wait first
-    assert key(plant.windows[3].knobs) == key(good)  # then the search goes on
+    # it settles (one check: nothing drains in this plant) before the search goes on
+    assert plant.settle_reads == [(restore.at, restore.at + CONFIG.check_every_s)]
+    assert key(plant.windows[3].knobs) == key(good)
     # the baseline broke chat too, but by less than the cut factor, and nothing feasible was known
     # yet: it ran its whole window and nothing was restored after it
     assert not result.outcomes[0].cut_short
     assert key(plant.applies[1].knobs) == key(PROTECTIVE) and "restore" not in plant.applies[1].reason
+
+
+def test_after_a_restore_nothing_is_measured_until_the_queues_have_drained() -> None:
+    # The broken trial's backlog shows in any span that starts within 8 s of the restore: the
+    # tuner checks every 5 s (spans 0-5 and 5-10 see it; 10-15 meets every SLA), then goes on.
+    plant = FakePlant(dict(START), draining_s=8.0)
+    run(plant, scripted({2: params(chat=2, emb=3, rer=1), 3: params(emb=2, rer=1)}))
+    restore = next(a for a in plant.applies if "restore" in a.reason)
+    assert [at - restore.at for _, at in plant.settle_reads] == [5.0, 10.0, 15.0]
+    good = plant.measured(fleet(emb=2, rer=1))[0]
+    assert good.since == restore.at + 15.0 + CONFIG.warmup_s  # the next trial: after it settled
 
 
 def test_the_winner_keeps_its_worse_measurement() -> None:
