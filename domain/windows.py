@@ -130,10 +130,12 @@ class AppliedVersion:
 
 def version_of_window(version: AppliedVersion | None, start: float, end: float) -> tuple[int | None, bool]:
     """The configuration version a window belongs to, and whether a reconfiguration fell inside it
-    (then it belongs to none, so no trial is scored with another trial's traffic)."""
-    if version is None:
+    (then it belongs to none, so no trial is scored with another trial's traffic). A window that
+    ended before the version was applied (written late, after a store outage) belongs to an
+    earlier version this one does not name: to none."""
+    if version is None or version.applied_at > end:
         return None, False
-    if start < version.applied_at <= end:
+    if start < version.applied_at:
         return None, True
     return version.id, False
 

@@ -129,6 +129,8 @@ def test_summed_buckets_read_their_json_spelling() -> None:
         (10.0, 10.0, 11.0, (7, False)),  # applied as the window began: all its traffic is version 7's
         (10.5, 10.0, 11.0, (None, True)),  # applied inside: the window belongs to no version
         (11.0, 10.0, 11.0, (None, True)),  # applied as it ended: still inside (start, end]
+        (12.0, 10.0, 11.0, (None, False)),  # applied after it ended (a window written late, after a
+        # store outage): it ran an earlier version, not this one
     ],
 )
 def test_a_window_spanning_a_reconfiguration_belongs_to_no_version(
