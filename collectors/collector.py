@@ -1,19 +1,33 @@
 """The collector: scrape every server on an interval and store per-model and per-device windows.
 
 Parsing and window arithmetic are pure (`collectors.parse`, `collectors.window`, `domain.windows`);
-this module does the HTTP, keeps the previous scrape per server, and writes to the store. An
-unreachable server is marked stale and retried with backoff; a malformed page fails that scrape
-alone. Neither stops the collector.
+this module does the HTTP, keeps the previous scrape per server, and writes to the store.
+
+Fail static: nothing one server or the store does stops the others from being collected.
+
+- Every server is scraped at once, each under a total deadline (`scrape_deadline`) enforced by
+  cancelling its request, not by httpx's per-read timeouts (a page trickled a byte a second never
+  trips those), and with a size cap: the body is streamed and the read stops past the cap.
+- A failed scrape fails that server alone and is counted with its reason. An unreachable or slow
+  server is marked stale and retried with backoff; a bad page (`ParseError`) is retried next pass.
+- A model the page names that the fleet does not give to that server gets no windows from it.
+- Each server's windows are written in their own transaction. While the store does not answer,
+  they are kept (at most `buffer_s` of them per server, the oldest dropped first and counted) and
+  written, oldest first, once it answers again: an outage of the store loses no window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import httpx
 
@@ -24,15 +38,48 @@ from collectors.window import device_window, model_window
 from domain.health import Heartbeat
 from domain.windows import DeviceWindow, ModelWindow
 from store import queries
-from store.db import Store
+from store.db import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("slatune.collectors")
+
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+"""A page past this is refused, its reading stopped at the cap. Triton's page takes about 5 KB a
+model (the saved default-fleet page: 21.7 KB for 4), so 4 MiB is room for some 800 models on one
+server. The cap also bounds what a valid but hostile page costs: parsing runs at about 3 MiB/s on a
+busy 2-core host, so a page just under the cap delays a pass by about 1.4 s, keeping the healthy
+servers' windows within 3 intervals of 1 s; reading it costs 4 MiB of memory at most."""
+BUFFER_S = 600.0
+"""How long a store outage may last before the oldest kept windows are dropped (and counted)."""
+STALE_REASONS = frozenset({"unreachable", "http_error", "timeout"})
+"""Failures after which a server is marked stale and retried with backoff; after any other (a bad
+page) it is tried again on the next pass."""
+
+
+def scrape_deadline(interval_s: float) -> float:
+    """The total time one scrape may take, from connecting to the last byte: the interval, kept
+    within [1, 2] s. Servers are scraped at once, so a pass lasts about its slowest scrape: as long
+    as the interval keeps every healthy server's windows one interval apart even when another
+    server hangs; at least 1 s because a loopback Triton whose cores are busy with inference
+    answers in tens to hundreds of milliseconds; at most 2 s because a longer wait for a page
+    (longer intervals) only delays the windows of the servers that answered."""
+    return min(max(interval_s, 1.0), 2.0)
 
 
 @dataclass(frozen=True)
 class Target:
     server: str
     metrics_url: str
+    models: frozenset[str] | None = None
+    """The models the fleet gives this server: a model its page names beyond them gets no windows
+    from it. None takes every model on the page (a target built by hand)."""
+
+
+class ScrapeFailed(Exception):
+    """A scrape that brought no page to parse; `reason` is its metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass
@@ -42,6 +89,18 @@ class _ServerState:
     failures: int = 0
     next_attempt: float = 0.0
     stale: bool = False
+    error: str | None = None
+    """Why the last scrape failed ("timeout: ..."); None when it succeeded or none was made."""
+    ignored: set[str] = field(default_factory=set)
+    """Unassigned models already logged (each is logged once)."""
+
+
+@dataclass
+class _Batch:
+    """One pass's windows of one server (or of NVML), waiting to be written."""
+
+    windows: list[ModelWindow]
+    devices: list[DeviceWindow]
 
 
 @dataclass
@@ -51,6 +110,9 @@ class TickResult:
     windows: list[ModelWindow] = field(default_factory=list)
     devices: list[DeviceWindow] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    """Servers whose scrape failed this pass: "reason: detail"."""
+    store_error: str | None = None
+    """Why this pass's windows (or earlier kept ones) could not be written; they are kept."""
 
 
 class Collector:
@@ -66,6 +128,10 @@ class Collector:
         max_backoff_s: float = 30.0,
         retention_raw_s: float | None = 6 * 3600,
         downsample_every_s: float = 60.0,
+        deadline_s: float | None = None,
+        max_page_bytes: int = MAX_PAGE_BYTES,
+        buffer_s: float = BUFFER_S,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.store = store
         self.targets = list(targets)
@@ -74,61 +140,256 @@ class Collector:
         self.clock = clock
         self.nvml = nvml
         self.max_backoff_s = max_backoff_s
+        self.deadline_s = deadline_s if deadline_s is not None else scrape_deadline(interval_s)
+        self.max_page_bytes = max_page_bytes
         self._state = {t.server: _ServerState() for t in self.targets}
-        self._http = httpx.Client(timeout=max(interval_s, 1.0), trust_env=False)
+        # One event loop for the collector's life: the client's connections are kept between passes.
+        self._loop = asyncio.new_event_loop()
+        self._http = httpx.AsyncClient(
+            timeout=self.deadline_s,  # per operation; the total deadline is `_scrape`'s own
+            trust_env=False,
+            headers={"accept-encoding": "identity"},  # the cap counts the bytes that get parsed
+            transport=transport,
+        )
         self._nvml_last: float | None = None
         self.retention_raw_s = retention_raw_s
         self.downsample_every_s = downsample_every_s
         self._last_downsample = clock()
+        # Windows not yet written, per server ("" for NVML's), one batch per pass, oldest first.
+        self._max_batches = max(math.ceil(buffer_s / interval_s), 1)
+        self._pending: dict[str, deque[_Batch]] = {}
+        self._store_ok = True
         # A pass scrapes every server under its own deadline: far past a few intervals is a hang.
         self.heartbeat = Heartbeat("collector", stuck_after_s=max(10 * interval_s, 30.0))
 
     def close(self) -> None:
-        self._http.close()
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._http.aclose())
+            self._loop.close()
 
     def stale(self) -> list[str]:
         return [name for name, st in self._state.items() if st.stale]
 
+    def failing(self) -> dict[str, str]:
+        """Servers whose last scrape failed, with why ("timeout: ...", "bad_value: ...")."""
+        return {name: st.error for name, st in self._state.items() if st.error is not None}
+
+    def pending(self) -> int:
+        """Per-model windows kept for the store, not yet written."""
+        return sum(len(b.windows) for q in self._pending.values() for b in q)
+
+    def problem(self, result: TickResult) -> str | None:
+        """Why a pass counts as failing (for the heartbeat), or None: its windows could not be
+        written, or no server's last scrape succeeded."""
+        if result.store_error is not None:
+            return f"store: {result.store_error} ({self.pending()} windows kept until it answers)"
+        failing = self.failing()
+        if self.targets and len(failing) == len(self.targets):
+            return "every server's last scrape failed: " + "; ".join(f"{s}: {e}" for s, e in failing.items())
+        return None
+
     def tick(self) -> TickResult:
-        """Scrape every server that is due once, and store the windows since its last scrape."""
+        """Scrape every server that is due once, and store the windows since its last scrape.
+        Never raises: what failed is in the result, the metrics and the logs."""
         result = TickResult()
-        for target in self.targets:
-            state = self._state[target.server]
-            now = self.clock()
-            if now < state.next_attempt:
-                continue
-            try:
-                text = self._fetch(target)
-                scrape = parse(text)
-            except (httpx.HTTPError, ParseError) as exc:
-                self._failed(target, state, now, exc, result)
-                continue
-            self.metrics.scrapes.labels(target.server).inc()
-            outage = state.stale
-            if outage:
-                log.warning(
-                    "server %s reachable again after %d failed scrapes", target.server, state.failures
-                )
-            state.failures, state.stale, state.next_attempt = 0, False, 0.0
-            if state.last is not None and state.last_at is not None:
-                start = state.last_at
-                for model, sample in scrape.models.items():
-                    window = model_window(model, state.last.models.get(model), sample, start, now)
-                    # Across an outage the server may have restarted, and its counters may have
-                    # climbed past their old values before this scrape: no drop shows it.
-                    result.windows.append(replace(window, reset=True) if outage else window)
-                result.devices += [device_window(d, start, now) for d in scrape.devices.values()]
-            state.last, state.last_at = scrape, now
+        now = self.clock()
+        due = [t for t in self.targets if now >= self._state[t.server].next_attempt]
+        pages = self._loop.run_until_complete(self._scrape_all(due)) if due else []
+        for target, page in zip(due, pages, strict=True):
+            self._take(target, page, result)
+        nvml: list[DeviceWindow] = []
         if self.nvml is not None and self.nvml.enabled:
             now = self.clock()
             if self._nvml_last is not None:
-                result.devices += self.nvml.windows(self._nvml_last, now)
+                nvml = self.nvml.windows(self._nvml_last, now)
             self._nvml_last = now
+            if nvml:
+                result.devices += nvml
+                self._keep("", _Batch([], nvml))
         self.metrics.stale_servers.set(len(self.stale()))
-        if result.windows or result.devices:
-            self._store(result)
+        self._flush(result)
         self._retention()
         return result
+
+    def _take(self, target: Target, page: tuple[str, float] | ScrapeFailed, result: TickResult) -> None:
+        """Turn one server's page into its windows, or count why it could not be."""
+        state = self._state[target.server]
+        if isinstance(page, ScrapeFailed):
+            self._failed(target, state, self.clock(), page.reason, str(page), result)
+            return
+        text, now = page
+        try:
+            scrape = self._assigned(target, state, parse(text))
+            windows, devices = self._windows(state, scrape, now)
+        except ParseError as exc:
+            self._failed(target, state, now, exc.reason, str(exc), result)
+            return
+        except Exception as exc:  # a page no rule foresaw still fails its server alone
+            log.exception("server %s: could not take its metrics page", target.server)
+            self._failed(target, state, now, "error", f"{exc.__class__.__name__}: {exc}", result)
+            return
+        self.metrics.scrapes.labels(target.server).inc()
+        if state.stale:
+            log.warning("server %s reachable again after %d failed scrapes", target.server, state.failures)
+        state.failures, state.stale, state.next_attempt, state.error = 0, False, 0.0, None
+        state.last, state.last_at = scrape, now
+        result.windows += windows
+        result.devices += devices
+        if windows or devices:
+            self._keep(target.server, _Batch(windows, devices))
+
+    def _assigned(self, target: Target, state: _ServerState, scrape: Scrape) -> Scrape:
+        """The scrape without the models the fleet does not give to this server."""
+        if target.models is None:
+            return scrape
+        ignored = scrape.models.keys() - target.models
+        if not ignored:
+            return scrape
+        self.metrics.ignored_models.labels(target.server).inc(len(ignored))
+        new = ignored - state.ignored
+        if new and len(state.ignored) < 100:  # logged once each, and not without end
+            state.ignored |= new
+            log.warning(
+                "server %s names models the fleet does not give it, ignored: %s",
+                target.server,
+                ", ".join(sorted(new)[:10]),
+            )
+        return Scrape({m: s for m, s in scrape.models.items() if m in target.models}, scrape.devices)
+
+    def _windows(
+        self, state: _ServerState, scrape: Scrape, now: float
+    ) -> tuple[list[ModelWindow], list[DeviceWindow]]:
+        if state.last is None or state.last_at is None:
+            return [], []
+        start, outage = state.last_at, state.stale
+        windows = []
+        for model, sample in scrape.models.items():
+            window = model_window(model, state.last.models.get(model), sample, start, now)
+            # Across an outage the server may have restarted, and its counters may have climbed
+            # past their old values before this scrape: no drop shows it.
+            windows.append(replace(window, reset=True) if outage else window)
+        return windows, [device_window(d, start, now) for d in scrape.devices.values()]
+
+    async def _scrape_all(self, targets: list[Target]) -> list[tuple[str, float] | ScrapeFailed]:
+        """Every target's page and the time it was read, fetched at once, each under the deadline."""
+        pages = list(await asyncio.gather(*(self._scrape(t) for t in targets)))
+        # A cancelled scrape leaves httpx's inner body generators to be finalised by tasks the loop
+        # schedules: let them run now, while the loop runs, rather than be dropped pending.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return pages
+
+    async def _scrape(self, target: Target) -> tuple[str, float] | ScrapeFailed:
+        try:
+            body = await asyncio.wait_for(self._fetch(target), self.deadline_s)
+        except ScrapeFailed as exc:
+            return exc
+        except (TimeoutError, httpx.TimeoutException):
+            return ScrapeFailed("timeout", f"no whole page within {self.deadline_s:g} s")
+        except httpx.HTTPError as exc:
+            return ScrapeFailed("unreachable", f"{exc.__class__.__name__}: {exc}")
+        try:
+            return body.decode("utf-8"), self.clock()
+        except UnicodeDecodeError as exc:
+            return ScrapeFailed("malformed", f"not UTF-8: {exc}")
+
+    async def _fetch(self, target: Target) -> bytes:
+        """The page's bytes, streamed: refused as soon as it passes the size cap."""
+        cap = self.max_page_bytes
+        async with self._http.stream("GET", target.metrics_url) as resp:
+            if resp.status_code >= 400:
+                raise ScrapeFailed("http_error", f"HTTP {resp.status_code}")
+            encoding = resp.headers.get("content-encoding", "identity").lower()
+            if encoding != "identity":  # asked for none: a compressed page could inflate past the cap
+                raise ScrapeFailed("malformed", f"content-encoding {encoding!r}, asked for identity")
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise ScrapeFailed("too_large", f"{int(declared)} bytes declared, the cap is {cap}")
+            body = bytearray()
+            # identity: the bytes as sent; closed here, not left for the loop to finalise later
+            chunks = cast(AsyncGenerator[bytes, None], resp.aiter_bytes())
+            try:
+                async with aclosing(chunks):
+                    async for chunk in chunks:
+                        body += chunk
+                        if len(body) > cap:
+                            raise ScrapeFailed("too_large", f"past the cap of {cap} bytes; not read further")
+            except httpx.RemoteProtocolError as exc:  # the server closed before the whole body
+                raise ScrapeFailed("truncated", f"{exc}") from None
+            return bytes(body)
+
+    def _failed(
+        self, target: Target, state: _ServerState, now: float, reason: str, detail: str, result: TickResult
+    ) -> None:
+        self.metrics.scrape_failures.labels(target.server, reason).inc()
+        error = f"{reason}: {detail}"
+        result.failed[target.server] = state.error = error
+        if reason not in STALE_REASONS:
+            log.warning("server %s: metrics page refused: %s", target.server, error)
+            return
+        state.failures += 1
+        if not state.stale:
+            log.warning("server %s: %s; marked stale, retrying with backoff", target.server, error)
+        state.stale = True
+        state.next_attempt = now + min(self.interval_s * 2**state.failures, self.max_backoff_s)
+
+    def _keep(self, key: str, batch: _Batch) -> None:
+        self._pending.setdefault(key, deque()).append(batch)
+
+    def _trim(self) -> None:
+        """After a failed write: keep each server's newest `buffer_s` of batches, drop (and count)
+        the older ones, so that a long outage costs bounded memory."""
+        for key, queue in self._pending.items():
+            while len(queue) > self._max_batches:
+                dropped = queue.popleft()
+                self.metrics.windows_dropped.labels("buffer_full").inc(len(dropped.windows))
+                log.warning(
+                    "store unavailable too long: dropped %d kept windows of %s",
+                    len(dropped.windows),
+                    key or "nvml",
+                )
+
+    def _flush(self, result: TickResult) -> None:
+        """Write every server's kept windows, oldest first, one transaction per server. A store
+        that does not answer keeps them all; one that refuses a server's batch drops that batch
+        (retrying it would refuse it again) and goes on with the other servers."""
+        for key, queue in self._pending.items():
+            if not queue:
+                continue
+            batches = list(queue)
+            began = time.perf_counter()
+            try:
+                with self.store.session() as session:
+                    ids = queries.model_ids(session)
+                    versions = queries.applied_versions(session)
+                    written = 0
+                    for b in batches:
+                        written += queries.add_windows(session, ids, b.windows, versions, self.interval_s)
+                        queries.add_device_windows(session, b.devices)
+            except StoreUnavailable as exc:
+                self.metrics.store_failures.labels("unavailable").inc()
+                if self._store_ok:
+                    log.warning("store unavailable, keeping windows until it answers: %s", exc)
+                self._store_ok = False
+                result.store_error = str(exc)
+                self._trim()
+                break  # the same store for every server: try again next pass
+            except StoreError as exc:
+                refused = sum(len(b.windows) for b in batches)
+                self.metrics.store_failures.labels("rejected").inc()
+                self.metrics.windows_dropped.labels("rejected").inc(refused)
+                log.error("store refused %d windows of %s, dropped: %s", refused, key or "nvml", exc)
+                result.store_error = str(exc)
+                queue.clear()
+                continue
+            for _ in batches:
+                queue.popleft()
+            if not self._store_ok:
+                log.warning("store answers again: wrote %d kept windows", written)
+                self._store_ok = True
+            self.metrics.store_seconds.observe(time.perf_counter() - began)
+            self.metrics.windows_written.inc(written)
+        self.metrics.windows_pending.set(self.pending())
 
     def _retention(self) -> None:
         """Once a minute, downsample raw windows older than the retention age to 1-minute ones."""
@@ -136,50 +397,24 @@ class Collector:
         if self.retention_raw_s is None or now - self._last_downsample < self.downsample_every_s:
             return
         self._last_downsample = now
-        with self.store.session() as session:
-            removed = queries.downsample(session, older_than=now - self.retention_raw_s)
+        try:
+            with self.store.session() as session:
+                removed = queries.downsample(session, older_than=now - self.retention_raw_s)
+        except StoreError as exc:  # tried again in a minute
+            log.warning("downsampling failed: %s", exc)
+            return
         if removed:
             log.info("downsampled %d raw windows older than %.0f s", removed, self.retention_raw_s)
 
-    def _fetch(self, target: Target) -> str:
-        resp = self._http.get(target.metrics_url)
-        resp.raise_for_status()
-        return resp.text
-
-    def _failed(
-        self, target: Target, state: _ServerState, now: float, exc: Exception, result: TickResult
-    ) -> None:
-        reason = "malformed" if isinstance(exc, ParseError) else "unreachable"
-        self.metrics.scrape_failures.labels(target.server, reason).inc()
-        result.failed[target.server] = f"{reason}: {exc}"
-        if reason == "malformed":
-            log.warning("server %s: metrics page could not be parsed: %s", target.server, exc)
-            return
-        state.failures += 1
-        if not state.stale:
-            log.warning("server %s unreachable (%s); marked stale, retrying with backoff", target.server, exc)
-        state.stale = True
-        state.next_attempt = now + min(self.interval_s * 2**state.failures, self.max_backoff_s)
-
-    def _store(self, result: TickResult) -> None:
-        began = time.perf_counter()
-        with self.store.session() as session:
-            ids = queries.model_ids(session)
-            versions = queries.applied_versions(session)
-            written = queries.add_windows(session, ids, result.windows, versions, self.interval_s)
-            queries.add_device_windows(session, result.devices)
-        self.metrics.store_seconds.observe(time.perf_counter() - began)
-        self.metrics.windows_written.inc(written)
-
     def run(self, stop: threading.Event) -> None:
-        """Tick every interval until `stop` is set. Store errors are logged and the loop goes on."""
+        """Tick every interval until `stop` is set. A pass that could not write, or in which no
+        server answered, beats as failing with why; collection goes on either way."""
         self.heartbeat.start()
         while not stop.is_set():
             began = time.monotonic()
             try:
-                self.tick()
-                self.heartbeat.beat()
-            except Exception as exc:  # a store outage must not end collection
+                self.heartbeat.beat(self.problem(self.tick()))
+            except Exception as exc:  # nothing may end collection
                 log.exception("collector tick failed")
                 self.heartbeat.beat(f"{exc.__class__.__name__}: {exc}")
             stop.wait(max(self.interval_s - (time.monotonic() - began), 0.0))
@@ -198,6 +433,9 @@ class Collector:
             yield self
         finally:
             stop.set()
-            thread.join(5)
+            thread.join(2 * self.deadline_s + 5)  # a pass ends within its scrapes' deadline
             self.heartbeat.stop()
-            self.close()
+            if thread.is_alive():  # its event loop is still in use: leave it to the daemon thread
+                log.warning("collector still in a pass after stop; not closing its client")
+            else:
+                self.close()

@@ -23,7 +23,15 @@ def fleet_collector(
     nvml: bool = True,
     retention_raw_s: float | None = 6 * 3600,
 ) -> Collector:
-    targets = [Target(s.name, endpoints[s.name].metrics_url) for s in spec.servers]
+    # Each server's target knows its models: a page naming another server's model gives it nothing.
+    targets = [
+        Target(
+            s.name,
+            endpoints[s.name].metrics_url,
+            frozenset(m.name for m in spec.models if m.server == s.name),
+        )
+        for s in spec.servers
+    ]
     return Collector(
         store,
         targets,

@@ -2,6 +2,11 @@
 
 Counters stay cumulative here (windows are made from two scrapes in `collectors.window`). Versions
 of a model are summed, since slatune tunes models, not versions.
+
+A page is taken whole or refused whole: a counter that is NaN, infinite or negative, a bucket bound
+that is not a number, a page cut off mid-line or one without a single Triton metric raises
+`ParseError` with a short `reason` (the label slatune counts the failure under), so that a hostile
+or broken page fails its server's scrape and never reaches a window or the store.
 """
 
 from __future__ import annotations
@@ -40,7 +45,12 @@ LATENCY_HISTOGRAM = "slatune_request_ms"
 
 
 class ParseError(ValueError):
-    """The page is not Prometheus exposition text."""
+    """The page cannot be taken: `reason` says why, as a metric label ("malformed", "truncated",
+    "missing_family", "bad_value", "bad_le", "bad_quantile")."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -84,9 +94,15 @@ class Scrape:
 
 
 def parse(text: str) -> Scrape:
-    """Parse one metrics page. Raises ParseError for text that is not exposition format."""
+    """Parse one metrics page. Raises ParseError (with its reason) for a page that is not
+    exposition text, is cut off, has no Triton metric, or holds a value no counter can have."""
+    if text and not text.endswith("\n"):
+        # The format ends every line with a line feed: a page that does not was cut off, and its
+        # last number may be a prefix of the real one.
+        raise ParseError("the page ends mid-line (truncated)", "truncated")
     models: dict[str, ModelSample] = defaultdict(ModelSample)
     devices: dict[str, DeviceSample] = {}
+    triton = False
     try:
         families = list(text_string_to_metric_families(text))
     except (ValueError, TypeError, IndexError) as exc:
@@ -96,49 +112,79 @@ def parse(text: str) -> Scrape:
             name, labels, value = s.name, s.labels, float(s.value)
             if family.type == "counter" and name == family.name + "_total":
                 name = family.name  # the parser names counter samples *_total; Triton's do not end so
+            triton = triton or name.startswith("nv_")
             model = labels.get("model")
             if model is not None:
                 _model_sample(models[model], name, labels, value)
             elif name.startswith(("nv_gpu_", "nv_cpu_")):
                 _device_sample(devices, name, labels, value)
+    if not triton:
+        raise ParseError("no Triton metric (nv_*) on the page", "missing_family")
     return Scrape(dict(models), devices)
+
+
+def _count(name: str, labels: dict[str, str], value: float) -> float:
+    """A counter's (or a histogram's) value, refused unless finite and not negative: NaN would
+    reach the store as NULL, infinity as an infinite rate, a negative value as a false reset."""
+    if not math.isfinite(value) or value < 0:
+        raise ParseError(f"{_sample(name, labels)} is {value}: a count is finite and >= 0", "bad_value")
+    return value
+
+
+def _sample(name: str, labels: dict[str, str]) -> str:
+    shown = ",".join(f'{k}="{v[:40]}"' for k, v in list(labels.items())[:4])
+    return f"{name}{{{shown}}}"
 
 
 def _model_sample(m: ModelSample, name: str, labels: dict[str, str], value: float) -> None:
     if name in COUNTERS:
         key = COUNTERS[name]
-        setattr(m, key, getattr(m, key) + value)
+        setattr(m, key, getattr(m, key) + _count(name, labels, value))
     elif name == "nv_inference_request_failure":
         reason = labels.get("reason", "OTHER")
-        m.failures[reason] = m.failures.get(reason, 0.0) + value
+        m.failures[reason] = m.failures.get(reason, 0.0) + _count(name, labels, value)
     elif name == "nv_inference_pending_request_count":
-        m.pending += value
+        m.pending += _count(name, labels, value)
     elif name in SUMMARIES and "quantile" in labels:
-        if not math.isnan(value):
+        if not math.isnan(value):  # NaN: no observation in the summary's age window, left out
+            if math.isinf(value) or value < 0:
+                raise ParseError(f"{_sample(name, labels)} is {value}: not a latency", "bad_value")
             # Versions of one model: keep the worst quantile rather than adding latencies.
             q = m.quantiles.setdefault(SUMMARIES[name], {})
-            quantile = float(labels["quantile"])
+            quantile = _bound(name, labels, "quantile", "bad_quantile")
             q[quantile] = max(q.get(quantile, value), value)
     elif name.startswith(LATENCY_HISTOGRAM):
         source = labels.get("origin", "model")
         _histogram_sample(
-            m.latency.setdefault(source, Histogram()), name[len(LATENCY_HISTOGRAM) :], labels, value
+            m.latency.setdefault(source, Histogram()), name, name[len(LATENCY_HISTOGRAM) :], labels, value
         )
     else:
         for base in TTFT_HISTOGRAMS:
             if name.startswith(base):
                 source = "triton" if base.startswith("nv_") else labels.get("origin", "model")
-                _histogram_sample(m.ttft.setdefault(source, Histogram()), name[len(base) :], labels, value)
+                ttft = m.ttft.setdefault(source, Histogram())
+                _histogram_sample(ttft, name, name[len(base) :], labels, value)
 
 
-def _histogram_sample(h: Histogram, suffix: str, labels: dict[str, str], value: float) -> None:
+def _histogram_sample(h: Histogram, name: str, suffix: str, labels: dict[str, str], value: float) -> None:
     if suffix == "_bucket":
-        le = float(labels["le"])  # "+Inf" parses to inf
-        h.buckets[le] = h.buckets.get(le, 0.0) + value
+        le = _bound(name, labels, "le", "bad_le")  # "+Inf" parses to inf
+        h.buckets[le] = h.buckets.get(le, 0.0) + _count(name, labels, value)
     elif suffix == "_count":
-        h.count += value
+        h.count += _count(name, labels, value)
     elif suffix == "_sum":
-        h.sum += value
+        h.sum += _count(name, labels, value)
+
+
+def _bound(name: str, labels: dict[str, str], label: str, reason: str) -> float:
+    """A bucket's upper bound or a summary's quantile: a number (not NaN), else the page is refused."""
+    try:
+        bound = float(labels[label])
+    except (KeyError, ValueError):
+        bound = math.nan
+    if math.isnan(bound):
+        raise ParseError(f"{_sample(name, labels)}: {label} is not a number", reason)
+    return bound
 
 
 _DEVICE_FIELDS = {

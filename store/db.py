@@ -16,7 +16,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
@@ -28,6 +29,14 @@ class StoreError(RuntimeError):
 
 class SchemaNotAtHead(StoreError):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer (down, restarting, unwritable, locked): the same write may
+    succeed later, unlike one the database refused (a constraint, bad data)."""
+
+
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
 def sqlite_url(data_dir: Path, name: str = "slatune.db") -> str:
@@ -73,7 +82,8 @@ class Store:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StoreError(f"store {self.safe_url}: {exc.__class__.__name__}: {_cause(exc)}") from exc
+            error = StoreUnavailable if isinstance(exc, _UNAVAILABLE) else StoreError
+            raise error(f"store {self.safe_url}: {exc.__class__.__name__}: {_cause(exc)}") from exc
         except BaseException:
             session.rollback()
             raise

@@ -27,8 +27,9 @@ async def healthz() -> HealthOut:  # async: nothing to wait for, no worker threa
 @router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def readyz(plane: PlaneDep, response: Response) -> HealthOut:
     """Readiness: the store answers, the reconciler and the collector each finished a pass lately
-    without failing, and every server's metrics answered their last scrape. 503 naming what is not
-    ready otherwise (a loop is "stuck" or "failing", with why)."""
+    without failing, and every server's metrics answered their last scrape with a page slatune
+    takes. 503 naming what is not ready otherwise (a loop is "stuck" or "failing", a server "stale"
+    or "failing", each with why)."""
     checks = {}
     try:
         with plane.store.session() as session:
@@ -39,8 +40,14 @@ def readyz(plane: PlaneDep, response: Response) -> HealthOut:
     checks["reconciler"] = plane.reconciler.heartbeat.status()
     checks["collector"] = plane.collector.heartbeat.status() if plane.collector is not None else "not running"
     stale = plane.collector.stale() if plane.collector is not None else []
+    failing = plane.collector.failing() if plane.collector is not None else {}
     for s in plane.fleet.spec.servers:
-        checks[f"server:{s.name}"] = "stale (its last scrape failed)" if s.name in stale else "ok"
+        # why its last scrape failed: stale (unreachable or too slow, retried with backoff) or its
+        # page refused (NaN counters, too large ...), tried again every pass
+        if s.name in failing:
+            checks[f"server:{s.name}"] = f"{'stale' if s.name in stale else 'failing'}: {failing[s.name]}"
+        else:
+            checks[f"server:{s.name}"] = "ok"
     ready = all(v == "ok" for v in checks.values())
     response.status_code = 200 if ready else 503
     return HealthOut(status="ok" if ready else "degraded", checks=checks)
