@@ -295,3 +295,34 @@ def test_the_scrape_deadline_follows_the_interval_within_one_and_two_seconds(
     interval: float, deadline: float
 ) -> None:
     assert scrape_deadline(interval) == deadline
+
+
+def test_readiness_says_why_a_server_fails(store: Store) -> None:
+    from types import SimpleNamespace
+
+    from fastapi import Response
+
+    from controlplane.api.routes.ops import readyz
+    from domain.health import Heartbeat
+
+    clock = Clock()
+    c = collector(store, lambda: hostile("bad_le"), clock)
+    c.heartbeat.start()
+    try:
+        c.heartbeat.beat(c.problem(c.tick()))
+        reconciler = SimpleNamespace(heartbeat=Heartbeat("reconciler", 60.0))
+        reconciler.heartbeat.start()
+        servers = [SimpleNamespace(name="good"), SimpleNamespace(name="bad")]
+        plane = SimpleNamespace(
+            store=store,
+            reconciler=reconciler,
+            collector=c,
+            fleet=SimpleNamespace(spec=SimpleNamespace(servers=servers)),
+        )
+        response = Response()
+        out = readyz(plane, response)  # type: ignore[arg-type]
+        assert response.status_code == 503
+        assert out.checks["server:good"] == "ok" and out.checks["collector"] == "ok"
+        assert out.checks["server:bad"].startswith("failing: bad_le: ")
+    finally:
+        c.close()
