@@ -13,7 +13,8 @@ from store.db import sqlite_url
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SLATUNE_", extra="ignore")
+    # Errors never echo the input: it holds the API token and may hold a database password.
+    model_config = SettingsConfigDict(env_prefix="SLATUNE_", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Path(".slatune")
     """Where slatune keeps rendered model repositories, server logs and its state."""
@@ -31,7 +32,9 @@ class Settings(BaseSettings):
     api_port: int = 8780
     api_token: SecretStr | None = None
     """The bearer token every mutating request and the alert webhook must carry. On loopback an
-    unset token is generated once and kept in <data_dir>/api-token; any other address needs it set."""
+    unset token is generated once and kept in <data_dir>/api-token; any other address needs it set.
+    A token that is set must be strong (MIN_TOKEN_CHARS or more, ASCII) wherever the API listens:
+    a token is a token, and a weak one set for loopback is one copy away from a public bind."""
     reconcile_poll_s: float = 2.0
     """How often the reconciler looks for desired configurations when nothing nudges it."""
 
@@ -41,6 +44,8 @@ class Settings(BaseSettings):
             self.database_url = sqlite_url(self.data_dir)
         if not self.optuna_url:
             self.optuna_url = sqlite_url(self.data_dir, "optuna.db")
+        if self.api_token is not None and (why := token_weakness(self.api_token.get_secret_value())):
+            raise ValueError(f"SLATUNE_API_TOKEN {why}")
         if not is_loopback(self.api_host) and not (self.api_token and self.api_token.get_secret_value()):
             raise ValueError(
                 f"api_host {self.api_host!r} is not a loopback address: set SLATUNE_API_TOKEN "
@@ -52,7 +57,7 @@ class Settings(BaseSettings):
         """The API's bearer token: the configured one, else the one kept under the data directory
         (generated on first use, readable by its owner only)."""
         if self.api_token and self.api_token.get_secret_value():
-            return self.api_token.get_secret_value()
+            return self.api_token.get_secret_value().strip()
         path = self.data_dir / "api-token"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +68,27 @@ class Settings(BaseSettings):
     @property
     def fleet_dir(self) -> Path:
         return self.data_dir / "fleet"
+
+
+MIN_TOKEN_CHARS = 16
+"""A bearer token shorter than this (after stripping) is refused: 16 random characters of a
+URL-safe alphabet are 96 bits; the generated token has 32."""
+
+
+def token_weakness(token: str) -> str | None:
+    """Why a configured API token cannot be used, or None. An empty one counts as unset (the
+    generated token is used on loopback); surrounding whitespace is stripped, as from a file."""
+    if token == "":
+        return None
+    if not token.isascii():
+        return "must be ASCII: it travels in an HTTP header"
+    if len(token.strip()) < MIN_TOKEN_CHARS:
+        return (
+            f"is too weak: it needs at least {MIN_TOKEN_CHARS} characters besides surrounding "
+            f"whitespace, it has {len(token.strip())} (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(24))')"
+        )
+    return None
 
 
 def get_settings() -> Settings:

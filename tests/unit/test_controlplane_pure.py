@@ -37,7 +37,8 @@ def test_plan(desired: dict[str, tuple[int, Knobs]], running: dict[str, Knobs], 
 
 @pytest.mark.parametrize(
     ("attempts", "expected"),
-    [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (40, 30.0)],  # 1 x 2^(n-1), at most 30
+    # 1 x 2^(n-1), at most 30; retries never end, and 2.0 ** 1024 (attempt 1,025) would overflow
+    [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (40, 30.0), (1_025, 30.0), (10**6, 30.0)],
 )
 def test_backoff(attempts: int, expected: float) -> None:
     assert backoff_s(attempts, 1.0, 30.0) == expected
@@ -93,7 +94,37 @@ def test_a_non_loopback_api_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> No
         ValueError, match=r"api_host '0\.0\.0\.0' is not a loopback address: set SLATUNE_API_TOKEN"
     ):
         Settings(api_host="0.0.0.0")
-    assert Settings(api_host="0.0.0.0", api_token="t0ken").token() == "t0ken"  # type: ignore[arg-type]
+    strong = "t0ken-0123456789abcdef"
+    assert Settings(api_host="0.0.0.0", api_token=strong).token() == strong  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])  # a token is a token, wherever it listens
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("q7Z", "too weak: it needs at least 16 characters besides surrounding whitespace, it has 3"),
+        (" " * 40, "it has 0"),
+        ("\t 0123456789abcde \n", "it has 15"),
+        ("t0ken-0123456789abcdéf", "must be ASCII"),
+    ],
+)
+def test_a_weak_token_is_refused(host: str, token: str, reason: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLATUNE_API_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="SLATUNE_API_TOKEN") as err:
+        Settings(api_host=host, api_token=token)  # type: ignore[arg-type]
+    assert reason in str(err.value)
+    assert token not in str(err.value)  # never echoed: a weak token is still a secret
+
+
+def test_a_token_from_the_environment_is_checked_and_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLATUNE_API_TOKEN", "short")
+    with pytest.raises(ValueError, match="SLATUNE_API_TOKEN is too weak"):
+        Settings()
+    monkeypatch.setenv("SLATUNE_API_TOKEN", " t0ken-0123456789abcdef\n")
+    assert Settings(api_host="10.1.2.3").token() == "t0ken-0123456789abcdef"
+    monkeypatch.setenv("SLATUNE_API_TOKEN", "")  # empty is unset: on loopback, the generated token
+    with pytest.raises(ValueError, match="not a loopback address: set SLATUNE_API_TOKEN"):
+        Settings(api_host="10.1.2.3")
 
 
 def test_a_loopback_api_generates_its_token_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
