@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from importlib import resources
+from os import walk
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,15 @@ from pydantic import (
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_SPEC_BYTES = 1 << 20
+"""A spec file's size limit, checked before its YAML is parsed (a 10 MB spec took a minute and
+over a gigabyte to check). The default fleet is 2 KB: 1 MiB holds MAX_MODELS models of 1 KB."""
+MAX_MODELS = 1000
+"""Models in one spec (and devices, and servers): more than a Triton fleet serves."""
+MAX_SPEC_VALUES = MAX_SPEC_BYTES // 4
+"""Values (keys included) a spec may expand to, a YAML alias counted at each use, so a small file
+of nested aliases cannot stand for a huge spec: MAX_MODELS models like the default fleet's
+embeddings are about 55,000."""
 Role = Literal["latency-critical", "bulk"]
 BUILTIN_MODELS = ("chat", "embedder", "reranker", "guard")
 KNOB_NAMES = (
@@ -40,7 +50,9 @@ KNOB_NAMES = (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN passes no bound (every comparison is false) and YAML writes it .nan: refuse it, and
+    # infinity, as "a finite number" rather than with a bound's misleading reason.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Knobs(_Strict):
@@ -196,9 +208,9 @@ class FleetSpec(_Strict):
     name: str = Field(default="fleet", pattern=NAME_PATTERN)
     tritonserver: Path | None = None
     """The tritonserver binary; default: the one bundled with nvidia-pytriton."""
-    devices: list[DeviceSpec] = Field(min_length=1)
-    servers: list[ServerSpec] = Field(min_length=1)
-    models: list[ModelSpec] = Field(min_length=1)
+    devices: list[DeviceSpec] = Field(min_length=1, max_length=MAX_MODELS)
+    servers: list[ServerSpec] = Field(min_length=1, max_length=MAX_MODELS)
+    models: list[ModelSpec] = Field(min_length=1, max_length=MAX_MODELS)
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -382,21 +394,34 @@ def parse_spec(data: Any, source: str = "<spec>") -> FleetSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> FleetSpec:
-    """Read and validate a fleet spec file. Relative source paths are taken from the file's folder."""
+def load_spec(path: str | Path, *, check_files: bool = True) -> FleetSpec:
+    """Read and validate a fleet spec file. Relative source paths are taken from the file's folder.
+    With `check_files` (the default) the sources must also be usable here: what `fleet up` would
+    read exists (see `source_problems`); without, the spec is checked as data only (a template for
+    another host, as the embedded gpu-trtllm fleet is)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)  # never more, whatever the file is
     except OSError as exc:
         raise SpecError(str(path), [("(file)", exc.strerror or str(exc))]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(str(path), [("(file)", f"is over the limit of {MAX_SPEC_BYTES} bytes (1 MiB)")])
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(raw, Loader=_YAML_LOADER)  # a safe loader
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [("(yaml)", str(exc))]) from None
     if not isinstance(data, dict):
         raise SpecError(str(path), [("(top level)", "expected a mapping with devices, servers, models")])
-    spec = parse_spec(data, str(path))
-    return _resolve_paths(spec, path.parent)
+    if _expands_past(data, MAX_SPEC_VALUES):
+        raise SpecError(
+            str(path),
+            [("(top level)", f"expands to over {MAX_SPEC_VALUES} values (YAML aliases count at each use)")],
+        )
+    spec = _resolve_paths(parse_spec(data, str(path)), path.parent)
+    if check_files and (problems := source_problems(spec)):
+        raise SpecError(str(path), problems)
+    return spec
 
 
 def _resolve_paths(spec: FleetSpec, base: Path) -> FleetSpec:
@@ -411,6 +436,70 @@ def _resolve_paths(spec: FleetSpec, base: Path) -> FleetSpec:
     return spec.model_copy(update={"models": models})
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it (ten times faster), else the Python one."""
+
+
+def _expands_past(data: Any, cap: int) -> bool:
+    """Whether the values under `data`, counted as often as they are reached, are more than `cap`
+    (stops counting there, so a billion-laughs file costs `cap` steps)."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > cap:
+            return True
+        if isinstance(node, dict):
+            stack += node.values()
+            seen += len(node)  # the keys
+        elif isinstance(node, list):
+            stack += node
+    return False
+
+
+def source_problems(spec: FleetSpec) -> list[tuple[str, str]]:
+    """What `fleet up` would find missing in the models' sources, as (field path, reason): a
+    repository must be a folder holding `<model name>/config.pbtxt`, with no link in the model's
+    folder leading outside the repository (or nowhere); an engine_dir must be a folder."""
+    out: list[tuple[str, str]] = []
+    for i, m in enumerate(spec.models):
+        at = f"models[{i}]({m.name}).source"
+        if m.source.repository is not None:
+            out += [(f"{at}.repository", why) for why in _repository_problems(m.source.repository, m.name)]
+        if m.source.engine_dir is not None and not m.source.engine_dir.is_dir():
+            what = "is not a folder" if m.source.engine_dir.exists() else "does not exist"
+            out.append((f"{at}.engine_dir", f"{m.source.engine_dir} {what}"))
+    return out
+
+
+def _repository_problems(repo: Path, model: str, most: int = 3) -> list[str]:
+    if not repo.exists():
+        return [f"{repo} does not exist"]
+    if not repo.is_dir():
+        return [f"{repo} is not a folder"]
+    if not (repo / model / "config.pbtxt").is_file():
+        return [
+            f"{repo} holds no {model}/config.pbtxt (source.repository is the folder holding "
+            "<model name>/config.pbtxt and its version folders)"
+        ]
+    root = repo.resolve()
+    links = [repo / model] if (repo / model).is_symlink() else []
+    for folder, dirs, files in walk(repo / model):  # does not follow links into folders
+        links += [Path(folder, name) for name in dirs + files if Path(folder, name).is_symlink()]
+    out = []
+    for link in links:
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing target, or a loop
+            out.append(f"{link} is a broken link")
+            continue
+        if not target.is_relative_to(root):
+            out.append(f"{link} leads outside the repository, to {target}")
+    if len(out) > most:
+        out = [*out[:most], f"and {len(out) - most} more links like these"]
+    return out
+
+
 EMBEDDED_FLEETS = ("default", "large", "gpu-trtllm")
 
 
@@ -423,10 +512,10 @@ def embedded_spec_path(name: str = "default") -> Path:
     return Path(str(resources.files("domain") / "fleets" / f"{name}.yaml"))
 
 
-def resolve_spec(spec: str | Path | None) -> FleetSpec:
+def resolve_spec(spec: str | Path | None, *, check_files: bool = True) -> FleetSpec:
     """A spec from a path, an embedded fleet's name, or the embedded default when None."""
     if spec is None:
-        return load_spec(embedded_spec_path("default"))
+        return load_spec(embedded_spec_path("default"), check_files=check_files)
     if isinstance(spec, str) and spec in EMBEDDED_FLEETS and not Path(spec).exists():
-        return load_spec(embedded_spec_path(spec))
-    return load_spec(spec)
+        return load_spec(embedded_spec_path(spec), check_files=check_files)
+    return load_spec(spec, check_files=check_files)

@@ -4,6 +4,7 @@ starts, naming the file, the field path and the reason."""
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import yaml
 
 from domain.spec import (
     EMBEDDED_FLEETS,
+    MAX_MODELS,
+    MAX_SPEC_BYTES,
     Knobs,
     SpecError,
     device_memory_used,
@@ -27,7 +30,8 @@ def default_data() -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", EMBEDDED_FLEETS)
 def test_embedded_fleets_are_valid(name: str) -> None:
-    spec = resolve_spec(name)
+    # gpu-trtllm is a template for a GPU host: valid as data; its engine_dir is checked where it runs
+    spec = resolve_spec(name, check_files=name != "gpu-trtllm")
     assert spec.name == name
     assert {"chat-llm", "embeddings", "reranker", "safety-guard"} <= set(spec.model_names)
 
@@ -110,7 +114,12 @@ BAD = [
         "has 2",
     ),
     (["servers", 0, "http_url"], "http://127.0.0.1:8000", "servers[0](triton0)", "needs all of http_url"),
-]
+    # NaN passes every bound (each comparison is false), so no bound may name it
+    (["models", 3, "sla", "target_ms"], float("nan"), "models[3](safety-guard).sla.target_ms", "finite number"),
+    (["devices", 0, "memory_gb"], float("inf"), "devices[0](dev0).memory_gb", "finite number"),
+    (["models", 1, "memory_gb_per_instance"], float("nan"), "models[1](embeddings).memory_gb_per_instance",
+     "finite number"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("path", "value", "field", "reason"), BAD)
@@ -168,7 +177,8 @@ def test_missing_file() -> None:
 def test_relative_repository_is_taken_from_the_spec_folder(tmp_path: Path) -> None:
     data = default_data()
     data["models"][1]["source"] = {"repository": "models"}
-    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "models" / "embeddings").mkdir(parents=True)
+    (tmp_path / "sub" / "models" / "embeddings" / "config.pbtxt").write_text('backend: "python"\n')
     spec_file = tmp_path / "sub" / "fleet.yaml"
     spec_file.write_text(yaml.safe_dump(copy.deepcopy(data)))
     assert load_spec(spec_file).model("embeddings").source.repository == tmp_path / "sub" / "models"
@@ -180,3 +190,161 @@ def test_relative_repository_is_taken_from_the_spec_folder(tmp_path: Path) -> No
 )
 def test_zero_resources_are_dropped(resources: dict[str, int], normalised: dict[str, int]) -> None:
     assert Knobs(resources=resources).resources == normalised
+
+
+# ---------------------------------------------------------------- sources on disk
+def _repo(root: Path, model: str = "embeddings") -> Path:
+    """A user's model repository holding `model` (config.pbtxt and a version folder)."""
+    (root / model / "1").mkdir(parents=True)
+    (root / model / "config.pbtxt").write_text('backend: "python"\n')
+    (root / model / "1" / "model.py").write_text("# the user's model\n")
+    return root
+
+
+def _outside(tmp: Path) -> Path:
+    (tmp / "outside").mkdir(exist_ok=True)
+    (tmp / "outside" / "weights.bin").write_bytes(b"\0")
+    return tmp / "outside"
+
+
+# (how the repository is made under tmp, words the reason must contain); the spec names "repo"
+REPOSITORIES = [
+    ("missing", lambda tmp: None, "does not exist"),
+    ("a file", lambda tmp: (tmp / "repo").write_text(""), "is not a folder"),
+    ("like /etc", lambda tmp: _repo(tmp / "repo", model="other"), "holds no embeddings/config.pbtxt"),
+    ("empty model folder", lambda tmp: (tmp / "repo" / "embeddings").mkdir(parents=True), "holds no"),
+    (
+        "a version folder linked out",
+        lambda tmp: (_repo(tmp / "repo") / "embeddings" / "2").symlink_to(_outside(tmp)),
+        "embeddings/2 leads outside the repository, to",
+    ),
+    (
+        "a weights file linked out, deep down",
+        lambda tmp: (_repo(tmp / "repo") / "embeddings" / "1" / "w.bin").symlink_to(
+            _outside(tmp) / "weights.bin"
+        ),
+        "embeddings/1/w.bin leads outside the repository",
+    ),
+    (
+        "a link up and out",
+        lambda tmp: (_outside(tmp), (_repo(tmp / "repo") / "embeddings" / "1" / "up").symlink_to("../../../outside")),
+        "leads outside the repository",
+    ),
+    (
+        "the model folder linked out",
+        lambda tmp: ((tmp / "repo").mkdir(), (tmp / "repo" / "embeddings").symlink_to(_repo(tmp / "elsewhere") / "embeddings")),
+        "repo/embeddings leads outside the repository",
+    ),
+    (
+        "a broken link",
+        lambda tmp: (_repo(tmp / "repo") / "embeddings" / "1" / "gone").symlink_to(tmp / "nowhere"),
+        "embeddings/1/gone is a broken link",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "reason"), [r[1:] for r in REPOSITORIES], ids=[r[0] for r in REPOSITORIES])
+def test_a_repository_fleet_up_could_not_use_is_refused(tmp_path: Path, make: Any, reason: str) -> None:
+    make(tmp_path)
+    data = default_data()
+    data["models"][1]["source"] = {"repository": "repo"}  # relative: resolved from the spec's folder
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    text = str(err.value)
+    assert str(spec_file) in text
+    ((field, why),) = err.value.problems
+    assert field == "models[1](embeddings).source.repository", text
+    assert reason in why, text
+
+
+def test_links_that_stay_in_the_repository_are_fine(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "real")
+    _repo(repo, model="shared-weights")
+    (repo / "embeddings" / "2").symlink_to(repo / "shared-weights" / "1")  # absolute, inside
+    (repo / "embeddings" / "1" / "cfg").symlink_to("../config.pbtxt")  # relative, inside
+    (tmp_path / "repo").symlink_to(repo)  # the repository itself may be a link
+    data = default_data()
+    data["models"][1]["source"] = {"repository": str(tmp_path / "repo")}
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    assert load_spec(spec_file).model("embeddings").source.repository == tmp_path / "repo"
+
+
+def test_many_bad_links_are_summed_up(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    for i in range(5):
+        (repo / "embeddings" / f"w{i}").symlink_to(_outside(tmp_path) / "weights.bin")
+    data = default_data()
+    data["models"][1]["source"] = {"repository": str(repo)}
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    reasons = [why for _, why in err.value.problems]
+    assert len(reasons) == 4 and reasons[-1] == "and 2 more links like these"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [(lambda tmp: None, "does not exist"), (lambda tmp: (tmp / "engine").write_text(""), "is not a folder")],
+)
+def test_an_engine_dir_must_be_a_folder(tmp_path: Path, make: Any, reason: str) -> None:
+    make(tmp_path)
+    data = yaml.safe_load(embedded_spec_path("gpu-trtllm").read_text())
+    data["models"][0]["source"] = {"engine_dir": "engine"}
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    assert err.value.problems == [
+        ("models[0](chat-llm).source.engine_dir", f"{tmp_path / 'engine'} {reason}")
+    ]
+    assert load_spec(spec_file, check_files=False).model("chat-llm").source.engine_dir == tmp_path / "engine"
+    (tmp_path / "engine").unlink(missing_ok=True)
+    (tmp_path / "engine").mkdir()
+    assert load_spec(spec_file).model("chat-llm").source.engine_dir == tmp_path / "engine"
+
+
+# ---------------------------------------------------------------- size, before any parsing
+def test_a_spec_over_1_mib_is_refused_before_its_yaml_is_parsed(tmp_path: Path) -> None:
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(default_data()) + "#" * MAX_SPEC_BYTES)
+    began = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    assert time.perf_counter() - began < 0.5
+    assert str(spec_file) in str(err.value)
+    assert err.value.problems == [("(file)", "is over the limit of 1048576 bytes (1 MiB)")]
+
+
+def test_too_many_models_name_the_field(tmp_path: Path) -> None:
+    data = default_data()
+    bulk = data["models"][1]
+    data["models"] += [dict(bulk, name=f"bulk{i}") for i in range(MAX_MODELS)]
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data, default_flow_style=True, width=1 << 20))
+    assert spec_file.stat().st_size < MAX_SPEC_BYTES  # refused for its models, not its size
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    ((field, why),) = err.value.problems
+    assert field == "models" and f"at most {MAX_MODELS} items" in why
+
+
+def test_yaml_aliases_cannot_blow_a_small_spec_up(tmp_path: Path) -> None:
+    lines = [
+        f"x: &a [{', '.join(['1'] * 100)}]",
+        f"y: &b [{', '.join(['*a'] * 100)}]",
+        f"z: [{', '.join(['*b'] * 100)}]",  # 100 x 100 x 100 values from 1 KB
+        "devices: []",
+        "servers: []",
+        "models: []",
+    ]
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text("\n".join(lines))
+    began = time.perf_counter()
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    assert time.perf_counter() - began < 1
+    assert err.value.problems[0][0] == "(top level)" and "expands to over" in err.value.problems[0][1]
