@@ -2,7 +2,8 @@
 operational endpoints (/metrics, /healthz, /readyz) at the root.
 
 Every error is JSON: `{"error": ..., "field": ...}` naming the request field that was wrong. Every
-mutating endpoint and the alert webhook require the bearer token."""
+mutating endpoint and the alert webhook require the bearer token, checked before the body is read,
+and no request body may exceed MAX_BODY_BYTES."""
 
 from __future__ import annotations
 
@@ -11,18 +12,47 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controlplane.api.deps import ApiError
+from controlplane.api.deps import ApiError, bearer_ok, unauthorized
 from controlplane.api.routes import alerts, configs, fleet, metrics, ops, slas, tuning
+from controlplane.api.schemas import ErrorOut
 from controlplane.plane import ControlPlane
 from controlplane.telemetry import ControlPlaneMetrics
 from store.configs import UnknownModel
 from store.db import StoreError
 
 API_PREFIX = "/api/v1"
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY_BYTES = 1 << 20
+"""The largest request body, 1 MiB. The largest body a route takes is Alertmanager's webhook, at
+most 1,000 alerts (AmWebhook); one alert as Alertmanager sends it (labels, annotations, start and
+end, generatorURL, fingerprint) is about 0.6 KB, so 1,000 fit with room to spare, and the shipped
+route (deploy/prometheus, group_by [alertname, model]) sends one group's few alerts at a time.
+Every other body is a few hundred bytes."""
+
+
+class BodyRefused(StarletteHTTPException):
+    """Raised by the guard's `receive` in place of a body it refuses (no token, over the limit): an
+    HTTPException, so FastAPI's body reader passes it on to the app's handler rather than calling it
+    a parse error."""
+
+    def __init__(self, status: int, message: str, field: str, headers: dict[str, str]) -> None:
+        super().__init__(status, message, headers)
+        self.field = field
+
+
+def _unauthenticated() -> BodyRefused:
+    exc = unauthorized()
+    return BodyRefused(exc.status, exc.message, str(exc.field), {"WWW-Authenticate": "Bearer"})
+
+
+def _too_large(limit: int) -> BodyRefused:
+    message = f"the request body is over the limit of {limit} bytes ({limit / 2**20:g} MiB)"
+    return BodyRefused(413, message, "body", {"Connection": "close"})  # the rest is not worth reading
 
 
 def _error(status: int, message: str, field: str | None = None, detail: list[dict[str, object]] | None = None,
@@ -51,8 +81,11 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
     )
     app.state.plane = plane
     app.state.token = token
+    too_large: dict[int | str, dict[str, object]] = {
+        413: {"model": ErrorOut, "description": f"The request body is over {MAX_BODY_BYTES} bytes."}
+    }
     for router in (fleet.router, configs.router, slas.router, metrics.router, tuning.router, alerts.router):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=too_large)
     app.include_router(ops.router)
 
     @app.exception_handler(ApiError)
@@ -69,6 +102,10 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
         first = detail[0] if detail else {"field": None, "message": "invalid request"}
         return _error(422, f"{first['field']}: {first['message']}", str(first["field"]), detail)
 
+    @app.exception_handler(BodyRefused)
+    def _refused(_: Request, exc: BodyRefused) -> JSONResponse:
+        return _refusal(exc)
+
     @app.exception_handler(StarletteHTTPException)
     def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = getattr(exc, "headers", None)
@@ -84,8 +121,68 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
     def _store(_: Request, exc: StoreError) -> JSONResponse:
         return _error(503, f"the store is unavailable: {exc}")
 
-    app.add_middleware(_RequestMetrics)
+    @app.exception_handler(Exception)
+    def _crash(_: Request, __: Exception) -> JSONResponse:
+        return _error(500, "internal server error (see the control plane's log)")
+
+    app.add_middleware(_Guard)
+    app.add_middleware(_RequestMetrics)  # outermost: it counts the guard's refusals too
     return app
+
+
+class _Guard:
+    """What costs nothing is checked before anything reads the body. The body of a mutating
+    request without the bearer token is never read: reading it raises the 401 (a route that takes
+    no body refuses it in its `require_token`; a path or method no route takes keeps its 404 or
+    405). No body may be over `limit` bytes (413): by its Content-Length before the app runs, and a
+    chunked one as it streams in, stopped at the chunk that passes the limit.
+
+    A request line past the HTTP server's own limits never reaches the app: uvicorn (httptools)
+    answers a request target (path and query) over 65,535 bytes itself, with a plain-text 400."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        anonymous = scope["method"] in MUTATING and not bearer_ok(
+            headers.get("authorization"), scope["app"].state.token
+        )
+        length = headers.get("content-length", "")
+        if not anonymous and length.isdigit() and int(length) > self.limit:
+            await _refusal(_too_large(self.limit))(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def guarded() -> Message:
+            nonlocal received
+            if anonymous:
+                raise _unauthenticated()
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _too_large(self.limit)
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded, sending)
+        except BodyRefused as exc:  # the app's handler answers it; this is for a reader outside routes
+            if started:
+                raise
+            await _refusal(exc)(scope, receive, send)
+
+
+def _refusal(exc: BodyRefused) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), exc.field, headers=dict(exc.headers or {}))
 
 
 def _route_label(scope: Scope) -> str:

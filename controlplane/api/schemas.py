@@ -1,6 +1,7 @@
 """Request and response bodies. Requests forbid unknown fields, so a misspelt knob is an error
 naming it rather than a change silently ignored, and take JSON's types as the schema says: strict,
-so `true` is not 1 nor "5" a number, but 5.0 is an integer (JSON Schema's)."""
+so `true` is not 1 nor "5" a number, but 5.0 is an integer (JSON Schema's). A float must be finite:
+Python's JSON reader takes NaN and Infinity, which no bound would refuse with a true reason."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ NO_NUL = r"^[^\x00]*$"
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ErrorOut(BaseModel):

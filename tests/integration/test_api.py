@@ -3,16 +3,23 @@ the bearer token; errors naming the bad field; SLAs; the alert webhook; a failed
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
+from fastapi.testclient import TestClient
 
+from controlplane.app import MAX_BODY_BYTES, create_app
+from controlplane.plane import ControlPlane
+from controlplane.telemetry import ControlPlaneMetrics
 from store import configs
 from store.models import TuningRun
-from tests.integration.conftest import Api
+from tests.integration.conftest import TOKEN, Api
 
 pytestmark = pytest.mark.integration
 
@@ -310,6 +317,169 @@ def test_a_tuning_run_starts_lists_its_trials_and_stops(api: Api) -> None:
     with api.plane.store.session() as session:  # the tuner's changes went through the reconciler
         actors = {v.actor for v in configs.history(session, "reranker")}
     assert "tuner" in actors or got["trials"][0]["state"] != "COMPLETE"
+
+
+# ---------------------------------------------------------------- inputs checked before they cost anything
+def send_raw(
+    api: Api, method: str, path: str, headers: dict[str, str], chunks: Iterator[bytes]
+) -> tuple[int, dict[str, str], dict[str, Any], int]:
+    """One request straight into the app over ASGI, its body streamed from `chunks` as the server
+    would hand it over (more_body until they run out): (status, headers, JSON body, bytes pulled)."""
+    pulled = 0
+    started: dict[str, Any] = {}
+    body = bytearray()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        chunk = next(chunks, None)
+        pulled += len(chunk or b"")
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.update(message)
+        elif message["type"] == "http.response.body":
+            body.extend(message.get("body", b""))
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http",
+        "method": method, "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {},
+    }  # fmt: skip
+    asyncio.run(api.client.app(scope, receive, send))
+    out_headers = {k.decode(): v.decode() for k, v in started["headers"]}
+    return started["status"], out_headers, json.loads(body), pulled
+
+
+def endless(chunk: int = 64 * 1024) -> Iterator[bytes]:
+    while True:
+        yield b"x" * chunk
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("length", [str(200 * 2**20), None], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}"])
+def test_an_anonymous_body_is_never_read(api: Api, length: str | None, authorization: str | None) -> None:
+    headers = {"Content-Type": "application/json"}
+    headers |= {"Content-Length": length} if length else {}
+    headers |= {"Authorization": authorization} if authorization else {}
+    for path in (f"{V1}/alerts", f"{V1}/models/embeddings/config", f"{V1}/tuning"):
+        status, out, body, pulled = send_raw(api, "POST", path, headers, endless())
+        assert (status, body["field"], out["www-authenticate"]) == (401, "header.Authorization", "Bearer")
+        assert pulled == 0, path  # not a byte of the 200 MB (or endless) body
+    # a path or method no route takes keeps its 404 or 405, still unread
+    for method, path, expected in (("POST", f"{V1}/nowhere", 404), ("DELETE", f"{V1}/alerts", 405)):
+        status, _, _, pulled = send_raw(api, method, path, headers, endless())
+        assert (status, pulled) == (expected, 0)
+
+
+def test_a_body_over_the_limit_is_413_json(api: Api) -> None:
+    # declared: refused before the app runs, nothing read
+    headers = AUTH | {"Content-Type": "application/json", "Content-Length": str(2 * 2**20)}
+    status, out, body, pulled = send_raw(api, "POST", f"{V1}/alerts", headers, endless())
+    assert (status, body["field"], pulled) == (413, "body", 0)
+    assert body["error"] == "the request body is over the limit of 1048576 bytes (1 MiB)"
+    assert out["connection"] == "close"
+    # chunked, without Content-Length: stopped at the chunk that passes the limit
+    headers = AUTH | {"Content-Type": "application/json"}
+    status, _, body, pulled = send_raw(api, "POST", f"{V1}/alerts", headers, endless())
+    assert (status, body["field"]) == (413, "body")
+    assert MAX_BODY_BYTES < pulled <= MAX_BODY_BYTES + 64 * 1024
+    # and through the client, a real 2 MB JSON body
+    r = api.client.post(f"{V1}/alerts", content=b'{"alerts": [' + b" " * (2 * 2**20) + b"]}",
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 413 and r.json()["field"] == "body" and "1048576 bytes" in r.json()["error"]
+    assert api.client.get(f"{V1}/models").status_code == 200  # and the API goes on
+
+
+def test_a_webhook_with_100_alerts_still_fits(api: Api) -> None:
+    alert = {  # as Alertmanager sends one
+        "status": "resolved",
+        "labels": {"alertname": "SlatuneReconcileFailing", "model": "embeddings", "severity": "ticket",
+                   "instance": "slatune-control-plane.prod.example.com:8780", "job": "slatune"},
+        "annotations": {"summary": "a configuration of embeddings was refused; see its history in the API"},
+        "startsAt": "2026-11-24T10:11:12.123456789Z", "endsAt": "2026-11-24T10:21:12.123456789Z",
+        "generatorURL": "http://prometheus.prod.example.com:9090/graph?g0.expr=increase%28slatune_reconcile"
+                        "_failures_total%7Bkind%3D%22permanent%22%7D%5B10m%5D%29+%3E+0&g0.tab=1",
+    }  # fmt: skip
+    alerts = [alert | {"fingerprint": f"{i:016x}"} for i in range(100)]
+    payload = {
+        "version": "4",
+        "status": "resolved",
+        "receiver": "slatune",
+        "groupLabels": {},
+        "alerts": alerts,
+    }
+    assert len(json.dumps(payload)) > 50_000  # 1,000 (the most AmWebhook takes) are ten times this
+    r = api.client.post(f"{V1}/alerts", json=payload)
+    assert r.status_code == 200, r.text
+    assert r.json()["recorded"] == 100
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_a_float_must_be_finite(api: Api, value: bytes) -> None:
+    """Python's JSON reader takes NaN and Infinity; no bound refuses NaN (every comparison is false)."""
+    r = api.client.put(
+        f"{V1}/models/safety-guard/sla",
+        content=b'{"metric": "latency_p99", "target_ms": ' + value + b"}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "body.target_ms" and "finite number" in r.json()["error"]
+    r = api.client.post(f"{V1}/tuning", content=b'{"window_s": ' + value + b"}",
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 422 and r.json()["field"] == "body.window_s", r.text
+    assert api.plane.slas()["safety-guard"].target_ms == 20
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("/models/chat-llm/windows?start=nan", "query.start"),
+        ("/models/chat-llm/windows?end=inf", "query.end"),
+        ("/models/chat-llm/windows?start=-Infinity", "query.start"),
+        ("/summary?window_s=nan", "query.window_s"),
+    ],
+)
+def test_a_query_float_must_be_finite(api: Api, query: str, field: str) -> None:
+    r = api.client.get(V1 + query)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field and "finite number" in r.json()["error"]
+
+
+def test_the_longest_path_the_app_sees_gets_json() -> None:
+    """uvicorn (httptools) answers a request target over 65,535 bytes itself, with a plain-text 400,
+    before the app is called; up to that, every answer is the app's, in JSON."""
+    httptools = pytest.importorskip("httptools")
+    longest = 65_535
+    httptools.parse_url(b"/" + b"a" * (longest - 1))
+    with pytest.raises(httptools.HttpParserInvalidURLError):
+        httptools.parse_url(b"/" + b"a" * longest)
+    plane = cast(ControlPlane, type("Plane", (), {"metrics": ControlPlaneMetrics()})())
+    app = create_app(plane, TOKEN)
+    with TestClient(app) as client:
+        r = client.get("/" + "a" * (longest - 1))
+        assert r.status_code == 404 and r.json()["error"] == "Not Found"
+        name = "m" * (longest - len(f"{V1}/models//config"))
+        r = client.post(f"{V1}/models/{name}/config", json={"knobs": {}})
+        assert r.status_code == 401 and r.json()["field"] == "header.Authorization"
+
+
+def test_an_unexpected_error_is_json_too() -> None:
+    plane = cast(ControlPlane, type("Plane", (), {"metrics": ControlPlaneMetrics()})())
+    app = create_app(plane, TOKEN)
+
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/boom")
+    assert r.status_code == 500 and r.json()["error"].startswith("internal server error")
+    assert "a bug" not in r.text
 
 
 def test_an_unreachable_server_is_retried_with_backoff_until_it_is_back(api: Api) -> None:

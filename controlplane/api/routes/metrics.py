@@ -25,8 +25,12 @@ def windows(
     model: str,
     plane: PlaneDep,
     session: SessionDep,
-    start: float | None = Query(None, description="Unix seconds; windows that ended at or after it."),
-    end: float | None = Query(None, description="Unix seconds; windows that ended at or before it."),
+    start: float | None = Query(
+        None, allow_inf_nan=False, description="Unix seconds; windows that ended at or after it."
+    ),
+    end: float | None = Query(
+        None, allow_inf_nan=False, description="Unix seconds; windows that ended at or before it."
+    ),
     limit: int = Query(500, ge=1, le=10_000, description="At most this many, the newest."),
 ) -> list[dict[str, Any]]:
     """The model's metric windows in [start, end] (default: the newest `limit`), oldest first."""
@@ -40,7 +44,9 @@ def windows(
 @router.get("/summary", response_model=list[SummaryOut], responses={422: {"model": ErrorOut}})
 def summary(
     plane: PlaneDep,
-    window_s: float = Query(30.0, gt=0, le=86_400, description="Seconds to summarise, up to now."),
+    window_s: float = Query(
+        30.0, gt=0, le=86_400, allow_inf_nan=False, description="Seconds to summarise, up to now."
+    ),
 ) -> list[SummaryOut]:
     """Per model over the last `window_s`: rates, failures, p50/p99 (TTFT for a streaming model),
     its SLA and whether it was met (null: no SLA, or no traffic to tell)."""
