@@ -74,9 +74,9 @@ def failing_with(code: int, *errors: type[Exception]) -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
-def _spec(spec: str | None) -> FleetSpec:
+def _spec(spec: str | None, *, check_files: bool = True) -> FleetSpec:
     with failing_with(2, SpecError):
-        return resolve_spec(spec)
+        return resolve_spec(spec, check_files=check_files)
 
 
 def _fleet_dir(data_dir: Path | None) -> Path:
@@ -293,8 +293,9 @@ def fleet_render(
     out: Annotated[Path, typer.Argument(help="Folder to write one model repository per server into.")],
     spec: SpecOpt = None,
 ) -> None:
-    """Write the model repositories (config.pbtxt per model) without starting anything."""
-    fs = _spec(spec)
+    """Write the model repositories (config.pbtxt per model) without starting anything. The
+    sources need not exist here (render the gpu-trtllm fleet on a host without its engine)."""
+    fs = _spec(spec, check_files=False)
     for m in fs.models:
         cfg = render(m, m.knobs, fs.device(m.device))
         write_model(out / m.server, m, cfg)
