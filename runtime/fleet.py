@@ -56,6 +56,19 @@ class ReconfigurationError(RuntimeError):
 
 # gRPC statuses that say nothing about the configuration itself, only that the server did not answer.
 _TEMPORARY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+_UNAVAILABLE = "StatusCode.UNAVAILABLE"
+_DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"
+
+# Every call to Triton has a deadline, so a server that hangs (SIGSTOP, a wedged backend) costs
+# its caller seconds, not forever. A read (readiness, a model's config) answers in about 5 ms, also
+# while the model reloads (measured on the small fleet: 82 reads during 3 reloads, the slowest
+# 6 ms): 5 s is far beyond any healthy answer. A load with warmup takes 1.4 to 2.4 s, its p99
+# 3.1 s under the reconfiguration benchmark's mixed load (docs/triton.md,
+# docs/benchmarks/reconfigure-*.json): 15 s leaves room for a busy 2-core machine, and stays well
+# under the reconciler's stuck threshold (60 s). A deadline that expires is a temporary error; a
+# load whose deadline expired may still finish in Triton, so the next read adopts what it finds.
+READ_DEADLINE_S = 5.0
+LOAD_DEADLINE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -84,13 +97,18 @@ class Fleet:
         *,
         supervise: bool = True,
         warmup: bool = True,
+        read_deadline_s: float = READ_DEADLINE_S,
+        load_deadline_s: float = LOAD_DEADLINE_S,
     ) -> None:
         """`warmup=False` drops the models' warmup samples: only the benchmark that shows what
-        they prevent switches them off."""
+        they prevent switches them off. The deadlines bound every call to Triton (see
+        READ_DEADLINE_S): models that take minutes to load (a large LLM) need a longer load one."""
         self.spec = spec
         self.work_dir = Path(work_dir)
         self.supervise = supervise
         self.warmup = warmup
+        self.read_deadline_s = read_deadline_s
+        self.load_deadline_s = load_deadline_s
         self._servers: dict[str, _Server] = {}
         self._applied: dict[str, ModelConfig] = {}
         # One reconfiguration per server at a time: concurrent reloads would stack their start-up
@@ -99,6 +117,9 @@ class Fleet:
         self._supervisor: Supervisor | None = None
         self._readers: dict[str, grpcclient.InferenceServerClient] = {}
         self._readers_lock = threading.Lock()
+        # Configs whose load's deadline expired: Triton may still finish the load, and the first
+        # read that finds it running adopts it (the record and the on-disk repository follow).
+        self._unsettled: dict[str, ModelConfig] = {}
 
     # ----------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 120.0) -> dict[str, float]:
@@ -123,7 +144,9 @@ class Fleet:
             raise
         self._write_state()
         processes = {name: s.process for name, s in self._servers.items() if s.process is not None}
-        self._supervisor = Supervisor(processes, self._locks)
+        # A restarted server gets a fresh channel: the cached one may sit out gRPC's reconnect
+        # backoff (seconds) after the server is back.
+        self._supervisor = Supervisor(processes, self._locks, on_restart=self._forget_reader)
         if self.supervise and processes:
             self._supervisor.start()
         return timings
@@ -164,19 +187,19 @@ class Fleet:
         self._servers[s.name] = _Server(s, endpoints, None)
         with self._client(s.name) as client:
             try:
-                if not client.is_server_ready():
+                if not client.is_server_ready(client_timeout=self.read_deadline_s):
                     raise ServerError(f"server {s.name!r} at {s.grpc_url} is not ready")
+                for m in self.spec.models_on(s.name):
+                    if not client.is_model_ready(m.name, client_timeout=self.read_deadline_s):
+                        raise ServerError(
+                            f"model {m.name!r} is not loaded on server {s.name!r} ({s.grpc_url}); "
+                            "load it there, or drop it from the spec"
+                        )
+                    self._applied[m.name] = self._observed(client, m.name)
             except InferenceServerException as exc:
                 raise ServerError(
                     f"server {s.name!r} at {s.grpc_url} cannot be reached: {exc.message()}"
                 ) from None
-            for m in self.spec.models_on(s.name):
-                if not client.is_model_ready(m.name):
-                    raise ServerError(
-                        f"model {m.name!r} is not loaded on server {s.name!r} ({s.grpc_url}); "
-                        "load it there, or drop it from the spec"
-                    )
-                self._applied[m.name] = self._observed(client, m.name)
 
     def stop(self) -> None:
         with self._readers_lock:
@@ -246,7 +269,9 @@ class Fleet:
 
     def observed_config(self, model: str) -> ModelConfig:
         """The model's configuration as the running Triton reports it (over one gRPC channel per
-        server, kept open: opening one costs more than the call)."""
+        server, kept open: opening one costs more than the call). A server that is unavailable
+        loses its channel, so the next read dials anew rather than wait out gRPC's reconnect
+        backoff."""
         server = self.spec.model(model).server
         with self._readers_lock:
             client = self._readers.get(server)
@@ -254,7 +279,14 @@ class Fleet:
                 client = self._readers[server] = grpcclient.InferenceServerClient(
                     self._servers[server].endpoints.grpc
                 )
-        return self._observed(client, model)
+        try:
+            observed = self._observed(client, model)
+        except InferenceServerException as exc:
+            if exc.status() == _UNAVAILABLE:
+                self._forget_reader(server, client)
+            raise
+        self._adopt_if_loaded(model, observed)
+        return observed
 
     def observed_knobs(self, model: str) -> Knobs:
         """The knobs the running Triton reports for `model`: what a reconciler compares with."""
@@ -265,10 +297,39 @@ class Fleet:
                 f"{model}: its configuration cannot be read from its server: {exc.message()}", temporary=True
             ) from None
 
-    @staticmethod
-    def _observed(client: grpcclient.InferenceServerClient, model: str) -> ModelConfig:
-        reply: Any = client.get_model_config(model, as_json=True)
+    def _observed(self, client: grpcclient.InferenceServerClient, model: str) -> ModelConfig:
+        reply: Any = client.get_model_config(model, as_json=True, client_timeout=self.read_deadline_s)
         return render.from_json(reply["config"])
+
+    def _forget_reader(self, server: str, client: grpcclient.InferenceServerClient | None = None) -> None:
+        """Close `server`'s cached channel (only if it is still `client`, when given)."""
+        with self._readers_lock:
+            cached = self._readers.get(server)
+            if cached is None or (client is not None and cached is not client):
+                return
+            del self._readers[server]
+        cached.close()
+
+    def _adopt_if_loaded(self, model: str, observed: ModelConfig) -> None:
+        """A load whose deadline expired and that Triton finished anyway is the applied config."""
+        pending = self._unsettled.get(model)
+        if pending is None or render.knobs_of(observed) != render.knobs_of(pending):
+            return
+        lock = self._locks[self.spec.model(model).server]
+        if not lock.acquire(blocking=False):
+            return  # an apply or a restart is under way: a later read adopts it
+        try:
+            if self._unsettled.get(model) is pending:
+                del self._unsettled[model]
+                self._record_applied(model, pending)
+        finally:
+            lock.release()
+
+    def _record_applied(self, model: str, config: ModelConfig) -> None:
+        self._applied[model] = config
+        server = self._servers[self.spec.model(model).server]
+        if server.process is not None:
+            render.write_config(server.process.repository, config)
 
     @contextmanager
     def _client(self, server: str) -> Iterator[grpcclient.InferenceServerClient]:
@@ -315,8 +376,15 @@ class Fleet:
         if knobs is not None:
             changes = {**knobs.model_dump(), **changes}
         spec = self.spec.model(model)
-        with self._locks[spec.server]:
-            began = time.monotonic()
+        began = time.monotonic()
+        # Held by another apply or by the supervisor restarting the server: wait a load's deadline.
+        if not self._locks[spec.server].acquire(timeout=self.load_deadline_s):
+            raise ReconfigurationError(
+                f"{model}: server {spec.server!r} is busy (restarting or reconfiguring) after "
+                f"{self.load_deadline_s:g} s",
+                temporary=True,
+            )
+        try:
             target = self.validate(model, changes)
             before_cfg = self._applied[model]
             before = render.knobs_of(before_cfg)
@@ -326,11 +394,25 @@ class Fleet:
             if new_cfg == before_cfg:
                 return ApplyResult(model, before, before, "unchanged", time.monotonic() - began)
             path: ApplyPath = "in-place" if render.instance_groups_only(before_cfg, new_cfg) else "reload"
+            self._unsettled.pop(model, None)  # this load decides, whatever an older one did
             with self._client(spec.server) as client:
                 try:
-                    client.load_model(model, config=render.to_json(new_cfg))
+                    client.load_model(
+                        model, config=render.to_json(new_cfg), client_timeout=self.load_deadline_s
+                    )
                     observed = self._observed(client, model)
                 except InferenceServerException as exc:
+                    if exc.status() == _UNAVAILABLE:
+                        self._forget_reader(spec.server)
+                    if exc.status() == _DEADLINE_EXCEEDED:
+                        # Triton may still finish this load: the next read that finds it adopts it.
+                        self._unsettled[model] = new_cfg
+                        raise ReconfigurationError(
+                            f"{model}: server {spec.server!r} did not answer within its deadline "
+                            f"({self.load_deadline_s:g} s to load, {self.read_deadline_s:g} s to read back); "
+                            "Triton may still finish the load: the next attempt reads back what runs",
+                            temporary=True,
+                        ) from None
                     if exc.status() in _TEMPORARY_STATUSES:
                         raise ReconfigurationError(
                             f"{model}: server {spec.server!r} did not answer: {exc.message()}", temporary=True
@@ -342,11 +424,10 @@ class Fleet:
                 raise ReconfigurationError(
                     f"{model}: Triton reports {render.knobs_of(observed)} after applying {target}"
                 )
-            self._applied[model] = new_cfg
-            server = self._servers[spec.server]
-            if server.process is not None:
-                render.write_config(server.process.repository, new_cfg)
+            self._record_applied(model, new_cfg)
             return ApplyResult(model, before, target, path, time.monotonic() - began)
+        finally:
+            self._locks[spec.server].release()
 
 
 def _hostport(url: str) -> str:

@@ -42,7 +42,9 @@ class Supervisor:
     restart up to `max_wait_s` (1, 2, 4 ... 30 s), and back to `first_wait_s` once it is up.
 
     `wait(seconds)` sleeps and says whether the supervisor was stopped meanwhile; by default it
-    waits on the stop event, tests pass their own so no time passes."""
+    waits on the stop event, tests pass their own so no time passes. `on_restart(server)` is
+    called after each restart that came up (the fleet drops its cached channel to that server,
+    which may still be waiting out gRPC's reconnect backoff)."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class Supervisor:
         first_wait_s: float = 1.0,
         max_wait_s: float = 30.0,
         wait: Callable[[float], bool] | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self._processes = processes
         self._locks = locks
@@ -61,6 +64,7 @@ class Supervisor:
         self.max_wait_s = max_wait_s
         self._stopping = threading.Event()
         self._wait = wait or self._stopping.wait
+        self._on_restart = on_restart
         self._backoff: dict[str, float] = {}
         self._restarts: dict[str, int] = {}
         self._thread: threading.Thread | None = None
@@ -104,6 +108,8 @@ class Supervisor:
                     self._restarts[name] = self.restarts(name) + 1
                     self._backoff.pop(name, None)
                     log.warning("server %s restarted (restart #%d)", name, self._restarts[name])
+                    if self._on_restart is not None:
+                        self._on_restart(name)
                 except ServerError as exc:
                     self._backoff[name] = min(wait * 2, self.max_wait_s)
                     log.error("restart of server %s failed: %s", name, exc)

@@ -98,6 +98,19 @@ def test_servers_back_off_each_on_their_own() -> None:
     assert (sup.restarts("a"), sup.restarts("b")) == (0, 1)
 
 
+def test_each_restart_that_came_up_is_reported() -> None:
+    """The fleet drops its cached channel then; a restart that failed is not reported."""
+    proc = FakeProcess(failures=1)
+    restarted: list[str] = []
+    sup = Supervisor(
+        {"triton0": proc}, {"triton0": threading.Lock()}, wait=lambda s: False, on_restart=restarted.append
+    )
+    sup.check()
+    assert restarted == []  # the first restart failed
+    sup.check()
+    assert restarted == ["triton0"]
+
+
 def test_a_server_stopped_on_purpose_is_left_alone() -> None:
     proc = FakeProcess()
     proc.proc = None  # never started, or stopped by the fleet
