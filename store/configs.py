@@ -2,8 +2,9 @@
 
 A version is born `desired` (by a person, the tuner, an alert policy), and ends `applied` or
 `failed`; an applied version is later `superseded` by the next one. A desired version overtaken by
-a newer desired version of the same model before it was applied is `superseded` too, with the
-reason saying by which. Each function takes a session and never commits.
+a newer version of the same model before it was applied is `superseded` too, with the reason
+saying by which: only a model's newest version can be desired, on every store and however many
+writers propose at once (see `propose`). Each function takes a session and never commits.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from domain.proposal import Proposal
@@ -25,8 +26,11 @@ class UnknownModel(LookupError):
         self.name = name
 
 
-def model_row(session: Session, name: str) -> Model:
-    row = session.scalar(select(Model).where(Model.name == name))
+def model_row(session: Session, name: str, *, lock: bool = False) -> Model:
+    """`lock` holds the row until the transaction ends (SELECT ... FOR UPDATE; SQLite, which
+    has no row locks, serialises writers with its database lock)."""
+    query = select(Model).where(Model.name == name)
+    row = session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise UnknownModel(name)
     return row
@@ -35,8 +39,13 @@ def model_row(session: Session, name: str) -> Model:
 def propose(
     session: Session, model: str, knobs: Mapping[str, Any], actor: str, reason: str, at: float
 ) -> ConfigVersion:
-    """A new desired version of `model`; older desired ones are overtaken by it."""
-    model_id = model_row(session, model).id
+    """A new desired version of `model`; older desired ones are overtaken by it.
+
+    The model's row is locked first, so concurrent proposals for one model take their ids and
+    commit one after the other: each sees the ones before it (under PostgreSQL's READ COMMITTED,
+    a plain SELECT missed the ones not yet committed, and they all stayed desired), and the
+    newest id is the last decision."""
+    model_id = model_row(session, model, lock=True).id
     row = ConfigVersion(
         model_id=model_id, knobs=dict(knobs), actor=actor, reason=reason, state="desired", created_at=at
     )
@@ -95,15 +104,42 @@ def applied(session: Session) -> dict[str, ConfigVersion]:
     return {name: version for name, version in rows}
 
 
+def supersede_overtaken(session: Session) -> list[ConfigVersion]:
+    """Mark superseded every desired version that is not its model's newest version, and return
+    them. `propose` leaves none; this is the reader's own guard (rows written before the lock,
+    or by a writer that bypassed it), so an older decision is never applied after a newer one."""
+    newest = (
+        select(ConfigVersion.model_id, func.max(ConfigVersion.id).label("newest_id"))
+        .group_by(ConfigVersion.model_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(ConfigVersion, newest.c.newest_id)
+        .join(newest, newest.c.model_id == ConfigVersion.model_id)
+        .where(ConfigVersion.state == "desired", ConfigVersion.id < newest.c.newest_id)
+        .order_by(ConfigVersion.id)
+    ).all()
+    for older, newest_id in rows:
+        older.state = "superseded"
+        older.error = f"overtaken by version {newest_id} before it was applied"
+    return [older for older, _ in rows]
+
+
 def mark_applied(session: Session, version: ConfigVersion, at: float) -> None:
-    """`version` runs now; the one it replaces is superseded."""
+    """`version` runs now; the one it replaces is superseded, and so is any older version still
+    desired (an older decision must not be applied after it)."""
     for old in session.scalars(
         select(ConfigVersion).where(
             ConfigVersion.model_id == version.model_id,
-            ConfigVersion.state == "applied",
             ConfigVersion.id != version.id,
+            or_(
+                ConfigVersion.state == "applied",
+                (ConfigVersion.state == "desired") & (ConfigVersion.id < version.id),
+            ),
         )
     ):
+        if old.state == "desired":
+            old.error = f"overtaken by version {version.id} before it was applied"
         old.state = "superseded"
     version.state, version.applied_at, version.error = "applied", at, None
 
