@@ -10,11 +10,16 @@ for entries left open by a control plane that died mid-apply and reads the fleet
 Triton runs the version, it is recorded as applied (not applied again); if not, the entry is
 closed as interrupted and the version stays desired, so the next cycle applies it once.
 
-Cycles run one at a time (a lock), so concurrent changes to one model are serialised; the newest
-desired version of a model wins, and older ones are recorded as overtaken. A temporary failure
-(the server did not answer) is retried with exponential backoff; a permanent one (Triton refused
-the configuration) marks the version failed with the server's message, and the previous
-configuration stays in place.
+Cycles run one at a time (a lock), so concurrent changes to one model are serialised; only a
+model's newest version is trusted, and older ones still desired are recorded as overtaken, so an
+older decision is never applied after a newer one.
+
+The reconciler is level-triggered: a temporary failure (the server did not answer within its
+deadline, or is down) leaves the version desired, and it is tried again with capped exponential
+backoff (1, 2, 4 ... 30 s) for as long as it is the newest: there is no attempt limit. A server
+that failed to answer is not called again in the same cycle, so a hung server costs a cycle one
+deadline. A permanent failure (Triton refused the configuration) marks the version failed with
+the server's message at once, and the previous configuration stays in place.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ def plan(desired: Mapping[str, tuple[int, Knobs]], running: Mapping[str, Knobs])
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
-    """1, 2, 4 ... times `base_s` after each failed attempt, at most `max_s`."""
-    return float(min(base_s * 2 ** max(attempts - 1, 0), max_s))
+    """1, 2, 4 ... times `base_s` after each failed attempt, at most `max_s`. Retries never end,
+    so the exponent is capped too (2.0 ** 1024 overflows a float)."""
+    return float(min(base_s * 2.0 ** min(max(attempts - 1, 0), 62), max_s))
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,6 @@ class Reconciler:
         metrics: ControlPlaneMetrics | None = None,
         clock: Callable[[], float] = time.time,
         poll_s: float = 2.0,
-        max_attempts: int = 5,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
     ) -> None:
@@ -95,11 +100,11 @@ class Reconciler:
         self.metrics = metrics or ControlPlaneMetrics()
         self.clock = clock
         self.poll_s = poll_s
-        self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._lock = threading.Lock()
-        # A cycle applies one change at most per model, each bounded by the runtime's deadlines.
+        # A cycle applies one change at most per model, each bounded by the runtime's deadlines,
+        # and calls a server that did not answer no more that cycle.
         self.heartbeat = Heartbeat("reconciler", stuck_after_s=max(4 * poll_s, 60.0))
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -145,6 +150,8 @@ class Reconciler:
             self.metrics.reconcile_cycles.inc()
             self.last_cycle_at = self.clock()
             with self.store.session() as session:
+                for older in configs.supersede_overtaken(session):
+                    log.warning("version %d: %s", older.id, older.error)
                 pending = configs.desired(session)
                 wanted = {
                     name: (v.id, Knobs.model_validate(v.knobs))
@@ -152,22 +159,38 @@ class Reconciler:
                     if name in self.fleet.spec.model_names and (scope is None or name in scope)
                 }
             self.metrics.desired_pending.set(len(pending))
+            if scope is None:  # versions no longer desired need no retry schedule
+                ids = {v.id for v in pending.values()}
+                self._retries = {i: r for i, r in self._retries.items() if i in ids}
             results = []
             running: dict[str, Knobs] = {}
+            down: dict[str, ReconfigurationError] = {}  # servers that did not answer this cycle
             for name, (version_id, _) in wanted.items():
                 retry = self._retries.get(version_id)
                 if retry is not None and self.clock() < retry.next_at:
                     results.append(Result(name, version_id, "waiting"))  # backing off
                     continue
+                server = self.fleet.spec.model(name).server
                 try:
+                    if server in down:
+                        raise down[server]
                     running[name] = self.fleet.observed_knobs(name)
                 except ReconfigurationError as exc:
+                    if exc.temporary:
+                        down.setdefault(server, exc)
                     results.append(self._failed(name, version_id, exc))
             for step in plan({m: w for m, w in wanted.items() if m in running}, running):
-                results.append(self._settle(step))
+                server = self.fleet.spec.model(step.model).server
+                if server in down:
+                    results.append(self._failed(step.model, step.version_id, down[server]))
+                    continue
+                result, error = self._settle(step)
+                if error is not None and error.temporary:
+                    down[server] = error
+                results.append(result)
             return results
 
-    def _settle(self, step: Step) -> Result:
+    def _settle(self, step: Step) -> tuple[Result, ReconfigurationError | None]:
         if not step.needs_apply:
             with self.store.session() as session:
                 version = session.get(ConfigVersion, step.version_id)
@@ -175,7 +198,7 @@ class Reconciler:
                 configs.mark_applied(session, version, self.clock())
             self._retries.pop(step.version_id, None)
             self.metrics.reconfigurations.labels(step.model, "unchanged", "unchanged").inc()
-            return Result(step.model, step.version_id, "unchanged", "unchanged")
+            return Result(step.model, step.version_id, "unchanged", "unchanged"), None
         with self.store.session() as session:  # journaled (committed) before the apply starts
             version = session.get(ConfigVersion, step.version_id)
             assert version is not None
@@ -184,7 +207,7 @@ class Reconciler:
         try:
             result = self.fleet.apply(step.model, step.knobs)
         except ReconfigurationError as exc:
-            return self._failed(step.model, step.version_id, exc, entry_id)
+            return self._failed(step.model, step.version_id, exc, entry_id), exc
         finally:
             self.metrics.apply_seconds.observe(time.monotonic() - began)
         with self.store.session() as session:
@@ -198,13 +221,13 @@ class Reconciler:
         log.info(
             "%s: version %d applied (%s, %.2f s)", step.model, step.version_id, result.path, result.seconds
         )
-        return Result(step.model, step.version_id, "applied", result.path)
+        return Result(step.model, step.version_id, "applied", result.path), None
 
     def _failed(
         self, model: str, version_id: int, exc: ReconfigurationError, entry_id: int | None = None
     ) -> Result:
         attempts = self._retries[version_id].attempts + 1 if version_id in self._retries else 1
-        temporary = exc.temporary and attempts < self.max_attempts
+        temporary = exc.temporary  # level-triggered: retried for as long as it is the newest
         now = self.clock()
         with self.store.session() as session:
             if entry_id is not None:
@@ -214,8 +237,7 @@ class Reconciler:
             if not temporary:
                 version = session.get(ConfigVersion, version_id)
                 assert version is not None
-                reason = str(exc) if not exc.temporary else f"gave up after {attempts} attempts: {exc}"
-                configs.mark_failed(session, version, reason)
+                configs.mark_failed(session, version, str(exc))
         self.metrics.reconcile_failures.labels(model, "temporary" if exc.temporary else "permanent").inc()
         if temporary:
             delay = backoff_s(attempts, self.backoff_base_s, self.backoff_max_s)
