@@ -101,7 +101,8 @@ class ControlPlane:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Record the fleet in the store, close what a previous run left open, start the loops."""
+        """Record the fleet in the store, close what a previous run left open (the journal's
+        interrupted applies, then tuning runs whose process died), start the loops."""
         self.store.require_head()
         endpoints = {s.name: self.fleet.endpoints(s.name) for s in self.fleet.spec.servers}
         collector = fleet_collector(  # records the fleet's servers and models in the store
@@ -110,6 +111,8 @@ class ControlPlane:
         )  # fmt: skip
         self.optuna_storage(self.settings.optuna_url)  # opened once, before threads race to create its tables
         self.reconciler.recover()
+        # Before the reconciler starts: a dead run's unmeasured trial must never be applied.
+        self.tuning.recover()
         self.reconciler.start()
         self.collector = self._loops.enter_context(collector.running())
         self.started_at = self.clock()

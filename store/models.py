@@ -196,6 +196,7 @@ class TuningRun(Base):
     study_name: Mapped[str] = mapped_column(String(128))
     optuna_storage: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16), default="running")
+    """running, completed, stopped, failed; interrupted (its process died), discarded (by a person)."""
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
     budget: Mapped[int] = mapped_column(Integer)
@@ -203,3 +204,14 @@ class TuningRun(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list)
     best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """The best feasible configuration and its evidence (windows, scores)."""
+    warmup_s: Mapped[float | None] = mapped_column(Float)
+    """Seconds after each apply that are not measured (a resumed run keeps them)."""
+    owner: Mapped[str | None] = mapped_column(String(256))
+    """The process running it, as host/pid/process start time (`controlplane.tuning.Owner`): at
+    start-up a `running` run whose owner died is `interrupted`, one another live process owns is
+    left alone."""
+    owned_since: Mapped[float | None] = mapped_column(Float)
+    """When its owner started (or resumed) it: the tuner's versions since then are this stint's."""
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    """The owner's last sign of life, renewed while it runs: the lease a process on another host
+    is judged by."""

@@ -16,7 +16,7 @@ from domain.proposal import Proposal
 from domain.spec import FleetSpec, Knobs
 from domain.windows import aggregate
 from runtime.fleet import Fleet, ReconfigurationError
-from store import configs, queries
+from store import configs, queries, tuning
 from store.db import Store
 from store.models import TuningRun
 from tuner.loop import Outcome, Tuner, TuningConfig, TuningResult, knobs_to_attr, make_study, score_to_attr
@@ -25,6 +25,15 @@ from tuner.objective import Measured
 
 class TuningStopped(Exception):
     """The run was asked to stop (the best feasible configuration so far is applied)."""
+
+
+class RunNotResumable(Exception):
+    """Only an interrupted or stopped run can be resumed."""
+
+    def __init__(self, run_id: int, status: str | None) -> None:
+        what = "does not exist" if status is None else f"is {status}"
+        super().__init__(f"tuning run {run_id} {what}: only an interrupted or stopped run can be resumed")
+        self.run_id, self.status = run_id, status
 
 
 class Reconciles(Protocol):
@@ -118,22 +127,36 @@ def run_study(
     on_start: Callable[[int], None] | None = None,
     spec: FleetSpec | None = None,
     storage: optuna.storages.BaseStorage | None = None,
+    owner: str | None = None,
+    resume: int | None = None,
 ) -> TuningResult:
     """A tuning run on the live fleet, recorded in the store with its study and, at the end or on
     a stop, the winning configuration and its evidence (both measurements of it). Setting `stop`
     (or Ctrl-C) ends it after applying the best feasible configuration measured so far, which is
     then the result's `best`. `on_start` is told the run's id. `spec` is the fleet's own unless
     given (with the SLAs an operator set since, say). `storage` is `optuna_storage` already opened
-    (a process opens Optuna's storage once: two first openings race to create its tables)."""
+    (a process opens Optuna's storage once: two first openings race to create its tables). `owner`
+    names the process running it (`controlplane.tuning.Owner`). `resume` is the id of an
+    interrupted or stopped run to continue, its study named `study_name`: claimed, it is `running`
+    again under `owner` (RunNotResumable when it is not resumable)."""
     fleet = reconciler.fleet
+    now = time.time()
     with store.session() as session:
-        row = TuningRun(
-            study_name=study_name, optuna_storage=optuna_storage, status="running", started_at=time.time(),
-            budget=config.budget, window_s=config.window_s, models=list(config.models or fleet.spec.model_names),
-        )  # fmt: skip
-        session.add(row)
-        session.flush()
-        run_id = row.id
+        if resume is not None:
+            if not tuning.claim(session, resume, owner or "", now):
+                current = tuning.run(session, resume)
+                raise RunNotResumable(resume, current.status if current else None)
+            run_id = resume
+        else:
+            row = TuningRun(
+                study_name=study_name, optuna_storage=optuna_storage, status="running", started_at=now,
+                budget=config.budget, window_s=config.window_s, warmup_s=config.warmup_s,
+                models=list(config.models or fleet.spec.model_names), owner=owner, owned_since=now,
+                heartbeat_at=now,
+            )  # fmt: skip
+            session.add(row)
+            session.flush()
+            run_id = row.id
     if on_start is not None:
         on_start(run_id)
     status, result = "failed", None

@@ -1,5 +1,5 @@
-"""Tuning: start a study (budget, window length, models in scope), stop it, see its trials, the
-best configuration and its evidence."""
+"""Tuning: start a study (budget, window length, models in scope), stop it, resume or discard an
+interrupted or stopped one, see its trials, the best configuration and its evidence."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from controlplane.tuning import TuningBusy
 from domain.spec import Knobs
 from store import tuning
 from store.models import TuningRun
+from tuner.live import RunNotResumable
 
 router = APIRouter(prefix="/tuning", tags=["tuning"])
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -107,5 +108,38 @@ def stop(run_id: IdPath, plane: PlaneDep, session: SessionDep, response: Respons
     (status `stopped`)."""
     r = _run(session, run_id)
     if not plane.tuning.stop(run_id):
-        raise ApiError(409, f"tuning run {run_id} is not running (status {r.status})", "path.run_id")
+        hint = " (resume or discard it)" if r.status in tuning.RESUMABLE else ""
+        raise ApiError(409, f"tuning run {run_id} is not running (status {r.status}){hint}", "path.run_id")
     return _out(r)
+
+
+@router.post(
+    "/{run_id}/resume", response_model=TuningOut, status_code=202, responses=ERRORS, dependencies=[Authorized]
+)
+def resume(run_id: IdPath, plane: PlaneDep, session: SessionDep) -> TuningOut:
+    """Continue an interrupted or stopped run: the same study (a trial its death left running is
+    failed, none told is repeated), with its budget, window, warmup and models in scope."""
+    _run(session, run_id)
+    try:
+        plane.tuning.resume(run_id)
+    except RunNotResumable as exc:
+        raise ApiError(409, str(exc), "path.run_id") from None
+    except TuningBusy as exc:
+        raise ApiError(409, str(exc)) from None
+    session.expire_all()
+    return _out(_run(session, run_id))
+
+
+@router.post("/{run_id}/discard", response_model=TuningOut, responses=ERRORS, dependencies=[Authorized])
+def discard(run_id: IdPath, plane: PlaneDep, session: SessionDep) -> TuningOut:
+    """Give up an interrupted or stopped run for good (status `discarded`); its study stays for
+    the record, and the configuration it left applied stays."""
+    r = _run(session, run_id)
+    if not tuning.discard(session, run_id, plane.clock()):
+        raise ApiError(
+            409,
+            f"tuning run {run_id} is {r.status}: only an interrupted or stopped run can be discarded",
+            "path.run_id",
+        )
+    session.expire_all()
+    return _out(_run(session, run_id))
