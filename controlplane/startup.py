@@ -66,7 +66,9 @@ def register_fleet(
     """The store learns the fleet: its servers and models (an SLA a person set survives unless
     the spec's own SLA changed since), and what each model runs (`running`, the spec's knobs by
     default): a model whose applied version is not what it runs (a first start, or a start from
-    the spec) gets an applied `startup` version."""
+    the spec) gets an applied `startup` version, unless a version is pending for it: an apply a
+    crash interrupted is the journal recovery's to settle (recorded applied if Triton runs it,
+    else applied once), and a startup version would overtake it."""
     running = running if running is not None else {m.name: m.knobs for m in spec.models}
     servers = [
         queries.ServerInfo(s.name, endpoints[s.name].grpc, endpoints[s.name].metrics_url, not s.attached)
@@ -80,8 +82,10 @@ def register_fleet(
     ]  # fmt: skip
     with store.session() as session:
         queries.sync_fleet(session, servers, models)
-        applied = configs.applied(session)
+        applied, pending = configs.applied(session), configs.desired(session)
         for name, knobs in running.items():
+            if name in pending:  # the reconciler's recovery decides: Triton runs it, or it is applied
+                continue
             v = applied.get(name)
             if v is None or Knobs.model_validate(v.knobs) != knobs:
                 why = "the spec's starting knobs" if v is None else "started from the spec's knobs"
