@@ -45,12 +45,12 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-import yaml
 
-from domain.spec import embedded_spec_path, resolve_spec
+from domain.spec import resolve_spec
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadRun, demo_mix, targets_for
 from tests.conftest import pids_running
+from tests.integration.test_up import attached_spec
 from tests.pgcluster import PgCluster, pg_cluster
 from tests.promstack import free_port
 
@@ -308,18 +308,6 @@ def triton_sigstop_20s(pg: PgCluster) -> Outcome:
         os.kill(frozen[0], signal.SIGCONT)
 
     return run_fault("triton-sigstop-20s", pg, inject, heal)
-
-
-def attached_spec(fleet: Fleet, where: Path) -> Path:
-    data: dict[str, Any] = yaml.safe_load(embedded_spec_path("default").read_text())
-    e = fleet.endpoints("triton0")
-    data["servers"] = [
-        {"name": "triton0", "http_url": f"http://{e.http}", "grpc_url": e.grpc, "metrics_url": e.metrics_url,
-         "rate_limit_resources": {"compute": 2}}
-    ]  # fmt: skip
-    path = where / "attached.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def up_sigkill_mid_tuning(pg: PgCluster) -> Outcome:
