@@ -158,8 +158,8 @@ def measure_configuration(
     """Apply an accepted proposal, warm up, measure one window, checking it as it goes: a badly
     broken SLA ends it."""
     knobs = proposal.knobs
-    applied_at = plant.now()
     plant.apply(proposal, reason or f"tuner trial {number}")
+    applied_at = plant.now()  # until the apply returns, the previous configuration runs
     plant.sleep(config.warmup_s)
     since = plant.now()
     measured: dict[str, Measured] = {}

@@ -1,5 +1,5 @@
-"""The tuner on the real fleet: a study that starts from a configuration breaking the chat SLA
-ends with one that meets it, applied and recorded; an interrupted study resumes from its storage
+"""The tuner on the real fleet: a study that starts from a configuration breaking the guard's SLA
+ends with one that meets every SLA, applied and recorded; an interrupted study resumes from its storage
 without losing or repeating a told trial."""
 
 from __future__ import annotations
@@ -29,11 +29,18 @@ pytestmark = pytest.mark.integration
 
 
 def tuning_spec(tmp_path: Path) -> Path:
-    """The default fleet starting where the rate limiter makes chat wait behind bulk work: chat
-    takes both compute tokens, so it runs only when no bulk instance does, and the limiter serves
-    its queue head-first. The search is narrowed to the knobs that matter here, so that a short
-    study can succeed: the tokens chat and the guard take, and the bulk instance counts. The
-    guard's SLA is relaxed to 50 ms: this test is about chat."""
+    """The default fleet starting where the rate limiter makes the latency-critical models wait
+    behind bulk work: the guard takes a compute token and chat both, and the limiter serves its
+    queue head-first. The search is narrowed to the knobs that matter here, so that a short study
+    can succeed: the tokens chat and the guard take, and the bulk instance counts.
+
+    The SLA this test is about is the guard's, at 150 ms: beside a CPU hog the start holds its p99
+    at 0.9-1.9 s, and the protective corner (no tokens for either, one instance per bulk model) at
+    17-61 ms, measured over 8 s windows. Chat's is relaxed to 1.5 s: on this CPU fleet its time to
+    first token over a short window swings between 100 and 500 ms whatever the knobs (a chat
+    request that arrives while its one instance streams waits for the next arrival or Triton's
+    500 ms batcher re-check, docs/triton.md), so no study could meet 200 ms there reliably on a
+    busy machine, and the test would judge the noise."""
     data: dict[str, Any] = yaml.safe_load(embedded_spec_path("default").read_text())
     for m in data["models"]:
         m["bounds"] = {}
@@ -45,7 +52,9 @@ def tuning_spec(tmp_path: Path) -> Path:
         else:
             m["bounds"] = {"instances": [1, 2], "resources": {"compute": [1, 1]}}
         if m["name"] == "safety-guard":
-            m["sla"]["target_ms"] = 50
+            m["sla"]["target_ms"] = 150
+        if m["name"] == "chat-llm":
+            m["sla"]["target_ms"] = 1500
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -73,15 +82,16 @@ CONFIG = TuningConfig(
 )
 
 
-def test_a_short_study_ends_meeting_the_chat_sla(
+def test_a_short_study_starting_broken_ends_meeting_every_sla(
     live: tuple[Fleet, Store, LivePlant], tmp_path: Path
 ) -> None:
     fleet, store, plant = live
     result = run_study(
         plant.reconciler, store, CONFIG, "chat-sla", f"sqlite:///{tmp_path / 'optuna.db'}", seed=3
     )
-    assert result.baseline is not None and result.baseline.violations["chat-llm"] > 0  # it starts broken
-    assert result.best is not None and result.best_score is not None and result.best_score.feasible
+    assert result.baseline is not None and result.baseline.violations["safety-guard"] > 0  # it starts broken
+    trials = [(o.trial, o.cut_short, o.score and o.score.violations) for o in result.outcomes]
+    assert result.best is not None and result.best_score is not None and result.best_score.feasible, trials
     assert fleet.all_knobs() == result.best  # the winner stays applied
     with store.session() as session:
         versions = queries.applied_versions(session)
@@ -93,7 +103,9 @@ def test_a_short_study_ends_meeting_the_chat_sla(
         assert run.best["knobs"] == {n: k.model_dump() for n, k in result.best.items()}
         assert run.best["measured"] and run.best["score"]["goodput"] > 0  # the evidence
     broken = [o for o in result.outcomes if o.score is not None and not o.score.feasible]
-    assert all(0 < o.violation_s <= CONFIG.warmup_s + CONFIG.window_s + 5 for o in broken)  # bounded
+    assert all(0 < o.violation_s <= CONFIG.warmup_s + CONFIG.window_s + 5 for o in broken), [
+        o.violation_s for o in broken
+    ]  # bounded
 
 
 def test_an_interrupted_study_resumes_without_losing_or_repeating_a_trial(
