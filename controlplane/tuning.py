@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
+from domain.health import Heartbeat
 from domain.proposal import Guardrails, propose
 from domain.spec import FleetSpec, Knobs, Sla
 from runtime.fleet import Fleet, ReconfigurationError
@@ -237,6 +238,8 @@ class TuningRunner:
         self._active: _Active | None = None
         self._lock = threading.Lock()
         self.owner = Owner.this_process()
+        # A pass of the tuner waits at most for one apply (120 s) or one check of its window.
+        self.heartbeat = Heartbeat("tuner", stuck_after_s=180.0)
 
     def start(
         self,
@@ -278,17 +281,20 @@ class TuningRunner:
                 started.set()
 
             def body() -> None:
+                self.heartbeat.start()
                 try:
                     run_study(
                         self.reconciler, self.store, config, name, self.optuna_url, seed=seed, stop=stop,
                         on_outcome=self._on_outcome, on_start=recorded, spec=spec,
                         storage=self._storage(self.optuna_url), owner=str(self.owner), resume=resume,
+                        heartbeat=self.heartbeat,
                     )  # fmt: skip
                 except RunNotResumable as exc:
                     refused.append(exc)
                 except Exception:
                     log.exception("tuning run %s failed", name)
                 finally:
+                    self.heartbeat.stop()
                     finished.set()
                     if active.run_id is not None:
                         with _live_lock:

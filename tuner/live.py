@@ -5,19 +5,21 @@ must be running: it is what turns traffic into windows."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import optuna
 
+from domain.health import Heartbeat
 from domain.proposal import Proposal
 from domain.spec import FleetSpec, Knobs
 from domain.windows import aggregate
 from runtime.fleet import Fleet, ReconfigurationError
 from store import configs, queries, tuning
-from store.db import Store
+from store.db import Store, StoreUnavailable
 from store.models import TuningRun
 from tuner.loop import Outcome, Tuner, TuningConfig, TuningResult, knobs_to_attr, make_study, score_to_attr
 from tuner.objective import Measured
@@ -44,6 +46,11 @@ class Reconciles(Protocol):
     def converge(self, version_ids: Iterable[int], timeout_s: float = ...) -> dict[int, str]: ...
 
 
+STORE_RETRY_S = 2.0
+T = TypeVar("T")
+log = logging.getLogger("slatune.tuner")
+
+
 class LivePlant:
     def __init__(
         self,
@@ -53,8 +60,10 @@ class LivePlant:
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
         apply_timeout_s: float = 120.0,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.reconciler = reconciler
+        self.heartbeat = heartbeat or Heartbeat("tuner", stuck_after_s=apply_timeout_s + 60.0)
         self.fleet = reconciler.fleet
         self.store = store
         self._clock = clock
@@ -70,11 +79,19 @@ class LivePlant:
 
     def apply(self, proposal: Proposal, reason: str) -> None:
         """Record the proposal's changes and wait until the reconciler has applied them."""
-        with self.store.session() as session:
-            ids = {v.id: name for name, v in configs.record(session, proposal, reason, self._clock()).items()}
+
+        def record() -> dict[int, str]:
+            with self.store.session() as session:
+                return {
+                    v.id: name for name, v in configs.record(session, proposal, reason, self._clock()).items()
+                }
+
+        ids = self._through_outages(record)
         if not ids:
+            self.heartbeat.beat()
             return
-        states = self.reconciler.converge(ids, self.apply_timeout_s)
+        states = self._through_outages(lambda: self.reconciler.converge(ids, self.apply_timeout_s))
+        self.heartbeat.beat()
         unapplied = {i: s for i, s in states.items() if s != "applied"}
         if unapplied:
             with self.store.session() as session:
@@ -85,8 +102,25 @@ class LivePlant:
                 ]
             raise ReconfigurationError(f"tuner: {reason}: not applied: {'; '.join(why)}")
 
+    def _through_outages(self, call: Callable[[], T]) -> T:
+        """`call`, again every few seconds while the store does not answer (the heartbeat says so):
+        a store outage pauses a run, it does not end it. A stop ends the wait."""
+        while True:
+            try:
+                return call()
+            except StoreUnavailable as exc:
+                self.heartbeat.beat(f"the store does not answer: {exc}")
+                log.warning("tuner: the store does not answer; trying again in %.0f s", STORE_RETRY_S)
+                self.sleep(STORE_RETRY_S)
+
     def measure(self, since: float) -> dict[str, Measured]:
-        """Windows that began at or after `since` and belong to each model's version in force."""
+        """Windows that began at or after `since` and belong to each model's version in force (read
+        again while the store does not answer: the collector writes the windows it kept meanwhile)."""
+        out = self._through_outages(lambda: self._measure(since))
+        self.heartbeat.beat()
+        return out
+
+    def _measure(self, since: float) -> dict[str, Measured]:
         out = {}
         with self.store.session() as session:
             versions = queries.applied_versions(session)
@@ -129,6 +163,7 @@ def run_study(
     storage: optuna.storages.BaseStorage | None = None,
     owner: str | None = None,
     resume: int | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> TuningResult:
     """A tuning run on the live fleet, recorded in the store with its study and, at the end or on
     a stop, the winning configuration and its evidence (both measurements of it). Setting `stop`
@@ -160,7 +195,7 @@ def run_study(
     if on_start is not None:
         on_start(run_id)
     status, result = "failed", None
-    plant = LivePlant(reconciler, store, stop=stop)
+    plant = LivePlant(reconciler, store, stop=stop, heartbeat=heartbeat)
     tuner: Tuner | None = None
     try:
         study = make_study(study_name, storage or optuna_storage, seed)

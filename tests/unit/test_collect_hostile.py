@@ -317,6 +317,7 @@ def test_readiness_says_why_a_server_fails(store: Store) -> None:
             store=store,
             reconciler=reconciler,
             collector=c,
+            tuning=SimpleNamespace(active_run=None),
             fleet=SimpleNamespace(spec=SimpleNamespace(servers=servers)),
         )
         response = Response()

@@ -38,6 +38,8 @@ def readyz(plane: PlaneDep, response: Response) -> HealthOut:
     except Exception as exc:
         checks["store"] = f"unreachable: {exc}"
     checks["reconciler"] = plane.reconciler.heartbeat.status()
+    if plane.tuning.active_run is not None:
+        checks["tuner"] = plane.tuning.heartbeat.status()
     checks["collector"] = plane.collector.heartbeat.status() if plane.collector is not None else "not running"
     stale = plane.collector.stale() if plane.collector is not None else []
     failing = plane.collector.failing() if plane.collector is not None else {}
