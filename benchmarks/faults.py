@@ -269,8 +269,22 @@ def run_fault(
     return out
 
 
+def _triton_pids(up: Up) -> list[int]:
+    """The fleet's tritonserver processes (not its python backend stubs, which name the
+    repository too)."""
+    out = []
+    for pid in pids_running(str(up.data_dir / "fleet" / "repositories")):
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if argv0.endswith(b"tritonserver"):
+            out.append(pid)
+    return out
+
+
 def _triton_pid(up: Up) -> int:
-    pids = pids_running(str(up.data_dir / "fleet" / "repositories"))
+    pids = _triton_pids(up)
     assert len(pids) == 1, pids
     return pids[0]
 
@@ -288,12 +302,18 @@ def pg_stop_20s(pg: PgCluster) -> Outcome:
 
 
 def triton_sigkill(pg: PgCluster) -> Outcome:
-    def heal(up: Up) -> None:  # the supervisor restarts it; healed once it serves again
+    killed: list[int] = []
+
+    def inject(up: Up) -> None:
+        killed.append(_triton_pid(up))
+        os.kill(killed[0], signal.SIGKILL)
+
+    def heal(up: Up) -> None:  # the supervisor restarts it: healed once a new one runs
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not pids_running(str(up.data_dir / "fleet" / "repositories")):
+        while time.monotonic() < deadline and not set(_triton_pids(up)) - set(killed):
             time.sleep(0.2)
 
-    return run_fault("triton-sigkill", pg, lambda up: os.kill(_triton_pid(up), signal.SIGKILL), heal)
+    return run_fault("triton-sigkill", pg, inject, heal)
 
 
 def triton_sigstop_20s(pg: PgCluster) -> Outcome:
