@@ -211,12 +211,13 @@ def test_no_request_fails_while_a_model_is_reconfigured_under_load(default_fleet
     repeatedly: every request must succeed (none refused as unavailable, cancelled, or timed out
     in the queue while the new version takes over).
 
-    The timeout is 500 ms, not the 50 ms a 20 ms SLA would suggest. On a 2-core machine running
-    the whole suite, a 50 ms queue timeout also expires now and then with no reconfiguration at all
-    (measured, docs/benchmarks.md), so a test at 50 ms fails at random. What tight timeouts do
-    under reconfiguration is measured by `benchmarks.reconfigure`, with and without warmup."""
+    The timeout is 1000 ms, not the 50 ms a 20 ms SLA would suggest: a request that arrives while
+    every instance is busy can wait up to Triton's 500 ms batcher re-check in a healthy queue
+    (docs/triton.md), so a timeout under about 600 ms expires now and then with no
+    reconfiguration at all, and a test there fails at random. What tighter timeouts do under
+    reconfiguration is measured by `benchmarks.reconfigure`, with and without warmup."""
     before = default_fleet.knobs("safety-guard")
-    default_fleet.apply("safety-guard", queue_timeout_us=500_000)
+    default_fleet.apply("safety-guard", queue_timeout_us=1_000_000)
     targets = targets_for(default_fleet.spec, lambda s: default_fleet.endpoints(s).grpc)
     run = LoadRun(
         [ModelLoad("safety-guard", rate=25.0, words=(16, 48))],
