@@ -35,7 +35,7 @@ from collectors.nvml import NvmlCollector
 from collectors.parse import ParseError, Scrape, parse
 from collectors.selfmetrics import CollectorMetrics
 from collectors.window import device_window, model_window
-from domain.health import Heartbeat
+from domain.health import Heartbeat, backoff_s
 from domain.windows import DeviceWindow, ModelWindow
 from store import queries
 from store.db import Store, StoreError, StoreUnavailable
@@ -331,7 +331,7 @@ class Collector:
         if not state.stale:
             log.warning("server %s: %s; marked stale, retrying with backoff", target.server, error)
         state.stale = True
-        state.next_attempt = now + min(self.interval_s * 2**state.failures, self.max_backoff_s)
+        state.next_attempt = now + backoff_s(state.failures + 1, self.interval_s, self.max_backoff_s)
 
     def _keep(self, key: str, batch: _Batch) -> None:
         self._pending.setdefault(key, deque()).append(batch)

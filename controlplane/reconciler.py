@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controlplane.telemetry import ControlPlaneMetrics
-from domain.health import Heartbeat
+from domain.health import Heartbeat, backoff_s
 from domain.spec import Knobs
 from runtime.fleet import Fleet, ReconfigurationError
 from store import configs
@@ -60,12 +60,6 @@ def plan(desired: Mapping[str, tuple[int, Knobs]], running: Mapping[str, Knobs])
         Step(model, version_id, knobs, running.get(model) != knobs)
         for model, (version_id, knobs) in sorted(desired.items())
     ]
-
-
-def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
-    """1, 2, 4 ... times `base_s` after each failed attempt, at most `max_s`. Retries never end,
-    so the exponent is capped too (2.0 ** 1024 overflows a float)."""
-    return float(min(base_s * 2.0 ** min(max(attempts - 1, 0), 62), max_s))
 
 
 @dataclass(frozen=True)

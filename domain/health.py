@@ -1,6 +1,7 @@
-"""Heartbeats: each loop of the control plane (collector, reconciler, tuner, controller) says when
-it last finished a pass and whether that pass failed, so readiness can name the loop that is stuck
-or failing instead of answering "ok" while it hangs. No I/O: a beat is two assignments."""
+"""Heartbeats and backoff. Each loop of the control plane (collector, reconciler, tuner, controller)
+says when it last finished a pass and whether that pass failed, so readiness can name the loop that
+is stuck or failing instead of answering "ok" while it hangs; and each waits the same capped
+backoff before trying a server again. No I/O: a beat is two assignments."""
 
 from __future__ import annotations
 
@@ -40,3 +41,10 @@ class Heartbeat:
         if self.error is not None:
             return f"failing: {self.error}"
         return "ok"
+
+
+def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
+    """1, 2, 4 ... times `base_s` after each failed attempt, at most `max_s`: how long a loop waits
+    before it tries a server again. Retries never end, so the exponent is capped too (2.0 ** 1024
+    overflows a float)."""
+    return float(min(base_s * 2.0 ** min(max(attempts - 1, 0), 62), max_s))

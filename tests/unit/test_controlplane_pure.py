@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from controlplane.policy import Alert, KnownGood, on_alert
-from controlplane.reconciler import Step, backoff_s, plan
+from controlplane.reconciler import Step, plan
 from controlplane.settings import Settings, is_loopback
+from domain.health import backoff_s
 from domain.spec import Knobs, resolve_spec
 
 SPEC = resolve_spec(None)
