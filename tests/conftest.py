@@ -9,6 +9,7 @@ import pytest
 
 from domain.spec import resolve_spec
 from runtime.fleet import Fleet
+from store.db import Store
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +77,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with engine.begin() as conn:  # leave the shared test database empty for the next test
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A store migrated to head on each backend (a module may define its own `store`)."""
+    s = Store(store_url)
+    s.upgrade()
+    yield s
+    s.dispose()

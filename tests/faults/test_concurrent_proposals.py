@@ -29,14 +29,6 @@ WRITERS = 50
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
-    s.upgrade()
-    yield s
-    s.dispose()
-
-
-@pytest.fixture
 def fleet(tmp_path: Path, store: Store) -> Iterator[Fleet]:
     with Fleet(load_spec(small_spec(tmp_path)), tmp_path / "work") as f:
         register_fleet(store, f.spec, {s.name: f.endpoints(s.name) for s in f.spec.servers})

@@ -4,7 +4,6 @@ clean, refusal of a schema not at head, windows stored and queried, retention do
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import inspect
@@ -16,14 +15,6 @@ from store.db import SchemaNotAtHead, Store, StoreError
 from store.models import ConfigVersion, Model
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
-    s.upgrade()
-    yield s
-    s.dispose()
 
 
 def test_migrations_up_down_and_check(store_url: str) -> None:
