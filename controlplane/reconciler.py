@@ -286,10 +286,6 @@ class Reconciler:
             self._thread = None
         self.heartbeat.stop()
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
