@@ -69,8 +69,13 @@ class Model(Base):
     sla_metric: Mapped[str | None] = mapped_column(String(32))
     sla_target_ms: Mapped[float | None] = mapped_column(Float)
     """The SLA in force: the spec's, or one a person set since through the API."""
+    sla_window_s: Mapped[float | None] = mapped_column(Float)
+    sla_objective: Mapped[float | None] = mapped_column(Float)
+    """The SLA's rolling window and objective (`domain.spec.Sla`); None: the defaults."""
     spec_sla_metric: Mapped[str | None] = mapped_column(String(32))
     spec_sla_target_ms: Mapped[float | None] = mapped_column(Float)
+    spec_sla_window_s: Mapped[float | None] = mapped_column(Float)
+    spec_sla_objective: Mapped[float | None] = mapped_column(Float)
     """The spec's SLA when the store last saw it: a spec that changes it again wins over a person's."""
 
     server: Mapped[Server] = relationship(back_populates="models")
