@@ -18,7 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api.deps import ApiError, bearer_ok, unauthorized
-from controlplane.api.routes import alerts, configs, fleet, metrics, ops, slas, tuning
+from controlplane.api.routes import alerts, configs, fleet, metrics, ops, slas, slos, tuning
 from controlplane.api.schemas import ErrorOut
 from controlplane.plane import ControlPlane
 from controlplane.telemetry import ControlPlaneMetrics
@@ -84,7 +84,16 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
     too_large: dict[int | str, dict[str, object]] = {
         413: {"model": ErrorOut, "description": f"The request body is over {MAX_BODY_BYTES} bytes."}
     }
-    for router in (fleet.router, configs.router, slas.router, metrics.router, tuning.router, alerts.router):
+    routers = (
+        fleet.router,
+        configs.router,
+        slas.router,
+        slos.router,
+        metrics.router,
+        tuning.router,
+        alerts.router,
+    )
+    for router in routers:
         app.include_router(router, prefix=API_PREFIX, responses=too_large)
     app.include_router(ops.router)
 

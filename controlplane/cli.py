@@ -24,6 +24,7 @@ from collectors.fleet import fleet_collector
 from controlplane import startup
 from controlplane.plane import ControlPlane
 from controlplane.settings import Settings, get_settings
+from domain.slo import SloStatus
 from domain.spec import FleetSpec, Knobs, Sla, SpecError, resolve_spec
 from domain.stats import LoadReport, ModelStats, format_ms
 from domain.windows import ModelWindow
@@ -105,6 +106,13 @@ def _sla_cell(sla: Sla | None) -> str:
 
 def _met_cell(met: bool | None) -> str:
     return "-" if met is None else ("[green]yes[/green]" if met else "[red]NO[/red]")
+
+
+def _slo_cell(slo: SloStatus | None) -> str:
+    """The fraction of requests within target over the SLA's rolling window, red below its objective."""
+    if slo is None or slo.attainment is None:
+        return "-"
+    return f"[{'green' if slo.attainment >= slo.objective else 'red'}]{slo.attainment:.1%}[/]"
 
 
 def _knobs_cell(k: Knobs) -> str:
@@ -331,6 +339,7 @@ def summary_table(plane: ControlPlane, title: str) -> Table:
         "p99 ms",
         "SLA",
         "met",
+        "SLO",
         "delay us / inst / prio / res",
     ):
         t.add_column(col, justify="right" if col in ("req/s", "items/s", "failed", "p99 ms") else "left")
@@ -339,7 +348,7 @@ def summary_table(plane: ControlPlane, title: str) -> Table:
         t.add_row(
             s.model, f"{s.request_rate:.1f}", f"{s.items_per_s:.1f}", f"{sum(s.failures.values()):g}",
             format_ms(s.sla_value_ms if s.sla else s.p99_ms), _sla_cell(s.sla), _met_cell(s.sla_met),
-            _knobs_cell(knobs[s.model]),
+            _slo_cell(s.slo), _knobs_cell(knobs[s.model]),
         )  # fmt: skip
     return t
 

@@ -27,10 +27,11 @@ from controlplane.reconciler import Reconciler
 from controlplane.settings import Settings
 from controlplane.telemetry import ControlPlaneMetrics
 from controlplane.tuning import TuningRunner
+from domain.slo import SLO_FIELDS, SloStatus, slo
 from domain.spec import Sla
 from domain.windows import aggregate
 from runtime.fleet import Fleet
-from store import queries
+from store import configs, queries
 from store.db import Store
 from store.models import Model
 
@@ -60,15 +61,25 @@ class ModelSummary(BaseModel):
     """The value the SLA is about (TTFT p99 or latency p99)."""
     sla_met: bool | None
     """None when the SLA is unmeasured (no traffic in the window) or there is none."""
+    slo: SloStatus | None = None
+    """The SLO over the SLA's own rolling window up to now (not over `seconds`): the fraction of
+    requests within target, the error budget and its burn rate. None for a model without an SLA."""
 
 
 def slas_of(rows: list[Model]) -> dict[str, Sla | None]:
-    return {
-        m.name: Sla(metric=m.sla_metric, target_ms=m.sla_target_ms)  # type: ignore[arg-type]
-        if m.sla_metric and m.sla_target_ms
-        else None
-        for m in rows
-    }
+    """Each model's SLA in force, from its store row (a window or objective not stored: the defaults)."""
+    return {m.name: _sla_of(m) for m in rows}
+
+
+def _sla_of(m: Model) -> Sla | None:
+    if not (m.sla_metric and m.sla_target_ms):
+        return None
+    judged = {"window_s": m.sla_window_s, "objective": m.sla_objective}
+    return Sla(
+        metric=m.sla_metric,  # type: ignore[arg-type]
+        target_ms=m.sla_target_ms,
+        **{k: v for k, v in judged.items() if v is not None},
+    )
 
 
 class ControlPlane:
@@ -144,7 +155,7 @@ class ControlPlane:
             cached = self._summaries.get(seconds)
             if cached is not None and now - cached[0] < self.settings.scrape_interval_s / 2:
                 return cached[1]
-        out = self._summarise(now - seconds)
+        out = self._summarise(now, seconds)
         with self._lock:
             self._summaries[seconds] = (now, out)
             if len(self._summaries) > 32:  # arbitrary window lengths: keep the newest few
@@ -152,14 +163,28 @@ class ControlPlane:
                 del self._summaries[oldest]
         return out
 
-    def _summarise(self, since: float) -> dict[str, ModelSummary]:
+    def slo(self, model: str, seconds: float) -> SloStatus | None:
+        """The model's SLO over the last `seconds` (None without an SLA); the rolling p99 of the
+        span's first windows looks back one SLA window before it."""
+        now = self.clock()
+        with self.store.session() as session:
+            sla = slas_of([configs.model_row(session, model)])[model]
+            if sla is None:
+                return None
+            rows = queries.window_rows(session, model, SLO_FIELDS, now - seconds - sla.window_s, now)
+        return slo(rows, sla, now - seconds, now)
+
+    def _summarise(self, now: float, seconds: float) -> dict[str, ModelSummary]:
         out = {}
+        since = now - seconds
         with self.store.session() as session:
             rows = {m.name: m for m in session.scalars(select(Model)).all()}
             slas = slas_of(list(rows.values()))
-            recent = queries.recent_windows(session, since)
+            # The SLO is judged over each SLA's window, its first rolling p99 one window further back.
+            lookback = max((2 * s.window_s for s in slas.values() if s is not None), default=0.0)
+            loaded = queries.recent_windows(session, min(since, now - lookback))
             for name in self.fleet.spec.model_names:
-                agg = aggregate(recent.get(name, []))
+                agg = aggregate([r for r in loaded.get(name, []) if r.end >= since])
                 sla = slas.get(name)
                 value = None if sla is None else sla.value_of(p99_ms=agg.p99_ms, ttft_p99_ms=agg.ttft_p99_ms)
                 out[name] = ModelSummary(
@@ -179,13 +204,15 @@ class ControlPlane:
                     sla_met=None
                     if sla is None or value is None
                     else value <= sla.target_ms and not sum(agg.failures.values()),
+                    slo=None if sla is None else slo(loaded.get(name, []), sla, now - sla.window_s, now),
                 )
         return out
 
 
 class _SlaCollector(PromCollector):
-    """Each model's SLA over the last 30 s, computed from the store when /metrics is scraped: what
-    Prometheus alerts on (`slatune_sla_met == 0`)."""
+    """Each model's SLA over the last 30 s, and its SLO over the SLA's rolling window, computed from
+    the store when /metrics is scraped: what Prometheus alerts on (`slatune_sla_met == 0`, a burn
+    rate above 1)."""
 
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
@@ -203,6 +230,21 @@ class _SlaCollector(PromCollector):
             labels=["model"],
         )
         target = GaugeMetricFamily("slatune_sla_target_ms", "The SLA's target", labels=["model"])
+        attainment = GaugeMetricFamily(
+            "slatune_slo_attainment",
+            "The fraction of requests within the SLA's target over its rolling window (failures are not)",
+            labels=["model"],
+        )
+        budget = GaugeMetricFamily(
+            "slatune_slo_error_budget_remaining",
+            "The error budget left over the SLA's rolling window: 1 - burn rate, no lower than 0",
+            labels=["model"],
+        )
+        burn = GaugeMetricFamily(
+            "slatune_slo_burn_rate",
+            "The fraction of requests not within target over the SLA's rolling window, over 1 - objective",
+            labels=["model"],
+        )
         try:
             summaries: Mapping[str, ModelSummary] = self.plane.summaries()
         except Exception:  # a store outage must not break /metrics
@@ -216,4 +258,10 @@ class _SlaCollector(PromCollector):
                 value.add_metric([s.model], s.sla_value_ms)
             if s.sla_met is not None:
                 met.add_metric([s.model], 1.0 if s.sla_met else 0.0)
-        return [met, value, target]
+            if s.slo is not None and s.slo.attainment is not None:  # None: no traffic to judge
+                attainment.add_metric([s.model], s.slo.attainment)
+            if s.slo is not None and s.slo.burn_rate is not None:
+                burn.add_metric([s.model], s.slo.burn_rate)
+            if s.slo is not None and s.slo.error_budget_remaining is not None:
+                budget.add_metric([s.model], s.slo.error_budget_remaining)
+        return [met, value, target, attainment, budget, burn]

@@ -75,8 +75,10 @@ def register_fleet(
         for s in spec.servers
     ]
     models = [
-        queries.ModelInfo(
-            m.name, m.server, m.role, m.device, m.sla.metric if m.sla else None, m.sla.target_ms if m.sla else None
+        queries.ModelInfo(m.name, m.server, m.role, m.device)
+        if m.sla is None
+        else queries.ModelInfo(
+            m.name, m.server, m.role, m.device, m.sla.metric, m.sla.target_ms, m.sla.window_s, m.sla.objective
         )
         for m in spec.models
     ]  # fmt: skip

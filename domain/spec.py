@@ -116,10 +116,21 @@ class Bounds(_Strict):
     resources: dict[str, IntRange] = Field(default_factory=dict)
 
 
+DEFAULT_SLO_WINDOW_S = 60.0
+DEFAULT_SLO_OBJECTIVE = 0.99
+MAX_SLO_WINDOW_S = 86_400.0
+"""An SLA judged over more than a day is not a rolling latency target any more."""
+
+
 class Sla(_Strict):
     metric: Literal["ttft_p99", "latency_p99"]
     """ttft_p99: time to first token (streaming models); latency_p99: whole-request latency."""
     target_ms: PositiveFloat
+    window_s: PositiveFloat = Field(default=DEFAULT_SLO_WINDOW_S, le=MAX_SLO_WINDOW_S)
+    """The rolling window the p99 is judged over: "p99 over the last 60 s within target"."""
+    objective: float = Field(default=DEFAULT_SLO_OBJECTIVE, gt=0.0, lt=1.0)
+    """The fraction of requests that must be within target (0.99: 1 in 100 may miss, the error
+    budget). Below 1: an objective of 1 leaves no budget to spend."""
 
     def value_of(self, *, p99_ms: float | None, ttft_p99_ms: float | None) -> float | None:
         """The figure this SLA judges, out of a measurement's latency and TTFT p99."""

@@ -16,7 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from domain.proposal import Proposal
-from domain.spec import Knobs
+from domain.spec import Knobs, Sla
 from store.models import ConfigVersion, JournalEntry, Model
 
 
@@ -61,10 +61,11 @@ def propose(
     return row
 
 
-def set_sla(session: Session, model: str, metric: str, target_ms: float) -> None:
+def set_sla(session: Session, model: str, sla: Sla) -> None:
     """A person's SLA for `model`: in force until they or the spec change it again."""
     row = model_row(session, model)
-    row.sla_metric, row.sla_target_ms = metric, target_ms
+    row.sla_metric, row.sla_target_ms = sla.metric, sla.target_ms
+    row.sla_window_s, row.sla_objective = sla.window_s, sla.objective
 
 
 def record(session: Session, proposal: Proposal, reason: str, at: float) -> dict[str, ConfigVersion]:

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from domain import windows as window_maths
+from domain.spec import DEFAULT_SLO_OBJECTIVE, DEFAULT_SLO_WINDOW_S
 from domain.windows import AGGREGATE_FIELDS, AppliedVersion, DeviceWindow, ModelWindow, version_of_window
 from store import configs
 from store.models import ConfigVersion, DeviceWindowRow, MetricWindow, Model, Server
@@ -30,8 +31,24 @@ class ModelInfo:
     server: str
     role: str
     device: str
-    sla_metric: str | None
-    sla_target_ms: float | None
+    sla_metric: str | None = None
+    sla_target_ms: float | None = None
+    sla_window_s: float | None = None
+    sla_objective: float | None = None
+    """The SLA's rolling window and objective (None: `domain.spec.Sla`'s defaults)."""
+
+    @property
+    def sla_columns(self) -> tuple[str | None, float | None, float | None, float | None]:
+        """The SLA as the models table keeps it, a window or objective left out at its default
+        (so an SLA written with and without the defaults is the same SLA)."""
+        if self.sla_metric is None:
+            return (None, None, None, None)
+        return (
+            self.sla_metric,
+            self.sla_target_ms,
+            DEFAULT_SLO_WINDOW_S if self.sla_window_s is None else self.sla_window_s,
+            DEFAULT_SLO_OBJECTIVE if self.sla_objective is None else self.sla_objective,
+        )
 
 
 def sync_fleet(
@@ -57,10 +74,17 @@ def sync_fleet(
         mrow.server_id, mrow.role, mrow.device = server_ids[m.server], m.role, m.device
         # The newest decision wins: the spec's SLA when it is new or changed since the store last
         # saw it, else the one in force (a person's change through the API survives a restart).
-        spec_sla = (m.sla_metric, m.sla_target_ms)
-        if spec_sla != (mrow.spec_sla_metric, mrow.spec_sla_target_ms):
-            mrow.sla_metric, mrow.sla_target_ms = spec_sla
-            mrow.spec_sla_metric, mrow.spec_sla_target_ms = spec_sla
+        spec_sla = m.sla_columns
+        seen = (
+            mrow.spec_sla_metric,
+            mrow.spec_sla_target_ms,
+            mrow.spec_sla_window_s,
+            mrow.spec_sla_objective,
+        )
+        if spec_sla != seen:
+            mrow.sla_metric, mrow.sla_target_ms, mrow.sla_window_s, mrow.sla_objective = spec_sla
+            (mrow.spec_sla_metric, mrow.spec_sla_target_ms, mrow.spec_sla_window_s,
+             mrow.spec_sla_objective) = spec_sla  # fmt: skip
         session.flush()
         ids[m.name] = mrow.id
     return ids
@@ -217,6 +241,18 @@ def window_page(
     if end is not None:
         q = q.where(MetricWindow.end <= end)
     return list(reversed(session.execute(q.order_by(MetricWindow.end.desc()).limit(limit)).all()))
+
+
+def window_rows(session: Session, model: str, columns: Iterable[str], start: float, end: float) -> list[Any]:
+    """A model's windows that ended in [start, end], oldest first, as rows of `columns` only (say
+    `domain.slo.SLO_FIELDS`): cheaper to load than whole ORM objects."""
+    q = (
+        select(*(getattr(MetricWindow, c) for c in columns))
+        .join(Model, Model.id == MetricWindow.model_id)
+        .where(Model.name == model, MetricWindow.end >= start, MetricWindow.end <= end)
+        .order_by(MetricWindow.end)
+    )
+    return list(session.execute(q).all())
 
 
 def recent_windows(session: Session, since: float) -> dict[str, list[Any]]:

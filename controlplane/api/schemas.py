@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from controlplane.plane import ModelSummary
-from domain.spec import Knobs, Sla
+from domain.slo import SloStatus
+from domain.spec import DEFAULT_SLO_OBJECTIVE, DEFAULT_SLO_WINDOW_S, MAX_SLO_WINDOW_S, Knobs, Sla
 
 MAX_ID = 2**31 - 1
 """Ids are INTEGER columns, 32-bit on PostgreSQL: a larger one is refused (422) before the database
@@ -164,6 +165,10 @@ class ProposalOut(BaseModel):
 class SlaIn(_In):
     metric: Literal["ttft_p99", "latency_p99"]
     target_ms: float = Field(gt=0, le=3_600_000)
+    window_s: float = Field(default=DEFAULT_SLO_WINDOW_S, gt=0, le=MAX_SLO_WINDOW_S)
+    """The rolling window the p99 is judged over (the default when left out, as in a spec)."""
+    objective: float = Field(default=DEFAULT_SLO_OBJECTIVE, gt=0, lt=1)
+    """The fraction of requests that must be within target."""
 
 
 # ---------------------------------------------------------------- metrics
@@ -188,6 +193,10 @@ class WindowOut(BaseModel):
     ttft_p50_ms: float | None
     ttft_p99_ms: float | None
     pending: float
+
+
+class SloOut(SloStatus):
+    model: str
 
 
 class SummaryOut(ModelSummary):

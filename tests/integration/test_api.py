@@ -185,6 +185,8 @@ def test_sla_read_change_and_validate(api: Api) -> None:
     assert api.client.get(f"{V1}/models/safety-guard/sla").json() == {
         "metric": "latency_p99",
         "target_ms": 20.0,
+        "window_s": 60.0,  # the spec gives none: the defaults
+        "objective": 0.99,
     }
     assert api.client.get(f"{V1}/models/embeddings/sla").json() is None  # bulk: none
     r = api.client.put(f"{V1}/models/safety-guard/sla", json={"metric": "latency_p99", "target_ms": -5})
@@ -218,6 +220,7 @@ def test_fleet_devices_metrics_and_health(api: Api) -> None:
     assert r.status_code == 422 and r.json()["field"] == "query.end"
     summary = {s["model"]: s for s in api.client.get(f"{V1}/summary").json()}
     assert summary["chat-llm"]["sla"]["metric"] == "ttft_p99" and summary["embeddings"]["sla"] is None
+    assert summary["chat-llm"]["slo"]["window_s"] == 60.0 and summary["embeddings"]["slo"] is None
     assert api.client.get("/healthz").json()["status"] == "ok"
     ready = api.client.get("/readyz")
     assert ready.status_code == 200, ready.text

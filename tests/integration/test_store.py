@@ -180,3 +180,33 @@ def test_upgrade_keeps_windows_written_by_an_older_schema(store_url: str) -> Non
         assert row.latency_buckets == {} and row.p99_ms == 12.5
         assert aggregate([row]).p99_ms == 12.5  # no buckets: the window's own p99
     s.dispose()
+
+
+def test_upgrade_to_0006_judges_stored_slas_by_the_defaults(store_url: str) -> None:
+    """SLAs stored before revision 0006 get the default window and objective, the spec's SLA as
+    last seen too: a spec that did not change then leaves a person's SLA in force."""
+    from sqlalchemy import text
+
+    s = Store(store_url)
+    s.upgrade("0005")
+    with s.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO servers (id, name, grpc_url, metrics_url, managed) VALUES (1, 't0', 'g', 'm', true)"
+            )
+        )
+        conn.execute(text(  # the spec said 200 ms, a person set 150 ms since
+            "INSERT INTO models (id, name, server_id, role, device, sla_metric, sla_target_ms, spec_sla_metric,"
+            " spec_sla_target_ms) VALUES (1, 'chat', 1, 'latency-critical', 'dev0', 'ttft_p99', 150, 'ttft_p99', 200),"
+            " (2, 'emb', 1, 'bulk', 'dev0', NULL, NULL, NULL, NULL)"
+        ))  # fmt: skip
+    s.upgrade()
+    s.require_head()
+    fleet(s)  # the same spec, its SLA written without window or objective: the defaults
+    with s.session() as session:
+        chat, emb = session.get(Model, 1), session.get(Model, 2)
+        assert chat is not None and emb is not None
+        assert (chat.sla_target_ms, chat.sla_window_s, chat.sla_objective) == (150.0, 60.0, 0.99)
+        assert (chat.spec_sla_window_s, chat.spec_sla_objective) == (60.0, 0.99)
+        assert (emb.sla_window_s, emb.sla_objective) == (None, None)  # no SLA, nothing to judge by
+    s.dispose()

@@ -26,12 +26,13 @@ def get_sla(model: str, plane: PlaneDep, session: SessionDep) -> Sla | None:
 
 @router.put("", response_model=Sla, responses={**ERRORS, 400: {"model": ErrorOut}}, dependencies=[Authorized])
 def put_sla(model: str, body: SlaIn, plane: PlaneDep, session: SessionDep) -> Sla:
-    """Set the model's SLA: the metric (ttft_p99 for a streaming model, latency_p99) and its
-    target. Tuning runs started afterwards keep it; the SLA metrics and alerts follow at once."""
+    """Set the model's SLA: the metric (ttft_p99 for a streaming model, latency_p99), its
+    target, the rolling window it is judged over and the objective (fraction of requests within
+    target); a window or objective left out is the default, as in a spec. Tuning runs started afterwards keep it; the SLA metrics and alerts follow at once."""
     known_model(plane, model)
-    sla = Sla(metric=body.metric, target_ms=body.target_ms)
+    sla = Sla(metric=body.metric, target_ms=body.target_ms, window_s=body.window_s, objective=body.objective)
     bad = sla.problem(plane.fleet.spec.model(model).streaming)
     if bad is not None:
         raise ApiError(422, f"{model}: {bad[1]}", f"body.{bad[0]}")
-    configs.set_sla(session, model, sla.metric, sla.target_ms)
+    configs.set_sla(session, model, sla)
     return sla
