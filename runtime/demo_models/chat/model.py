@@ -1,12 +1,20 @@
-"""Built-in demo chat model: prefill the prompt, stream one response per generated token.
+"""Built-in demo chat model: in-flight batching, as the TensorRT-LLM backend does it.
 
-Requests batched together by Triton are prefilled one by one (each sends its first token as soon as
-its prefill is done) and then decoded together, one batched step per token. Time to first token is
-exported as the histogram `slatune_ttft_ms` through the python backend's metrics API, because Triton
-2.51 has no first-response histogram of its own; whole-stream latency as `slatune_request_ms`. See
-`support.LatencyHistogram` for where each is measured from.
+`execute` only hands its requests to the model's generation loop and returns, so the Triton
+instance is free for the next request at once (decoupled: the responses are sent later). The loop
+runs on its own thread: each turn it admits the requests that arrived (prefilling each and sending
+its first token as soon as its prefill is done), then decodes one token for every live sequence in
+one batched step. A request that arrives mid-generation therefore waits for one decode step, not
+for the whole generation of the requests before it, which is how an in-flight batching server
+keeps time to first token low under load (and why Triton runs TensorRT-LLM with one instance).
+
+Time to first token is exported as the histogram `slatune_ttft_ms` through the python backend's
+metrics API, because Triton 2.51 has no first-response histogram of its own; whole-stream latency as
+`slatune_request_ms`. See `support.LatencyHistogram` for where each is measured from.
 """
 
+import queue
+import threading
 import time
 
 import numpy as np
@@ -18,12 +26,23 @@ from runtime.demo_models.nn import Decoder, tokenize
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
+class _Sequence:
+    __slots__ = ("sender", "request", "picked_ns", "ids", "left", "caches", "token")
+
+    def __init__(self, sender, request, picked_ns, ids, budget):
+        self.sender, self.request, self.picked_ns = sender, request, picked_ns
+        self.ids, self.left = ids, budget
+        self.caches = None
+        self.token = 0
+
+
 class TritonPythonModel:
     def initialize(self, args):
         p = support.parameters(args)
         self.vocab = support.int_param(p, "vocab", 4096)
         self.max_prompt = support.int_param(p, "max_prompt_tokens", 512)
         self.max_new = support.int_param(p, "max_new_tokens", 64)
+        self.max_inflight = support.int_param(p, "max_inflight", 16)
         self.model = Decoder.random(
             seed=7,
             vocab=self.vocab,
@@ -38,10 +57,13 @@ class TritonPythonModel:
             args["model_name"],
         )
         self.latency = support.request_latency(pb_utils, args)
+        self.arrivals = queue.Queue()
+        self.stopping = threading.Event()
+        self.loop = threading.Thread(target=self._generate, name="inflight", daemon=True)
+        self.loop.start()
 
     def execute(self, requests):
         picked_ns = time.time_ns()
-        live = []  # (sender, tokens left, caches, last token)
         for request in requests:
             sender = request.get_response_sender()
             try:
@@ -53,27 +75,38 @@ class TritonPythonModel:
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
                 continue
             ids = tokenize(prompt, self.vocab, self.max_prompt)
-            token, _, caches = self.model.prefill(ids, capacity=len(ids) + budget)
-            self.ttft.observe(request, picked_ns)
-            flags = FINAL if budget == 1 else 0
-            sender.send(_token_response(token), flags=flags)
-            if budget == 1:
-                self.latency.observe(request, picked_ns)
-            else:
-                live.append([sender, budget - 1, caches, token, request])
-        while live:
-            tokens = np.array([s[3] for s in live])
-            nxt = self.model.step(tokens, [s[2] for s in live])
-            for state, token in zip(live, nxt, strict=True):
-                state[1] -= 1
-                state[3] = int(token)
-                state[0].send(_token_response(int(token)), flags=FINAL if state[1] == 0 else 0)
-                if state[1] == 0:
-                    self.latency.observe(state[4], picked_ns)
-            live = [s for s in live if s[1] > 0]
+            self.arrivals.put(_Sequence(sender, request, picked_ns, ids, budget))
         return None
 
+    def _generate(self):
+        live = []
+        while not self.stopping.is_set():
+            # Admit what arrived: block only when there is nothing to decode.
+            while len(live) < self.max_inflight:
+                try:
+                    seq = self.arrivals.get(timeout=0.05) if not live else self.arrivals.get_nowait()
+                except queue.Empty:
+                    break
+                token, _, seq.caches = self.model.prefill(seq.ids, capacity=len(seq.ids) + seq.left)
+                self.ttft.observe(seq.request, seq.picked_ns)
+                self._send(seq, token)
+                if seq.left > 0:
+                    live.append(seq)
+            if not live:
+                continue
+            nxt = self.model.step(np.array([s.token for s in live]), [s.caches for s in live])
+            for seq, token in zip(live, nxt, strict=True):
+                self._send(seq, int(token))
+            live = [s for s in live if s.left > 0]
 
-def _token_response(token):
-    out = pb_utils.Tensor("TOKEN", np.array([token], dtype=np.int32))
-    return pb_utils.InferenceResponse(output_tensors=[out])
+    def _send(self, seq, token):
+        seq.left -= 1
+        seq.token = token
+        out = pb_utils.Tensor("TOKEN", np.array([token], dtype=np.int32))
+        seq.sender.send(pb_utils.InferenceResponse(output_tensors=[out]), flags=FINAL if seq.left == 0 else 0)
+        if seq.left == 0:
+            self.latency.observe(seq.request, seq.picked_ns)
+
+    def finalize(self):
+        self.stopping.set()
+        self.loop.join(timeout=5)
