@@ -18,7 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api.deps import ApiError, bearer_ok, unauthorized
-from controlplane.api.routes import alerts, configs, fleet, metrics, ops, slas, slos, tuning
+from controlplane.api.routes import alerts, configs, controller, fleet, metrics, ops, slas, slos, tuning
 from controlplane.api.schemas import ErrorOut
 from controlplane.plane import ControlPlane
 from controlplane.telemetry import ControlPlaneMetrics
@@ -91,6 +91,7 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
         slos.router,
         metrics.router,
         tuning.router,
+        controller.router,
         alerts.router,
     )
     for router in routers:

@@ -1,8 +1,9 @@
-"""The control plane: the fleet, the collector, the reconciler and the tuning runner over one store,
-started and stopped together. The REST API (`controlplane.app`) and `slatune up` both run on it.
+"""The control plane: the fleet, the collector, the reconciler, the SLO controller and the tuning
+runner over one store, started and stopped together. The REST API (`controlplane.app`) and `slatune up` both run on it.
 
-Data flows one way: people, the tuner and alerts write desired configurations to the store; the
-reconciler alone applies them through the runtime; the collector writes windows; the API reads.
+Data flows one way: people, the tuner, the SLO controller and alerts write desired configurations to
+the store; the reconciler alone applies them through the runtime; the collector writes windows; the
+API reads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import select
 from collectors.collector import Collector
 from collectors.fleet import fleet_collector
 from collectors.selfmetrics import CollectorMetrics
+from controlplane.controller import Controller
 from controlplane.reconciler import Reconciler
 from controlplane.settings import Settings
 from controlplane.telemetry import ControlPlaneMetrics
@@ -104,6 +106,10 @@ class ControlPlane:
         self.tuning = TuningRunner(
             self.reconciler, store, settings.optuna_url, self.slas, self.optuna_storage
         )
+        self.controller = Controller(
+            fleet.spec, store, fleet.all_knobs, self.slas, mode=settings.controller_mode,
+            nudge=self.reconciler.nudge, busy=self._tuning_owner, clock=clock, registry=self.registry,
+        )  # fmt: skip
         self.collector: Collector | None = None
         self._loops = ExitStack()
         self.started_at: float | None = None
@@ -126,14 +132,21 @@ class ControlPlane:
         self.tuning.recover()
         self.reconciler.start()
         self.collector = self._loops.enter_context(collector.running())
+        self.controller.start()
         self.started_at = self.clock()
 
     def stop(self) -> None:
-        """Stop tuning (its best configuration so far stays), then the reconciler, then collection."""
+        """Stop the controller and tuning (the configuration they reached stays), then the
+        reconciler, then collection."""
+        self.controller.stop()
         self.tuning.stop(wait_s=120)
         self.reconciler.stop()
         self._loops.close()
         self.collector = None
+
+    def _tuning_owner(self) -> str | None:
+        run = self.tuning.active_run
+        return None if run is None else f"tuning run {run}"
 
     # ------------------------------------------------------------------ reading
     def optuna_storage(self, url: str) -> optuna.storages.BaseStorage:

@@ -36,6 +36,15 @@ class Decision:
     reason: str = ""
 
 
+def concerns_slo(spec: FleetSpec, alert: Alert) -> bool:
+    """A firing alert about a latency-critical model of this fleet: an SLA at risk."""
+    return (
+        alert.status == "firing"
+        and alert.model in spec.model_names
+        and spec.model(alert.model).role == "latency-critical"
+    )
+
+
 def on_alert(
     spec: FleetSpec, alert: Alert, current: Mapping[str, Knobs], known_good: KnownGood | None
 ) -> Decision:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,9 @@ class Settings(BaseSettings):
     unset token is generated once and kept in <data_dir>/api-token; any other address needs it set.
     A token that is set must be strong (MIN_TOKEN_CHARS or more, ASCII) wherever the API listens:
     a token is a token, and a weak one set for loopback is one copy away from a public bind."""
+    controller_mode: Literal["off", "advisory", "on"] = "advisory"
+    """The SLO controller (`domain.control`): off; advisory, recording what it would do without
+    doing it (the default: see what it would do before trusting it with a fleet); or on."""
     reconcile_poll_s: float = 2.0
     """How often the reconciler looks for desired configurations when nothing nudges it."""
 

@@ -220,3 +220,62 @@ class TuningRun(Base):
     heartbeat_at: Mapped[float | None] = mapped_column(Float)
     """The owner's last sign of life, renewed while it runs: the lease a process on another host
     is judged by."""
+
+
+class ControllerAction(Base):
+    """The SLO controller's journal: every decision that changed, or would have changed, the fleet,
+    with its reason and evidence (`domain.control.decide`)."""
+
+    __tablename__ = "controller_actions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    """on (applied through the proposal path) or advisory (recorded only)."""
+    kind: Mapped[str] = mapped_column(String(16))
+    """protect, panic, release, floor, regime, explore, abandon, adopt, reject."""
+    model: Mapped[str | None] = mapped_column(String(128))
+    """The latency-critical model the action is about, if any."""
+    rung: Mapped[str | None] = mapped_column(String(32))
+    regime: Mapped[str | None] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(Text)
+    window_start: Mapped[float | None] = mapped_column(Float)
+    window_end: Mapped[float | None] = mapped_column(Float)
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The knobs asked for, by model (only the models that change)."""
+    applied: Mapped[bool] = mapped_column(Boolean, default=False)
+    refused: Mapped[str | None] = mapped_column(Text)
+    """Why the proposal path refused it, if it did."""
+    before_ratio: Mapped[float | None] = mapped_column(Float)
+    """The worst latency-critical SLA figure over its target when the action was taken..."""
+    after_ratio: Mapped[float | None] = mapped_column(Float)
+    """...and a few seconds later: what the action did (orders the protective ladder)."""
+
+
+class RegimeConfig(Base):
+    """The best configuration known safe for a traffic regime (`domain.control.regime_key`)."""
+
+    __tablename__ = "regime_configs"
+
+    regime: Mapped[str] = mapped_column(String(512), primary_key=True)
+    knobs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    goodput: Mapped[float] = mapped_column(Float)
+    """Bulk items per second it packed when it was measured."""
+    source: Mapped[str] = mapped_column(String(16))
+    """adopt (a neighbour that packed more), floor (the protection a release proved needed)."""
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ControllerTrial(Base):
+    """A neighbour the controller tried in a regime, and how it went: the history that ranks the
+    next neighbours."""
+
+    __tablename__ = "controller_trials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    regime: Mapped[str] = mapped_column(String(512), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    what: Mapped[str] = mapped_column(String(256))
+    knobs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    safe: Mapped[bool] = mapped_column(Boolean)
+    goodput: Mapped[float] = mapped_column(Float)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from controlplane.api.deps import Authorized, PlaneDep, SessionDep
 from controlplane.api.proposals import proposal, version_out
 from controlplane.api.schemas import AlertOut, AmWebhook, ErrorOut, WebhookOut
-from controlplane.policy import Alert, KnownGood, on_alert
+from controlplane.policy import Alert, KnownGood, concerns_slo, on_alert
 from domain.spec import Knobs
 from store import alerts as alert_store
 from store import configs
@@ -35,7 +35,8 @@ ERRORS: dict[int | str, dict[str, object]] = {
 def webhook(body: AmWebhook, plane: PlaneDep) -> WebhookOut:
     """Alertmanager's webhook (point a `webhook_configs` receiver here with
     `http_config.authorization.credentials` set to the token). A firing alert labelled with a
-    latency-critical `model` falls back to the newest tuning run's best configuration."""
+    latency-critical `model` goes to the SLO controller when it is on (its fast loop protects at
+    once); otherwise it falls back to the newest tuning run's best configuration."""
     now = plane.clock()
     decisions, proposed = [], []
     with plane.store.session() as session:  # committed before the reconciler is nudged
@@ -46,7 +47,14 @@ def webhook(body: AmWebhook, plane: PlaneDep) -> WebhookOut:
             )
             name, model = a.labels.get("alertname", "unnamed"), a.labels.get("model")
             plane.metrics.alerts.labels(name, a.status).inc()
-            decision = on_alert(plane.fleet.spec, Alert(name, a.status, model), plane.fleet.all_knobs(), good)
+            alert = Alert(name, a.status, model)
+            if plane.controller.mode == "on" and concerns_slo(plane.fleet.spec, alert):
+                # The SLO controller's fast loop takes it as a breach on its next tick.
+                plane.controller.alert(f"{name} on {model}")
+                decisions.append(f"{name} on {model}: handed to the SLO controller")
+                plane.metrics.decisions.labels("controller").inc()
+                continue
+            decision = on_alert(plane.fleet.spec, alert, plane.fleet.all_knobs(), good)
             decisions.append(decision.reason)
             plane.metrics.decisions.labels("propose" if decision.proposed else "none").inc()
             if not decision.proposed:

@@ -1,0 +1,320 @@
+"""The continuous SLO controller: once a tick, read the store's newest windows, ask the pure policy
+(`domain.control.decide`) what to do, and do it through the one proposal path like every other
+writer: `propose` guards it, the store records it, the reconciler applies it. Every action is
+journaled with its reason and evidence (`store.control`); in advisory mode nothing is recorded for
+the reconciler, only what the controller would have done.
+
+It stands aside while a one-shot tuning run owns the fleet, and a store outage pauses it (the fleet
+keeps its configuration and keeps serving; the heartbeat says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy.orm import Session
+
+from domain.control import (
+    MODES,
+    Candidate,
+    ControlConfig,
+    Decision,
+    Mode,
+    Observation,
+    Reading,
+    State,
+    decide,
+    ladder,
+    regime_key,
+)
+from domain.health import Heartbeat
+from domain.proposal import Guardrails, propose
+from domain.spec import FleetSpec, Knobs, Sla
+from domain.windows import aggregate
+from store import configs, queries
+from store import control as records
+from store.db import Store
+
+log = logging.getLogger("slatune.controller")
+
+EFFECT_AFTER_S = 6.0
+"""How long after a protective step its effect is read (applied, then a few 1 s windows)."""
+REGIME_WINDOW_S = 10.0
+ALERT_HOLD_S = 10.0
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.level = Gauge(
+            "slatune_controller_level", "Protective rungs applied on the incumbent", registry=registry
+        )
+        self.mode = Gauge(
+            "slatune_controller_mode", "1 for the controller's mode", ["mode"], registry=registry
+        )
+        self.actions = Counter(
+            "slatune_controller_actions_total",
+            "The controller's actions, by kind and whether they were applied (advisory: not)",
+            ["kind", "applied"],
+            registry=registry,
+        )
+        self.exploring = Gauge(
+            "slatune_controller_exploring", "1 while a neighbour is being tried", registry=registry
+        )
+
+
+@dataclass(frozen=True)
+class Action:
+    """What one tick did, for callers and tests."""
+
+    decision: Decision
+    applied: bool
+    refused: str | None = None
+
+
+class Controller:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        store: Store,
+        running: Callable[[], dict[str, Knobs]],
+        slas: Callable[[], Mapping[str, Sla | None]],
+        *,
+        mode: Mode = "on",
+        config: ControlConfig | None = None,
+        rails: Guardrails | None = None,
+        nudge: Callable[[], None] = lambda: None,
+        busy: Callable[[], str | None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.running = running
+        self.slas = slas
+        self.mode: Mode = mode
+        self.cfg = config or ControlConfig()
+        self.rails = rails or Guardrails()
+        self.nudge = nudge
+        self.busy = busy
+        self.clock = clock
+        self.metrics = ControllerMetrics(registry or CollectorRegistry())
+        self.heartbeat = Heartbeat("controller", stuck_after_s=60.0)
+        self.state: State | None = None
+        self.last: Action | None = None
+        self._alert: tuple[str, float] | None = None
+        self._effects: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._set_mode_metric()
+
+    # ------------------------------------------------------------------ control
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        with self._lock:
+            self.mode = mode
+            self.state = None  # a mode change starts again from what runs
+        self._set_mode_metric()
+
+    def alert(self, name: str) -> None:
+        """A firing alert about a latency-critical model: the next tick treats it as a breach."""
+        self._alert = (name, self.clock())
+
+    def start(self) -> None:
+        self._stop.clear()
+        self.heartbeat.start()
+        self._thread = threading.Thread(target=self._run, name="slatune-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.heartbeat.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.cfg.tick_s):
+            try:
+                self.tick()
+                self.heartbeat.beat()
+            except Exception as exc:  # a store outage pauses the controller; the fleet keeps serving
+                log.warning("controller: %s", exc)
+                self.heartbeat.beat(f"{exc.__class__.__name__}: {str(exc)[:200]}")
+
+    # ------------------------------------------------------------------ one tick
+    def tick(self) -> Action | None:
+        with self._lock:
+            if self.mode == "off":
+                return None
+            owner = self.busy()
+            if owner is not None:  # a tuning run owns the fleet: start again from what it leaves
+                self.state = None
+                return None
+            now = self.clock()
+            self._read_effects(now)
+            if self.state is None:
+                self.state = State(incumbent=self.running())
+            obs = self.observe(now)
+            tried = self.state.candidate
+            decision = decide(self.spec, obs, self.state, now, self.cfg, ladder(self._effects_by_rung()))
+            self.state = decision.state
+            self.metrics.level.set(decision.state.level)
+            self.metrics.exploring.set(1 if decision.state.candidate else 0)
+            if decision.kind == "hold":
+                return None
+            action = self._act(decision, obs, now, tried)
+            self.last = action
+            return action
+
+    def observe(self, now: float) -> Observation:
+        horizon = max(self.cfg.trial_s, REGIME_WINDOW_S, self.cfg.short_s)
+        slas = self.slas()
+        with self.store.session() as session:
+            recent = queries.recent_windows(session, now - horizon)
+            pending = records.latest_pending(session, now - self.cfg.short_s)
+            known = records.known(session)
+            regime_now = self.state.regime if self.state else None
+            history = records.trials(session, regime_now) if regime_now else []
+        readings = {}
+        for m in self.spec.models:
+            sla = slas.get(m.name)
+            if m.role != "latency-critical" or sla is None:
+                continue
+            agg = aggregate([r for r in recent.get(m.name, []) if r.end >= now - self.cfg.short_s])
+            readings[m.name] = Reading(
+                m.name, sla.target_ms, sla.value_of(p99_ms=agg.p99_ms, ttft_p99_ms=agg.ttft_p99_ms),
+                pending.get(m.name, 0.0), sum(agg.failures.values()),
+            )  # fmt: skip
+        rate, inflight = {}, {}
+        for name, rows in recent.items():
+            agg = aggregate([r for r in rows if r.end >= now - REGIME_WINDOW_S])
+            rate[name] = agg.request_rate
+            inflight[name] = agg.request_rate * (agg.p50_ms or 0.0) / 1000.0
+        bulk = [m.name for m in self.spec.models if m.role == "bulk"]
+        goodput = sum(
+            aggregate([r for r in recent.get(name, []) if r.end >= now - self.cfg.trial_s]).inference_rate
+            for name in bulk
+        )
+        alert = None
+        if self._alert is not None and now - self._alert[1] <= ALERT_HOLD_S:
+            alert = self._alert[0]
+        return Observation(readings, regime_key(self.spec, rate, inflight), goodput, known, history, alert)
+
+    def _act(self, decision: Decision, obs: Observation, now: float, tried: Candidate | None) -> Action:
+        applied, refused, changes = False, None, {}
+        worst = max((r.ratio for r in obs.readings.values()), default=None)
+        with self.store.session() as session:
+            if decision.target is not None:
+                running = self.running()
+                pending = configs.pending_knobs(session)
+                proposal = propose(
+                    self.spec, running, decision.target, actor="controller", now=now, pending=pending,
+                    rails=self.rails, known_safe=decision.known_safe,
+                )  # fmt: skip
+                if not proposal.accepted:
+                    refused = proposal.refused
+                else:
+                    changes = records.knobs_json(proposal.changes)
+                    if self.mode == "on" and proposal.changes:
+                        configs.record(
+                            session, proposal, f"controller: {decision.kind}: {decision.reason}", now
+                        )
+                        applied = True
+            st = decision.state
+            if decision.keep and st.regime is not None:
+                records.keep(session, st.regime, st.incumbent, obs.goodput, decision.kind, now)
+            self._note_trial(session, decision, obs, now, tried)
+            action = records.add_action(
+                session, at=now, mode=self.mode, kind=decision.kind, model=decision.model, rung=decision.rung,
+                regime=st.regime, reason=decision.reason, window_start=now - self.cfg.short_s, window_end=now,
+                changes=changes, applied=applied, refused=refused,
+                before_ratio=None if worst is None or worst == float("inf") else worst,
+            )  # fmt: skip
+            if decision.kind in ("protect", "panic") and applied:
+                self._effects.append((action.id, now + EFFECT_AFTER_S))
+        if applied:
+            self.nudge()
+        if refused:
+            log.warning("controller: %s refused: %s", decision.kind, refused)
+        else:
+            log.info("controller: %s: %s", decision.kind, decision.reason)
+        self.metrics.actions.labels(decision.kind, "yes" if applied else "no").inc()
+        return Action(decision, applied, refused)
+
+    def _note_trial(
+        self, session: Session, decision: Decision, obs: Observation, now: float, tried: Candidate | None
+    ) -> None:
+        """A neighbour's outcome joins the regime's history (it ranks the next neighbours)."""
+        st = decision.state
+        if decision.kind not in ("adopt", "reject", "abandon") or st.regime is None:
+            return
+        if decision.kind == "adopt":
+            records.add_trial(session, st.regime, "adopted", st.incumbent, True, obs.goodput, now)
+            return
+        if tried is not None:
+            safe = decision.kind == "reject"
+            records.add_trial(
+                session, st.regime, tried.what, tried.knobs, safe, obs.goodput if safe else 0.0, now
+            )
+
+    # ------------------------------------------------------------------ history
+    def _effects_by_rung(self) -> dict[str, float]:
+        try:
+            with self.store.session() as session:
+                return records.rung_effects(session)
+        except Exception:  # the default order when the store cannot say
+            return {}
+
+    def _read_effects(self, now: float) -> None:
+        due = [(i, t) for i, t in self._effects if t <= now]
+        if not due:
+            return
+        self._effects = [(i, t) for i, t in self._effects if t > now]
+        obs = self.observe(now)
+        worst = max((r.ratio for r in obs.readings.values()), default=None)
+        if worst is None or worst == float("inf"):
+            return
+        with self.store.session() as session:
+            for action_id, _ in due:
+                records.set_effect(session, action_id, worst)
+
+    # ------------------------------------------------------------------ reading
+    def status(self, limit: int = 20) -> dict[str, Any]:
+        st = self.state
+        with self.store.session() as session:
+            acts = records.actions(session, limit)
+            incumbents = {
+                regime: {"goodput": k.goodput, "knobs": records.knobs_json(k.knobs)}
+                for regime, k in records.known(session).items()
+            }
+            last = [
+                {
+                    "at": a.at, "mode": a.mode, "kind": a.kind, "model": a.model, "rung": a.rung, "regime": a.regime,
+                    "reason": a.reason, "applied": a.applied, "refused": a.refused, "changes": a.changes,
+                    "window": [a.window_start, a.window_end], "before_ratio": a.before_ratio,
+                    "after_ratio": a.after_ratio,
+                }
+                for a in acts
+            ]  # fmt: skip
+        return {
+            "mode": self.mode,
+            "loop": self.heartbeat.status(),
+            "regime": None if st is None else st.regime,
+            "level": 0 if st is None else st.level,
+            "exploring": None if st is None or st.candidate is None else st.candidate.what,
+            "incumbent": None if st is None else records.knobs_json(st.incumbent),
+            "ladder": [r.name for r in ladder(self._effects_by_rung())],
+            "last_actions": last,
+            "incumbents": incumbents,
+        }
+
+    def _set_mode_metric(self) -> None:
+        for m in MODES:
+            self.metrics.mode.labels(m).set(1.0 if m == self.mode else 0.0)

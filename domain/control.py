@@ -1,0 +1,547 @@
+"""The SLO controller's decisions: pure functions of what the windows say, the knobs, the state and
+the time, in the way of Ray Serve's autoscaling policy. No I/O: `controlplane.controller` reads the
+store, calls `decide` once a tick, and records what it returns through the one proposal path.
+
+Two loops share one state:
+- **Protect and release (fast).** When a latency-critical model's short-window SLA figure (or its
+  pending requests) nears its target (`protect_at` of it), the controller takes the next rung of a
+  ladder of protective steps for the bulk models (`ladder`): latency-critical models first at the
+  rate limiter, bulk priority down, bulk instances down, bulk rate-limiter tokens up (fewer bulk
+  executions at once), a longer bulk queue delay (bigger batches, less time each), a bulk queue cap
+  (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
+  once, as Knative's panic window does. Once every latency-critical model has stayed under
+  `release_below` of its target for `release_after_s`, one rung is released; a breach soon after a
+  release means the rung below was the floor for this traffic, and the protected configuration
+  becomes the regime's incumbent (no flapping between the two).
+- **Explore (slow).** Only while every SLA holds with headroom (`explore_below`), with no rung
+  applied, the controller tries one neighbour of the incumbent: one knob, one step, towards more bulk
+  work, ranked by the trials this regime has seen (`rank_neighbours`). It never tries a random
+  configuration. A candidate whose window nears a target (`protect_at`) is abandoned on that tick
+  (1 s windows) and the incumbent returns with the cooldown and step rails skipped; one that held
+  for `trial_s` and packed `adopt_gain` more bulk work becomes the incumbent.
+
+Traffic regimes (`regime_key`): latency-critical models by arrival rate, bulk models by how many
+requests their clients keep in flight (rate times latency, Little's law: a closed-loop backlog is the
+same backlog whatever the knobs), both on a log-2 scale. The store keeps the incumbent per regime;
+entering a regime seen before applies its incumbent at once, a new regime starts from the most
+protective configuration known safe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from domain.spec import FleetSpec, Knobs, memory_problems
+
+Mode = Literal["off", "advisory", "on"]
+MODES: tuple[Mode, ...] = ("off", "advisory", "on")
+Kind = Literal[
+    "hold", "protect", "panic", "release", "floor", "regime", "explore", "abandon", "adopt", "reject"
+]
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    tick_s: float = 1.0
+    short_s: float = 3.0
+    """The window the fast loop judges: the last few 1 s windows."""
+    protect_at: float = 0.85
+    """A latency-critical SLA figure at this fraction of its target takes the next protective step."""
+    panic_at: float = 1.5
+    """A breach this many times the target jumps to the top of the ladder at once."""
+    pending_at: float = 8.0
+    """A latency-critical model with this many requests waiting is protected whatever its latency."""
+    step_cooldown_s: float = 3.0
+    """Between two protective steps: time for a step to be applied and show in a window."""
+    release_below: float = 0.6
+    release_after_s: float = 20.0
+    """Every latency-critical model under `release_below` of its target this long releases a rung."""
+    floor_watch_s: float = 30.0
+    """A breach this soon after a release makes the rung below the regime's floor."""
+    explore_below: float = 0.7
+    explore_calm_s: float = 30.0
+    """Headroom this long, and this long since any step, before a neighbour is tried."""
+    trial_s: float = 20.0
+    warmup_s: float = 4.0
+    """The first seconds of a trial are not scored (the reload, the queues adjusting)."""
+    adopt_gain: float = 0.05
+    """A neighbour must pack this much more bulk work (a fraction) to become the incumbent."""
+    tabu_s: float = 300.0
+    """A neighbour that failed is not tried again in its regime for this long."""
+    regime_confirm_s: float = 5.0
+    """A new regime key must hold this long before the regime changes (no flapping on one window)."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One latency-critical model over the fast loop's short window."""
+
+    model: str
+    target_ms: float
+    value_ms: float | None
+    """The SLA's figure (TTFT or latency p99); None without traffic."""
+    pending: float = 0.0
+    failures: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        """The SLA figure as a fraction of the target; a failed request counts as a breach."""
+        if self.failures > 0:
+            return math.inf
+        return 0.0 if self.value_ms is None else self.value_ms / self.target_ms
+
+
+@dataclass(frozen=True)
+class Known:
+    """A configuration measured safe for a regime, with the bulk work it packed (items/s)."""
+
+    knobs: Mapping[str, Knobs]
+    goodput: float
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A past neighbour of a regime's incumbent: what it was, whether it held, what it packed."""
+
+    knobs: Mapping[str, Knobs]
+    safe: bool
+    goodput: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    readings: Mapping[str, Reading]
+    regime: str | None
+    """The traffic's regime key now (None: not enough traffic to say)."""
+    goodput: float
+    """Bulk items per second over the last `trial_s` (a trial is scored after its warm-up)."""
+    known: Mapping[str, Known] = field(default_factory=dict)
+    """The store's incumbent per regime."""
+    history: Sequence[Trial] = ()
+    """The neighbours tried in the current regime, oldest first."""
+    alert: str | None = None
+    """A firing alert about a latency-critical model (from Alertmanager): treated as a breach."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    knobs: Mapping[str, Knobs]
+    what: str
+    started_at: float
+    baseline_goodput: float
+
+
+@dataclass(frozen=True)
+class State:
+    incumbent: Mapping[str, Knobs]
+    """The configuration held safe for the regime; rungs of the ladder go on top of it."""
+    level: int = 0
+    regime: str | None = None
+    incumbent_goodput: float = 0.0
+    last_step_at: float = -math.inf
+    released_at: float = -math.inf
+    calm_since: float | None = None
+    headroom_since: float | None = None
+    seen_regime: str | None = None
+    seen_since: float = 0.0
+    candidate: Candidate | None = None
+    tabu: Mapping[str, float] = field(default_factory=dict)
+    """Neighbour fingerprint -> the time until which it is not tried again."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Kind
+    state: State
+    target: Mapping[str, Knobs] | None = None
+    """The configuration to propose (every model), or None to change nothing."""
+    known_safe: bool = False
+    """A return to a configuration known safe: the cooldown and step rails are skipped."""
+    model: str | None = None
+    """The latency-critical model the decision is about, if any."""
+    reason: str = ""
+    rung: str | None = None
+    keep: bool = False
+    """The incumbent changed: the store keeps it for the regime."""
+
+
+# --------------------------------------------------------------------------- the ladder
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    apply: Callable[[FleetSpec, Mapping[str, Knobs]], dict[str, Knobs]]
+    describe: str
+
+
+def _each(
+    spec: FleetSpec, knobs: Mapping[str, Knobs], role: str, change: Callable[..., dict[str, object]]
+) -> dict[str, Knobs]:
+    out = dict(knobs)
+    for m in spec.models:
+        if m.role == role and m.name in out:
+            update = change(m, out[m.name])
+            if update:
+                out[m.name] = out[m.name].model_copy(update=update)
+    return out
+
+
+def _critical_first(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
+    def change(m, have: Knobs) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        res = {
+            r: (m.bounds.resources[r].low if r in m.bounds.resources else n)
+            for r, n in have.resources.items()
+        }
+        prio = m.bounds.priority.low if m.bounds.priority else have.priority
+        return {"resources": {r: n for r, n in res.items() if n > 0}, "priority": prio}
+
+    return _each(spec, k, "latency-critical", change)
+
+
+def _bulk(
+    knob: str, towards: Callable[..., int | None]
+) -> Callable[[FleetSpec, Mapping[str, Knobs]], dict[str, Knobs]]:
+    def run(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
+        def change(m, have: Knobs) -> dict[str, object]:  # type: ignore[no-untyped-def]
+            rng = getattr(m.bounds, knob)
+            value = None if rng is None else towards(rng, getattr(have, knob))
+            return {} if value is None else {knob: value}
+
+        return _each(spec, k, "bulk", change)
+
+    return run
+
+
+def _bulk_tokens(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
+    def change(m, have: Knobs) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        res = dict(have.resources)
+        for r, rng in m.bounds.resources.items():
+            if r in res:  # ask for as many tokens as the bounds allow: fewer bulk executions at once
+                res[r] = rng.high
+        return {"resources": res}
+
+    return _each(spec, k, "bulk", change)
+
+
+def _critical_instances(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
+    """One more instance for each latency-critical model that may have one: a request that finds
+    every instance busy waits for the next arrival or Triton's 500 ms batcher re-check
+    (docs/triton.md), so a spare instance cuts the tail more than any bulk step."""
+    return _each(
+        spec, k, "latency-critical",
+        lambda m, have: {"instances": have.instances + 1}
+        if m.bounds.instances and have.instances + 1 in m.bounds.instances else {},
+    )  # fmt: skip
+
+
+RUNGS: tuple[Rung, ...] = (
+    Rung(
+        "critical-first", _critical_first, "latency-critical models take no rate-limiter tokens, top priority"
+    ),
+    Rung("critical-instances", _critical_instances, "one more instance for latency-critical models"),
+    Rung("bulk-priority", _bulk("priority", lambda r, v: min(r.high, v + 4)), "bulk priority down"),
+    Rung("bulk-instances", _bulk("instances", lambda r, v: r.low), "bulk models at their fewest instances"),
+    Rung("bulk-tokens", _bulk_tokens, "bulk instances ask for every rate-limiter token"),
+    Rung(
+        "bulk-delay",
+        _bulk("max_queue_delay_us", lambda r, v: min(r.high, v + 50_000)),
+        "longer bulk queue delay",
+    ),
+    Rung(
+        "bulk-shed",
+        _bulk("max_queue_size", lambda r, v: None if r.high < 1 else max(r.low, 1)),
+        "bulk queue capped: bulk requests beyond it are shed",
+    ),
+)
+
+
+def ladder(effects: Mapping[str, float] | None = None, rungs: Sequence[Rung] = RUNGS) -> list[Rung]:
+    """The rungs in the order to take them: by what the store's history shows each did (the mean
+    ratio of the worst latency-critical figure after the rung to before it; lower worked better),
+    rungs without enough history in their default place after those with."""
+    effects = effects or {}
+    measured = sorted((r for r in rungs if r.name in effects), key=lambda r: effects[r.name])
+    return measured + [r for r in rungs if r.name not in effects]
+
+
+def levels(
+    spec: FleetSpec, incumbent: Mapping[str, Knobs], rungs: Sequence[Rung]
+) -> list[tuple[str | None, dict[str, Knobs]]]:
+    """Level 0 (the incumbent) and each distinct configuration the rungs reach on top of it, with
+    the rung that reached it; a rung that changes nothing, or does not fit the memory budget, adds
+    no level."""
+    out: list[tuple[str | None, dict[str, Knobs]]] = [(None, dict(incumbent))]
+    for rung in rungs:
+        nxt = rung.apply(spec, out[-1][1])
+        if nxt != out[-1][1] and not memory_problems(spec, nxt):
+            out.append((rung.name, nxt))
+    return out
+
+
+# --------------------------------------------------------------------------- regimes
+def regime_key(spec: FleetSpec, rate: Mapping[str, float], inflight: Mapping[str, float]) -> str | None:
+    """The traffic's regime: each latency-critical model's arrival rate and each bulk model's
+    requests in flight, as rounded log-2 buckets ("chat-llm:r2" is about 4 requests/s). None when no
+    model has traffic."""
+    parts = []
+    for m in spec.models:
+        if m.role == "latency-critical":
+            r = rate.get(m.name, 0.0)
+            parts.append(f"{m.name}:r{round(math.log2(r))}" if r >= 0.25 else f"{m.name}:idle")
+        else:
+            n = inflight.get(m.name, 0.0)
+            parts.append(f"{m.name}:c{round(math.log2(n))}" if n >= 0.5 else f"{m.name}:idle")
+    if all(p.endswith(":idle") for p in parts):
+        return None
+    return " ".join(parts)
+
+
+def most_protective(known: Mapping[str, Known]) -> Known | None:
+    """Of the configurations known safe in any regime, the one that packed the least bulk work."""
+    return min(known.values(), key=lambda k: k.goodput, default=None)
+
+
+# --------------------------------------------------------------------------- neighbours
+STEPS = {"instances": 1, "priority": 1, "max_queue_delay_us": 5_000, "max_queue_size": 1, "resources": 1}
+GOODPUT_DIRECTION = {"instances": +1, "priority": -1, "resources": -1}
+"""The direction of each knob that gives bulk work more of the device; the queue delay goes both ways."""
+
+
+def fingerprint(knobs: Mapping[str, Knobs]) -> str:
+    return ";".join(f"{m}={knobs[m].model_dump_json()}" for m in sorted(knobs))
+
+
+def neighbours(spec: FleetSpec, incumbent: Mapping[str, Knobs]) -> list[tuple[str, dict[str, Knobs]]]:
+    """One knob of one bulk model, one step towards more bulk work (and the queue delay both ways,
+    the queue cap off), inside the bounds: (what, knobs)."""
+    out = []
+    for m in spec.models:
+        if m.role != "bulk" or m.name not in incumbent:
+            continue
+        have = incumbent[m.name]
+        moves: list[tuple[str, dict[str, object]]] = []
+        for knob in ("instances", "priority", "max_queue_delay_us"):
+            rng = getattr(m.bounds, knob)
+            if rng is None:
+                continue
+            signs = [GOODPUT_DIRECTION[knob]] if knob in GOODPUT_DIRECTION else [+1, -1]
+            for sign in signs:
+                value = getattr(have, knob) + sign * STEPS[knob]
+                if value in rng:
+                    moves.append((f"{m.name} {knob} {getattr(have, knob)} -> {value}", {knob: value}))
+        for res, rng in m.bounds.resources.items():
+            value = have.resources.get(res, 0) - 1
+            if res in have.resources and value in rng and value > 0:
+                moves.append(
+                    (
+                        f"{m.name} tokens {res} {have.resources[res]} -> {value}",
+                        {"resources": {**have.resources, res: value}},
+                    )
+                )
+        if have.max_queue_size > 0:
+            moves.append((f"{m.name} queue cap {have.max_queue_size} -> off", {"max_queue_size": 0}))
+        for what, update in moves:
+            out.append((what, {**incumbent, m.name: have.model_copy(update=update)}))
+    return out
+
+
+def _distance(a: Mapping[str, Knobs], b: Mapping[str, Knobs]) -> int:
+    return sum(a[m] != b.get(m) for m in a)
+
+
+def rank_neighbours(
+    spec: FleetSpec,
+    incumbent: Mapping[str, Knobs],
+    history: Sequence[Trial],
+    tabu: Mapping[str, float],
+    now: float,
+) -> list[tuple[str, dict[str, Knobs]]]:
+    """The incumbent's neighbours, best first, by what the regime's trials say: one tried before
+    ranks by its outcome (unsafe ones are dropped), an untried one by its nearest tried
+    configurations (the share of them that held, then their bulk work); untried with no history
+    nearby keeps the order of `neighbours`. Tabu neighbours are left out."""
+    tried = {fingerprint(t.knobs): t for t in history}
+    scored = []
+    for i, (what, knobs) in enumerate(neighbours(spec, incumbent)):
+        fp = fingerprint(knobs)
+        if tabu.get(fp, -math.inf) > now:
+            continue
+        if fp in tried:
+            t = tried[fp]
+            if not t.safe:
+                continue
+            scored.append(((1.0, t.goodput, -i), what, knobs))
+            continue
+        near = [t for t in history if _distance(knobs, t.knobs) <= 1]
+        safe_share = sum(t.safe for t in near) / len(near) if near else 0.5
+        goodput = max((t.goodput for t in near if t.safe), default=0.0)
+        scored.append(((safe_share, goodput, -i), what, knobs))
+    scored.sort(key=lambda s: s[0], reverse=True)
+    return [(what, knobs) for _, what, knobs in scored]
+
+
+# --------------------------------------------------------------------------- decide
+def decide(
+    spec: FleetSpec,
+    obs: Observation,
+    state: State,
+    now: float,
+    cfg: ControlConfig,
+    rungs: Sequence[Rung] = RUNGS,
+) -> Decision:
+    """The next action, from the readings, the regime and the state at `now`."""
+    state = _regime_seen(state, obs.regime, now)
+    steps = levels(spec, state.incumbent, rungs)
+    top = len(steps) - 1
+    risky = [r for r in obs.readings.values() if r.ratio >= cfg.protect_at or r.pending >= cfg.pending_at]
+    worst = max(risky or obs.readings.values(), key=lambda r: r.ratio, default=None)
+    at_risk = bool(risky) or obs.alert is not None
+    why = _why(worst, obs.alert)
+
+    # A new regime, held long enough: its incumbent if known, else the most protective known safe.
+    if (
+        state.seen_regime is not None
+        and state.seen_regime != state.regime
+        and now - state.seen_since >= cfg.regime_confirm_s
+        and state.candidate is None
+    ):
+        known = obs.known.get(state.seen_regime)
+        start = known or (most_protective(obs.known) if state.regime is not None else None)
+        new = replace(
+            state, regime=state.seen_regime, level=0, calm_since=None, headroom_since=None, last_step_at=now
+        )
+        if start is None:  # the first regime: what runs is where it starts
+            return Decision(
+                "regime", new, reason=f"regime {state.seen_regime}: first seen, starting from what runs"
+            )
+        new = replace(new, incumbent=dict(start.knobs), incumbent_goodput=start.goodput)
+        seen = "seen before: its incumbent" if known else "new: the most protective configuration known safe"
+        return Decision(
+            "regime", new, dict(start.knobs), known_safe=True, reason=f"regime {state.seen_regime} ({seen})"
+        )
+
+    if at_risk:
+        state = replace(state, calm_since=None, headroom_since=None)
+        if state.candidate is not None:  # abandon within the tick: the incumbent comes back
+            c = state.candidate
+            tabu = {**state.tabu, fingerprint(c.knobs): now + cfg.tabu_s}
+            new = replace(state, candidate=None, tabu=tabu, last_step_at=now)
+            return Decision(
+                "abandon", new, dict(state.incumbent), known_safe=True, model=_model(worst),
+                reason=f"abandoned {c.what}: {why}",
+            )  # fmt: skip
+        if (
+            state.level < top
+            and now - state.released_at < cfg.floor_watch_s
+            and now - state.last_step_at >= cfg.step_cooldown_s
+        ):
+            # The release just before broke it: the rung below is the floor for this traffic.
+            rung, knobs = steps[state.level + 1]
+            new = replace(state, incumbent=knobs, level=0, last_step_at=now, released_at=-math.inf)
+            return Decision(
+                "floor", new, knobs, known_safe=True, model=_model(worst), rung=rung, keep=True,
+                reason=f"{why} within {cfg.floor_watch_s:.0f} s of a release: {rung} stays for this regime",
+            )  # fmt: skip
+        panic = worst is not None and worst.ratio >= cfg.panic_at
+        if panic and state.level < top:
+            rung, knobs = steps[top]
+            new = replace(state, level=top, last_step_at=now)
+            return Decision(
+                "panic", new, knobs, known_safe=True, model=_model(worst), rung=rung,
+                reason=f"{why}: every protective step at once",
+            )  # fmt: skip
+        if state.level < top and now - state.last_step_at >= cfg.step_cooldown_s:
+            rung, knobs = steps[state.level + 1]
+            new = replace(state, level=state.level + 1, last_step_at=now)
+            desc = next(r.describe for r in rungs if r.name == rung)
+            return Decision("protect", new, knobs, model=_model(worst), rung=rung, reason=f"{why}: {desc}")
+        return Decision(
+            "hold", state, model=_model(worst), reason=f"{why}: waiting for the last step to show"
+        )
+
+    ratio = 0.0 if worst is None else worst.ratio
+    calm_since = state.calm_since if ratio < cfg.release_below else None
+    calm_since = now if calm_since is None and ratio < cfg.release_below else calm_since
+    headroom_since = state.headroom_since if ratio < cfg.explore_below else None
+    headroom_since = now if headroom_since is None and ratio < cfg.explore_below else headroom_since
+    state = replace(state, calm_since=calm_since, headroom_since=headroom_since)
+
+    if state.candidate is not None:
+        c = state.candidate
+        if now - c.started_at < cfg.trial_s:
+            return Decision("hold", state, reason=f"trying {c.what}")
+        fp = fingerprint(c.knobs)
+        if obs.goodput >= c.baseline_goodput * (1 + cfg.adopt_gain) and ratio < cfg.explore_below:
+            new = replace(
+                state,
+                incumbent=dict(c.knobs),
+                incumbent_goodput=obs.goodput,
+                candidate=None,
+                last_step_at=now,
+            )
+            return Decision(
+                "adopt", new, keep=True,
+                reason=f"{c.what}: bulk {obs.goodput:.1f} items/s against {c.baseline_goodput:.1f}, SLAs held",
+            )  # fmt: skip
+        new = replace(state, candidate=None, tabu={**state.tabu, fp: now + cfg.tabu_s}, last_step_at=now)
+        return Decision(
+            "reject", new, dict(state.incumbent), known_safe=True,
+            reason=f"{c.what}: bulk {obs.goodput:.1f} items/s against {c.baseline_goodput:.1f}: no gain worth keeping",
+        )  # fmt: skip
+
+    if (
+        state.level > 0
+        and calm_since is not None
+        and now - calm_since >= cfg.release_after_s
+        and now - state.last_step_at >= cfg.release_after_s
+    ):
+        rung, _ = steps[state.level]
+        _, knobs = steps[state.level - 1]
+        new = replace(state, level=state.level - 1, last_step_at=now, released_at=now, calm_since=now)
+        return Decision(
+            "release", new, knobs, known_safe=True, rung=rung,
+            reason=f"every SLA under {cfg.release_below:.0%} of target for {cfg.release_after_s:.0f} s: {rung} released",
+        )  # fmt: skip
+
+    if (
+        state.level == 0
+        and state.regime is not None
+        and headroom_since is not None
+        and now - headroom_since >= cfg.explore_calm_s
+        and now - state.last_step_at >= cfg.explore_calm_s
+    ):
+        ranked = rank_neighbours(spec, state.incumbent, obs.history, state.tabu, now)
+        if ranked:
+            what, knobs = ranked[0]
+            cand = Candidate(knobs, what, now + cfg.warmup_s, obs.goodput)
+            new = replace(state, candidate=cand, incumbent_goodput=obs.goodput, last_step_at=now)
+            return Decision(
+                "explore",
+                new,
+                knobs,
+                reason=f"every SLA under {cfg.explore_below:.0%} of target: trying {what}",
+            )
+    return Decision("hold", state, reason="every SLA holds")
+
+
+def _regime_seen(state: State, regime: str | None, now: float) -> State:
+    if regime is None or regime == state.seen_regime:
+        return state
+    return replace(state, seen_regime=regime, seen_since=now)
+
+
+def _model(r: Reading | None) -> str | None:
+    return None if r is None else r.model
+
+
+def _why(worst: Reading | None, alert: str | None) -> str:
+    if alert is not None:
+        return f"alert {alert}"
+    if worst is None:
+        return "no reading"
+    if worst.failures > 0:
+        return f"{worst.model}: {worst.failures:g} failed requests"
+    value = "-" if worst.value_ms is None else f"{worst.value_ms:.0f} ms"
+    return f"{worst.model} at {value} of {worst.target_ms:.0f} ms, {worst.pending:g} pending"

@@ -1,0 +1,226 @@
+"""The SLO controller's policy as tables: protective steps, release, hysteresis, cooldown, panic,
+the floor a release finds, regime keys, neighbours and their ranking, exploring and abandoning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from domain.control import (
+    ControlConfig,
+    Known,
+    Observation,
+    Reading,
+    State,
+    Trial,
+    decide,
+    fingerprint,
+    ladder,
+    levels,
+    neighbours,
+    rank_neighbours,
+    regime_key,
+)
+from domain.spec import Knobs, resolve_spec
+
+SPEC = resolve_spec("default")
+START = {m.name: m.knobs for m in SPEC.models}
+CFG = ControlConfig()
+REGIME = "chat-llm:r2 embeddings:c1 reranker:c0 safety-guard:r4"
+
+
+def obs(chat: float | None = 50.0, guard: float | None = 5.0, *, pending: float = 0.0, goodput: float = 80.0,
+        regime: str | None = REGIME, known: dict[str, Known] | None = None, alert: str | None = None,
+        history: tuple[Trial, ...] = (), failures: float = 0.0) -> Observation:  # fmt: skip
+    return Observation(
+        {
+            "chat-llm": Reading("chat-llm", 200.0, chat),
+            "safety-guard": Reading("safety-guard", 20.0, guard, pending, failures),
+        },
+        regime, goodput, known or {}, history, alert,
+    )  # fmt: skip
+
+
+def settled(**kw: object) -> State:
+    """A state in REGIME, confirmed long ago."""
+    base = {"incumbent": START, "regime": REGIME, "seen_regime": REGIME, "seen_since": 0.0}
+    base.update(kw)
+    return State(**base)  # type: ignore[arg-type]
+
+
+def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> None:
+    steps = levels(SPEC, START, ladder())
+    names = [rung for rung, _ in steps]
+    # critical-first: the defaults give both latency-critical models a compute token.
+    assert names[:3] == [None, "critical-first", "critical-instances"]
+    top = steps[-1][1]
+    assert top["safety-guard"].resources == {} and top["chat-llm"].resources == {}
+    assert top["safety-guard"].instances == 2  # the guard's bounds allow more; chat's [1, 1] do not
+    assert top["embeddings"].instances == 1 and top["reranker"].instances == 1
+    assert top["embeddings"].resources == {"compute": 2}  # every token: one bulk execution at a time
+    assert top["embeddings"].priority == 5  # 1 + 4, inside [1, 8]
+    assert top["embeddings"].max_queue_size == 1  # shed beyond one waiting
+
+
+def test_history_reorders_the_ladder_most_effective_first() -> None:
+    # bulk-tokens brought the worst ratio to 0.5 of what it was, critical-first to 0.9: tokens first.
+    order = [r.name for r in ladder({"bulk-tokens": 0.5, "critical-first": 0.9})]
+    assert order[:2] == ["bulk-tokens", "critical-first"]
+    assert order[2:] == ["critical-instances", "bulk-priority", "bulk-instances", "bulk-delay", "bulk-shed"]
+
+
+@pytest.mark.parametrize(
+    ("chat", "guard", "pending", "state", "now", "kind", "level"),
+    [
+        # 150 / 200 = 0.75 < 0.85: nothing to do
+        (150.0, 5.0, 0.0, settled(), 100.0, "hold", 0),
+        # 180 / 200 = 0.9 >= 0.85: the first rung
+        (180.0, 5.0, 0.0, settled(), 100.0, "protect", 1),
+        # the guard's queue: 8 waiting is protected whatever its latency
+        (50.0, 5.0, 8.0, settled(), 100.0, "protect", 1),
+        # 1 s after the last step, with a 3 s cooldown: wait for it to show
+        (180.0, 5.0, 0.0, settled(level=1, last_step_at=99.0), 100.0, "hold", 1),
+        # 3 s after: the next rung
+        (180.0, 5.0, 0.0, settled(level=1, last_step_at=97.0), 100.0, "protect", 2),
+        # 31 ms / 20 = 1.55 >= 1.5: panic, every rung at once, no cooldown
+        (50.0, 31.0, 0.0, settled(level=1, last_step_at=99.5), 100.0, "panic", 7),
+    ],
+)
+def test_protective_steps(
+    chat: float, guard: float, pending: float, state: State, now: float, kind: str, level: int
+) -> None:
+    d = decide(SPEC, obs(chat, guard, pending=pending), state, now, CFG)
+    assert (d.kind, d.state.level) == (kind, level)
+    if kind == "protect":
+        assert d.target == levels(SPEC, START, ladder())[level][1] and not d.known_safe
+        assert d.model in ("chat-llm", "safety-guard") and d.reason
+    if kind == "panic":
+        assert d.known_safe and d.target == levels(SPEC, START, ladder())[-1][1]
+
+
+def test_a_failed_latency_critical_request_is_a_breach() -> None:
+    d = decide(SPEC, obs(failures=1.0), settled(), 100.0, CFG)
+    assert d.kind == "panic" and "failed" in d.reason
+
+
+def test_an_alert_is_a_breach() -> None:
+    d = decide(SPEC, obs(alert="SloBurn on safety-guard"), settled(), 100.0, CFG)
+    assert d.kind == "protect" and "SloBurn" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("chat", "calm_since", "last_step_at", "kind"),
+    [
+        # 100 / 200 = 0.5 < 0.6 for 20 s, last step 20 s ago: release one rung
+        (100.0, 80.0, 80.0, "release"),
+        # calm only 10 s: hold
+        (100.0, 90.0, 80.0, "hold"),
+        # 0.65 is under protect_at but over release_below (hysteresis): never released
+        (130.0, 50.0, 50.0, "hold"),
+        # calm 20 s but the last step was 5 s ago: hold
+        (100.0, 80.0, 95.0, "hold"),
+    ],
+)
+def test_release_with_hysteresis_and_cooldown(
+    chat: float, calm_since: float, last_step_at: float, kind: str
+) -> None:
+    d = decide(
+        SPEC, obs(chat), settled(level=3, calm_since=calm_since, last_step_at=last_step_at), 100.0, CFG
+    )
+    assert d.kind == kind
+    if kind == "release":
+        assert d.state.level == 2 and d.known_safe and d.state.released_at == 100.0
+        assert d.target == levels(SPEC, START, ladder())[2][1]
+
+
+def test_a_breach_right_after_a_release_makes_the_rung_the_floor() -> None:
+    released = decide(SPEC, obs(100.0), settled(level=3, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
+    assert released.kind == "release"
+    # 10 s later the chat SLA nears again: level 3 was needed; it becomes the incumbent.
+    d = decide(SPEC, obs(190.0), released.state, 110.0, CFG)
+    assert d.kind == "floor" and d.keep and d.known_safe
+    assert d.state.level == 0 and d.state.incumbent == levels(SPEC, START, ladder())[3][1]
+
+
+def test_regime_keys_are_log2_buckets_of_rates_and_backlogs() -> None:
+    key = regime_key(SPEC, {"chat-llm": 3.0, "safety-guard": 15.0}, {"embeddings": 2.0, "reranker": 0.9})
+    # log2 3 = 1.58 -> 2; log2 15 = 3.9 -> 4; log2 2 = 1; log2 0.9 = -0.15 -> 0
+    assert key == "chat-llm:r2 embeddings:c1 reranker:c0 safety-guard:r4"
+    doubled = regime_key(SPEC, {"chat-llm": 6.0, "safety-guard": 15.0}, {"embeddings": 2.0, "reranker": 0.9})
+    assert doubled != key and "chat-llm:r3" in str(doubled)  # log2 6 = 2.58 -> 3
+    assert regime_key(SPEC, {}, {}) is None
+
+
+def test_a_regime_seen_before_brings_its_incumbent_back_at_once() -> None:
+    safer = levels(SPEC, START, ladder())[4][1]
+    other = "chat-llm:r3 embeddings:c1 reranker:c0 safety-guard:r4"
+    known = {other: Known(safer, 40.0)}
+    first = decide(SPEC, obs(regime=other, known=known), settled(), 100.0, CFG)
+    assert first.kind == "hold"  # seen once: not yet confirmed
+    d = decide(SPEC, obs(regime=other, known=known), first.state, 105.0, CFG)
+    assert d.kind == "regime" and d.known_safe and d.target == safer and d.state.regime == other
+
+
+def test_a_new_regime_starts_from_the_most_protective_known_safe() -> None:
+    known = {
+        "a": Known(levels(SPEC, START, ladder())[2][1], 70.0),
+        "b": Known(levels(SPEC, START, ladder())[5][1], 30.0),
+    }
+    state = settled(seen_regime="new", seen_since=90.0)
+    d = decide(SPEC, obs(regime="new", known=known), state, 100.0, CFG)
+    assert d.kind == "regime" and d.target == known["b"].knobs
+
+
+def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
+    incumbent = levels(SPEC, START, ladder())[-1][1]
+    for what, knobs in neighbours(SPEC, incumbent):
+        changed = [m for m in knobs if knobs[m] != incumbent[m]]
+        assert len(changed) == 1 and SPEC.model(changed[0]).role == "bulk", what
+    whats = [w for w, _ in neighbours(SPEC, incumbent)]
+    assert "embeddings instances 1 -> 2" in whats and "embeddings tokens compute 2 -> 1" in whats
+    assert "embeddings queue cap 1 -> off" in whats and "embeddings priority 5 -> 4" in whats
+
+
+def test_ranking_uses_the_regimes_history_and_drops_what_failed() -> None:
+    incumbent = levels(SPEC, START, ladder())[-1][1]
+    first, second = neighbours(SPEC, incumbent)[:2]
+    history = (Trial(first[1], safe=False, goodput=0.0), Trial(second[1], safe=True, goodput=60.0))
+    ranked = rank_neighbours(SPEC, incumbent, history, {}, 0.0)
+    assert first[0] not in [w for w, _ in ranked]  # broke an SLA here before
+    assert ranked[0][0] == second[0]  # held, with its goodput known
+    tabu = {fingerprint(second[1]): 100.0}
+    assert second[0] not in [w for w, _ in rank_neighbours(SPEC, incumbent, history, tabu, 50.0)]
+
+
+def test_explores_only_with_headroom_and_abandons_on_the_first_bad_window() -> None:
+    calm = settled(headroom_since=0.0, calm_since=0.0)
+    assert decide(SPEC, obs(150.0), calm, 100.0, CFG).kind == "hold"  # 0.75: no headroom to explore
+    d = decide(SPEC, obs(100.0, 5.0), calm, 100.0, CFG)
+    assert d.kind == "explore" and d.state.candidate is not None and not d.known_safe
+    assert d.target == d.state.candidate.knobs
+    # The next tick its window nears the guard's target: back to the incumbent, known safe.
+    bad = decide(SPEC, obs(100.0, 18.0), d.state, 101.0, CFG)
+    assert bad.kind == "abandon" and bad.known_safe and bad.target == START
+    assert bad.state.candidate is None and fingerprint(d.state.candidate.knobs) in bad.state.tabu
+
+
+@pytest.mark.parametrize(("goodput", "kind"), [(90.0, "adopt"), (82.0, "reject")])
+def test_a_trial_is_adopted_only_for_a_real_gain(goodput: float, kind: str) -> None:
+    explore = decide(SPEC, obs(100.0, 5.0, goodput=80.0), settled(headroom_since=0.0), 100.0, CFG)
+    assert explore.kind == "explore"
+    end = 100.0 + CFG.warmup_s + CFG.trial_s
+    d = decide(SPEC, obs(100.0, 5.0, goodput=goodput), explore.state, end, CFG)
+    # 90 >= 80 * 1.05 = 84: adopted; 82 < 84: the incumbent comes back
+    assert d.kind == kind
+    if kind == "adopt":
+        assert d.keep and d.state.incumbent == explore.state.candidate.knobs and d.target is None  # type: ignore[union-attr]
+    else:
+        assert d.target == START and d.known_safe
+
+
+def test_readings_ratio() -> None:
+    assert Reading("m", 20.0, 10.0).ratio == 0.5
+    assert Reading("m", 20.0, None).ratio == 0.0
+    assert Reading("m", 20.0, 1.0, failures=1).ratio == math.inf
+    assert Knobs() == Knobs()
