@@ -15,7 +15,7 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,20 @@ class ModelLoad:
             raise ValueError(f"{self.model}: give a rate (open loop) or a concurrency (backlog)")
         if self.batch < 1 or not 1 <= self.words[0] <= self.words[1]:
             raise ValueError(f"{self.model}: batch must be >= 1 and words a range of >= 1")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of a traffic trace: these loads for this long."""
+
+    name: str
+    duration_s: float
+    loads: tuple[ModelLoad, ...]
+
+
+SHED_BACKOFF_S = 0.25
+"""A closed-loop (bulk) client whose request was shed (queue full) waits this long before the next:
+back-pressure, not a retry storm."""
 
 
 @dataclass(frozen=True)
@@ -137,8 +151,17 @@ class LoadRun:
         max_requests: int = 100_000,
         request_timeout_s: float = 30.0,
         seed: int = 0,
+        phases: Sequence[Phase] | None = None,
     ) -> None:
+        """`loads` for `duration_s`; or, with `phases`, a trace: each phase's loads for its own
+        duration, one after the other (`loads` and `duration_s` are then the phases' own)."""
+        if phases:
+            loads = [ld for ph in phases for ld in ph.loads]
+            duration_s = sum(ph.duration_s for ph in phases)
         self.loads = list(loads)
+        self.phases = list(phases) if phases else [Phase("all", duration_s, tuple(self.loads))]
+        self.phase_started: list[float] = []
+        """Monotonic start of each phase, as it began."""
         for load in self.loads:
             if load.model not in targets:
                 raise ValueError(f"no model {load.model!r} in the fleet (have: {', '.join(targets)})")
@@ -221,19 +244,26 @@ class LoadRun:
         for url in {self.targets[ld.model].grpc for ld in self.loads}:
             clients[url] = aioclient.InferenceServerClient(url)
         self._started_at = time.monotonic()
-        deadline = self._started_at + self.duration_s
-        tasks: list[asyncio.Task[None]] = []
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight: set[asyncio.Task[str | None]] = set()
         try:
-            for i, load in enumerate(self.loads):
-                client = clients[self.targets[load.model].grpc]
-                rng = np.random.default_rng(self.seed * 1000 + i)
-                if load.rate > 0:
-                    tasks.append(asyncio.create_task(self._open_loop(client, load, rng, deadline, in_flight)))
-                for w in range(load.concurrency):
-                    wrng = np.random.default_rng(self.seed * 1000 + i * 100 + w + 1)
-                    tasks.append(asyncio.create_task(self._closed_loop(client, load, wrng, deadline)))
-            await asyncio.gather(*tasks)
+            for p, phase in enumerate(self.phases):
+                if self._stop.is_set():
+                    break
+                start = time.monotonic()
+                self.phase_started.append(start)
+                deadline = start + phase.duration_s
+                tasks: list[asyncio.Task[None]] = []
+                for i, load in enumerate(phase.loads):
+                    client = clients[self.targets[load.model].grpc]
+                    rng = np.random.default_rng(self.seed * 1000 + p * 10_000 + i)
+                    if load.rate > 0:
+                        tasks.append(
+                            asyncio.create_task(self._open_loop(client, load, rng, deadline, in_flight))
+                        )
+                    for w in range(load.concurrency):
+                        wrng = np.random.default_rng(self.seed * 1000 + p * 10_000 + i * 100 + w + 1)
+                        tasks.append(asyncio.create_task(self._closed_loop(client, load, wrng, deadline)))
+                await asyncio.gather(*tasks)
             if in_flight:
                 await asyncio.wait(in_flight, timeout=self.request_timeout_s + 5)
         finally:
@@ -253,7 +283,7 @@ class LoadRun:
         load: ModelLoad,
         rng: np.random.Generator,
         deadline: float,
-        in_flight: set[asyncio.Task[None]],
+        in_flight: set[asyncio.Task[str | None]],
     ) -> None:
         next_at = time.monotonic()
         while True:
@@ -275,11 +305,13 @@ class LoadRun:
         deadline: float,
     ) -> None:
         while self._take(deadline):
-            await self._one(client, load, rng)
+            if await self._one(client, load, rng) == "queue-full":
+                await asyncio.sleep(min(SHED_BACKOFF_S, max(deadline - time.monotonic(), 0)))
 
     async def _one(
         self, client: aioclient.InferenceServerClient, load: ModelLoad, rng: np.random.Generator
-    ) -> None:
+    ) -> str | None:
+        """Send one request and record it; its failure reason, None when it succeeded."""
         target = self.targets[load.model]
         inputs = build_inputs(target.kind, load, rng)
         started = time.monotonic()
@@ -302,6 +334,7 @@ class LoadRun:
             error = "client-timeout"
         items = 1 if target.streaming else load.batch
         self.records.append(Record(load.model, started, time.monotonic() - started, ttft, items, error))
+        return error
 
     async def _stream(
         self,
