@@ -178,3 +178,18 @@ def test_sla_refuses_a_window_or_objective_without_meaning(bad: dict[str, float]
 def test_the_summarys_windows_carry_what_the_slo_reads() -> None:
     """The summary judges the SLO on the rows `store.queries.recent_windows` loads for `aggregate`."""
     assert set(SLO_FIELDS) <= set(AGGREGATE_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("windows", "cell"),
+    [
+        ([], "-"),  # no traffic to judge
+        ([w(0, {10.0: 994, INF: 1000})], "[green]99.4%[/]"),  # 994/1000 meets 0.99
+        ([w(0, {10.0: 95, INF: 100})], "[red]95.0%[/]"),  # below the objective
+    ],
+)
+def test_the_live_tables_slo_cell(windows: list[ModelWindow], cell: str) -> None:
+    from controlplane.cli import _slo_cell
+
+    assert _slo_cell(slo(windows, LAT10, 0, 1)) == cell
+    assert _slo_cell(None) == "-"  # no SLA
