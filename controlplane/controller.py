@@ -230,6 +230,8 @@ class Controller:
             st = decision.state
             if decision.keep and st.regime is not None:
                 records.keep(session, st.regime, st.incumbent, obs.goodput, decision.kind, now)
+            elif decision.kept is not None and st.regime is not None:
+                records.keep(session, st.regime, decision.kept, obs.goodput, "held", now)
             self._note_trial(session, decision, obs, now, tried)
             action = records.add_action(
                 session, at=now, mode=self.mode, kind=decision.kind, model=decision.model, rung=decision.rung,

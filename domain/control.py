@@ -9,7 +9,7 @@ Two loops share one state:
   rate limiter, bulk priority down, bulk instances down, bulk rate-limiter tokens up (fewer bulk
   executions at once), a longer bulk queue delay (bigger batches, less time each), a bulk queue cap
   (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
-  once, as Knative's panic window does. Once every latency-critical model has stayed under
+  once, as Knative's panic window does; so does a regime with nothing known safe yet. Once every latency-critical model has stayed under
   `release_below` of its target for `release_after_s`, one rung is released; a breach soon after a
   release means the rung below was the floor for this traffic, and the protected configuration
   becomes the regime's incumbent (no flapping between the two).
@@ -166,6 +166,9 @@ class Decision:
     rung: str | None = None
     keep: bool = False
     """The incumbent changed: the store keeps it for the regime."""
+    kept: Mapping[str, Knobs] | None = None
+    """A configuration that held the regime's SLAs with headroom, for the store to keep when it knows
+    none for the regime yet (not the incumbent: what ran before a release)."""
 
 
 # --------------------------------------------------------------------------- the ladder
@@ -408,14 +411,16 @@ def decide(
         and state.candidate is None
     ):
         known = obs.known.get(state.seen_regime)
-        start = known or (most_protective(obs.known) if state.regime is not None else None)
+        start = known or most_protective(obs.known)
         new = replace(
             state, regime=state.seen_regime, level=0, calm_since=None, headroom_since=None, last_step_at=now
         )
-        if start is None:  # the first regime: what runs is where it starts
+        if start is None:  # nothing known safe anywhere yet: the top of the ladder, released from there
+            new = replace(new, level=top)
             return Decision(
-                "regime", new, reason=f"regime {state.seen_regime}: first seen, starting from what runs"
-            )
+                "regime", new, steps[top][1], known_safe=True, rung=steps[top][0],
+                reason=f"regime {state.seen_regime}: new, and nothing known safe yet: every protective step",
+            )  # fmt: skip
         new = replace(new, incumbent=dict(start.knobs), incumbent_goodput=start.goodput)
         seen = "seen before: its incumbent" if known else "new: the most protective configuration known safe"
         return Decision(
@@ -500,8 +505,10 @@ def decide(
         rung, _ = steps[state.level]
         _, knobs = steps[state.level - 1]
         new = replace(state, level=state.level - 1, last_step_at=now, released_at=now, calm_since=now)
+        # What held this long is known safe for the regime, if nothing was known for it yet.
+        kept = steps[state.level][1] if state.regime is not None and state.regime not in obs.known else None
         return Decision(
-            "release", new, knobs, known_safe=True, rung=rung,
+            "release", new, knobs, known_safe=True, rung=rung, kept=kept,
             reason=f"every SLA under {cfg.release_below:.0%} of target for {cfg.release_after_s:.0f} s: {rung} released",
         )  # fmt: skip
 

@@ -1,0 +1,404 @@
+"""Benchmark: keeping every SLA through traffic shifts, policy against policy.
+
+One traffic trace on the default fleet (steady demo mix; chat rate x2; bulk backlog x2; long chat
+prompts; steady again), the same trace and seed for every policy, one policy after another on a
+fresh fleet and store:
+1. static-spec: the spec's knobs, nothing changes them;
+2. static-best: the best configuration known safe for the first regime (the controller's incumbent
+   for it, from the controller's run), held for the whole trace;
+3. one-shot: today's one-shot tuning run (budget 6, 10 s windows) started after a 15 s baseline;
+4. controller: the continuous SLO controller, on;
+5. advisory: the controller in advisory mode (it records what it would do; nothing changes).
+
+Everything a client saw comes from the load generator's own per-request timings: attainment (the
+fraction of each latency-critical model's requests within target, a failed request is not), the
+rolling p99 over 10 s against the target each second, bulk goodput, failures by reason (bulk
+requests shed by a queue cap counted apart), recovery (each stretch of seconds in which a rolling
+p99 was over target, from its first second to the rolling p99 back under) and the share of the
+run in which an SLA was broken (1 s windows) while a candidate configuration was being explored.
+slatune's own view of attainment (from the store's histogram windows) is reported beside it.
+
+    python -m benchmarks.shift            # about 5 x (5 x 50 s + start-up)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import matplotlib
+import typer
+
+from benchmarks import report
+from controlplane import startup
+from controlplane.settings import Settings
+from domain.control import Mode, ladder, levels
+from domain.slo import slo
+from domain.spec import FleetSpec, Knobs, resolve_spec
+from domain.stats import Record, percentile
+from runtime.load import LoadRun, Phase, shift_trace, targets_for
+from store import control as records
+from store import queries
+from store.models import TuningRun
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+app = typer.Typer(add_completion=False)
+ROLLING_S = 10.0
+POLICIES = ("static-spec", "controller", "advisory", "one-shot", "static-best")
+
+
+@dataclass
+class Run:
+    policy: str
+    records: list[Record]
+    phase_started: list[float]
+    """Monotonic."""
+    wall_offset: float
+    """time.time() - time.monotonic() during the run: journal times (wall) onto the records' clock."""
+    end: float
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    exploring: list[tuple[float, float]] = field(default_factory=list)
+    """Monotonic spans in which a candidate configuration ran (one-shot: the whole tuning run)."""
+    slatune_attainment: dict[str, float | None] = field(default_factory=dict)
+    incumbents: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def with_knobs(spec: FleetSpec, knobs: Mapping[str, Knobs]) -> FleetSpec:
+    models = [m.model_copy(update={"knobs": knobs.get(m.name, m.knobs)}) for m in spec.models]
+    return spec.model_copy(update={"models": models})
+
+
+def run_policy(policy: str, spec: FleetSpec, phases: list[Phase], work: Path, seed: int) -> Run:
+    mode: Mode = "on" if policy == "controller" else "advisory" if policy == "advisory" else "off"
+    settings = Settings(data_dir=work / policy, controller_mode=mode)
+    print(f"[{policy}] starting the fleet (controller {mode})", flush=True)
+    with startup.running(settings, spec, resume=False) as system:
+        time.sleep(3.0)
+        offset = time.time() - time.monotonic()
+        wall_start = time.time()
+        load = LoadRun(
+            [], targets_for(spec, lambda s: system.fleet.endpoints(s).grpc), duration_s=1.0,
+            max_requests=200_000, seed=seed, phases=phases,
+        ).start()  # fmt: skip
+        run_id = None
+        began = time.monotonic()
+        shown = -1
+        while load.running:
+            elapsed = time.monotonic() - began
+            if policy == "one-shot" and run_id is None and elapsed >= 15.0:
+                run_id = system.plane.tuning.start(budget=6, window_s=10.0, warmup_s=3.0, models=None)
+            phase = max(0, len(load.phase_started) - 1)
+            if int(elapsed) // 30 != shown:
+                shown = int(elapsed) // 30
+                print(f"[{policy}] {elapsed:.0f} s, phase {phases[phase].name}", flush=True)
+            time.sleep(1.0)
+        load.join()
+        end = time.monotonic()
+        run = Run(policy, list(load.records), list(load.phase_started), offset, end)
+        with system.store.session() as session:
+            acts = records.actions(session, limit=10_000, since=wall_start)
+            run.actions = [
+                {"at": a.at - offset, "kind": a.kind, "rung": a.rung, "model": a.model, "applied": a.applied,
+                 "reason": a.reason, "regime": a.regime}
+                for a in reversed(acts)
+            ]  # fmt: skip
+            run.incumbents = {
+                r: {"goodput": k.goodput, "knobs": records.knobs_json(k.knobs)}
+                for r, k in records.known(session).items()
+            }
+            if run_id is not None:
+                tr = session.get(TuningRun, run_id)
+                if tr is not None:
+                    run.exploring.append((tr.started_at - offset, (tr.ended_at or time.time()) - offset))
+            windows = queries.recent_windows(session, wall_start)
+            for m in spec.models:
+                if m.sla is not None:
+                    status = slo(windows.get(m.name, []), m.sla, wall_start, time.time())
+                    run.slatune_attainment[m.name] = status.attainment
+        explore_at = None
+        for a in run.actions:
+            if a["kind"] == "explore":
+                explore_at = a["at"]
+            elif a["kind"] in ("abandon", "adopt", "reject") and explore_at is not None:
+                run.exploring.append((explore_at, a["at"]))
+                explore_at = None
+        if explore_at is not None:
+            run.exploring.append((explore_at, end))
+    return run
+
+
+# ------------------------------------------------------------------ what clients saw
+def value_ms(r: Record, spec: FleetSpec) -> float:
+    """The SLA's figure of one request as the client saw it; a failed request is infinitely late."""
+    if r.error is not None:
+        return math.inf
+    m = spec.model(r.model)
+    seconds = r.ttft if m.streaming and r.ttft is not None else r.latency
+    return seconds * 1000.0
+
+
+def critical(spec: FleetSpec) -> list[str]:
+    return [m.name for m in spec.models if m.role == "latency-critical" and m.sla is not None]
+
+
+def attainment(rs: Sequence[Record], spec: FleetSpec, model: str) -> float | None:
+    sla = spec.model(model).sla
+    assert sla is not None
+    mine = [r for r in rs if r.model == model]
+    if not mine:
+        return None
+    return sum(value_ms(r, spec) <= sla.target_ms for r in mine) / len(mine)
+
+
+def rolling(run: Run, spec: FleetSpec, model: str, window_s: float) -> list[tuple[float, float | None]]:
+    """Each second of the run: the p99 of the requests that completed in the `window_s` before."""
+    done = sorted((r.started + r.latency, value_ms(r, spec)) for r in run.records if r.model == model)
+    t0 = run.phase_started[0]
+    out = []
+    lo = 0
+    t = t0 + 1.0
+    while t <= run.end:
+        while lo < len(done) and done[lo][0] <= t - window_s:
+            lo += 1
+        vals = [v for at, v in done[lo:] if at <= t]
+        out.append((t - t0, percentile([min(v, 1e9) for v in vals], 99) if vals else None))
+        t += 1.0
+    return out
+
+
+def broken_seconds(run: Run, spec: FleetSpec, window_s: float) -> list[tuple[float, bool]]:
+    """Each second: whether any latency-critical model's p99 over `window_s` was over target."""
+    series = {m: rolling(run, spec, m, window_s) for m in critical(spec)}
+    n = min(len(s) for s in series.values())
+    out = []
+    for i in range(n):
+        t = next(iter(series.values()))[i][0]
+        bad = False
+        for m, s in series.items():
+            sla = spec.model(m).sla
+            assert sla is not None
+            v = s[i][1]
+            bad = bad or (v is not None and v > sla.target_ms)
+        out.append((t, bad))
+    return out
+
+
+def episodes(broken: Sequence[tuple[float, bool]]) -> list[float]:
+    """Lengths of the stretches of broken seconds: from the first to the rolling p99 back under."""
+    out, length = [], 0
+    for _, bad in broken:
+        if bad:
+            length += 1
+        elif length:
+            out.append(float(length))
+            length = 0
+    if length:
+        out.append(float(length))
+    return out
+
+
+def phase_of(run: Run, t: float) -> int:
+    i = 0
+    for k, start in enumerate(run.phase_started):
+        if t >= start:
+            i = k
+    return i
+
+
+def figures(run: Run, spec: FleetSpec, phases: list[Phase]) -> dict[str, Any]:
+    crit = critical(spec)
+    bulk = [m.name for m in spec.models if m.role == "bulk"]
+    t0 = run.phase_started[0]
+    total_s = run.end - t0
+    failed: dict[str, dict[str, int]] = {}
+    shed = 0
+    for r in run.records:
+        if r.error is None:
+            continue
+        if r.model in bulk and r.error == "queue-full":
+            shed += 1
+            continue
+        failed.setdefault(r.model, {})
+        failed[r.model][r.error] = failed[r.model].get(r.error, 0) + 1
+    per_phase = []
+    bounds = [*run.phase_started, run.end]
+    for i, ph in enumerate(phases[: len(run.phase_started)]):
+        rs = [r for r in run.records if bounds[i] <= r.started < bounds[i + 1]]
+        secs = bounds[i + 1] - bounds[i]
+        per_phase.append(
+            {
+                "phase": ph.name,
+                "attainment": {m: attainment(rs, spec, m) for m in crit},
+                "bulk_goodput": sum(r.items for r in rs if r.model in bulk and r.error is None) / secs,
+            }
+        )
+    broken = broken_seconds(run, spec, ROLLING_S)
+    eps = episodes(broken)
+    one_s = broken_seconds(run, spec, 1.0)
+    exploring_bad = sum(
+        1 for t, bad in one_s if bad and any(a - t0 <= t <= b - t0 + 1.0 for a, b in run.exploring)
+    )
+    met = [not bad for _, bad in broken]
+    return {
+        "attainment": {m: attainment(run.records, spec, m) for m in crit},
+        "slatune_attainment": run.slatune_attainment,
+        "rolling_p99_met_fraction": sum(met) / len(met) if met else None,
+        "recovery_s_p50": statistics.median(eps) if eps else 0.0,
+        "recovery_s_max": max(eps) if eps else 0.0,
+        "violation_episodes": len(eps),
+        "failed_requests": sum(sum(v.values()) for v in failed.values()),
+        "failed_by_model": failed,
+        "shed_bulk_requests": shed,
+        "exploration_violation_fraction": exploring_bad / max(len(one_s), 1),
+        "exploring_s": sum(b - a for a, b in run.exploring),
+        "bulk_goodput": sum(r.items for r in run.records if r.model in bulk and r.error is None) / total_s,
+        "phases": per_phase,
+        "actions": len(run.actions),
+        "actions_by_kind": {k: sum(a["kind"] == k for a in run.actions) for k in sorted({a["kind"] for a in run.actions})},
+    }  # fmt: skip
+
+
+def plot(runs: Sequence[Run], spec: FleetSpec, phases: list[Phase], out: Path) -> None:
+    crit = critical(spec)
+    fig, axes = plt.subplots(len(crit), 1, figsize=(12, 3.6 * len(crit)), sharex=True)
+    colors = {"static-spec": "tab:gray", "static-best": "tab:blue", "one-shot": "tab:orange",
+              "controller": "tab:green", "advisory": "tab:purple"}  # fmt: skip
+    for ax, model in zip(axes, crit, strict=True):
+        sla = spec.model(model).sla
+        assert sla is not None
+        for run in runs:
+            series = rolling(run, spec, model, ROLLING_S)
+            ax.plot([t for t, _ in series], [v if v is not None else float("nan") for _, v in series],
+                    label=run.policy, color=colors.get(run.policy), lw=1.2)  # fmt: skip
+            if run.policy == "controller":
+                t0 = run.phase_started[0]
+                for a in run.actions:
+                    if a["applied"]:
+                        ax.axvline(a["at"] - t0, color="tab:green", alpha=0.25, lw=0.8)
+        ax.axhline(sla.target_ms, color="red", ls="--", lw=1, label="target")
+        ref = runs[0]
+        for i, start in enumerate(ref.phase_started):
+            ax.axvline(start - ref.phase_started[0], color="black", alpha=0.4, lw=0.8)
+            ax.text(start - ref.phase_started[0] + 1, sla.target_ms * 3.2, phases[i].name, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylim(sla.target_ms / 20, sla.target_ms * 5)
+        ax.set_ylabel(f"{model} {sla.metric} ms\n(rolling {ROLLING_S:.0f} s)")
+        ax.legend(fontsize=7, ncol=6, loc="lower right")
+    axes[-1].set_xlabel("seconds into the trace (green lines: the controller's applied actions)")
+    fig.suptitle("p99 against target over the shift trace, per policy")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+@app.command()
+def main(
+    phase_s: Annotated[float, typer.Option(help="Seconds per phase of the trace.", min=10)] = 50.0,
+    policies: Annotated[str, typer.Option(help="Comma-separated policies, in run order.")] = ",".join(
+        POLICIES
+    ),
+    seed: Annotated[int, typer.Option(help="The trace's seed (the same for every policy).")] = 0,
+    out: Annotated[Path, typer.Option(help="Figures (JSON).")] = Path("docs/benchmarks/shift.json"),
+    png: Annotated[Path, typer.Option(help="The plot.")] = Path("docs/benchmarks/shift.png"),
+) -> None:
+    """Run the shift trace under each policy and report what clients saw."""
+    spec = resolve_spec("default")
+    phases = shift_trace(phase_s)
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = set(names) - set(POLICIES)
+    if unknown:
+        raise typer.BadParameter(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
+    runs: list[Run] = []
+    best_first: dict[str, Knobs] | None = None
+    with tempfile.TemporaryDirectory(prefix="slatune-shift-") as tmp:
+        for name in names:
+            policy_spec = spec
+            if name == "static-best":
+                policy_spec = with_knobs(spec, best_first or {})
+            run = run_policy(name, policy_spec, phases, Path(tmp), seed)
+            runs.append(run)
+            if name == "controller":
+                best_first = first_regime_incumbent(run, spec)
+            f = figures(run, spec, phases)
+            print(f"[{name}] attainment {json.dumps({m: pct(v) for m, v in f['attainment'].items()})}, "
+                  f"bulk {f['bulk_goodput']:.1f} items/s, failed {f['failed_requests']}, "
+                  f"recovery p50 {f['recovery_s_p50']:.0f} s, exploring violation {pct(f['exploration_violation_fraction'])}",
+                  flush=True)  # fmt: skip
+    result = {name: figures(run, spec, phases) for name, run in zip(names, runs, strict=True)}
+    static = [n for n in ("static-spec", "static-best") if n in result]
+    feasible_phases = []
+    for i, ph in enumerate(phases):
+        ok = [n for n in static if i < len(result[n]["phases"]) and all(
+            (v or 0) >= 0.99 for v in result[n]["phases"][i]["attainment"].values())]  # fmt: skip
+        feasible_phases.append({"phase": ph.name, "static_policies_at_99": ok})
+    plot(runs, spec, phases, png)
+    figures_out = {
+        "trace": [{"phase": p.name, "seconds": p.duration_s} for p in phases],
+        "rolling_window_s": ROLLING_S,
+        "static_best_knobs": {m: k.model_dump() for m, k in (best_first or {}).items()},
+        "regimes_a_static_configuration_holds_at_99": feasible_phases,
+        "policies": result,
+    }
+    report.write(out, "Traffic shifts: static, one-shot and continuous control", figures_out, markdown(result, phases, feasible_phases),
+                 "python -m benchmarks.shift")  # fmt: skip
+    print(f"figures in {out}, plot in {png}")
+
+
+def first_regime_incumbent(run: Run, spec: FleetSpec) -> dict[str, Knobs]:
+    """The controller's incumbent for the regime it saw first, as kept in the store at the end of
+    its run; without one, the top of its protective ladder (the protective corner)."""
+    first = next((a["regime"] for a in run.actions if a["kind"] == "regime"), None)
+    if first is not None and first in run.incumbents:
+        return records.knobs_of(run.incumbents[first]["knobs"])
+    start = {m.name: m.knobs for m in spec.models}
+    return levels(spec, start, ladder())[-1][1]
+
+
+def markdown(result: Mapping[str, Any], phases: list[Phase], feasible: list[dict[str, Any]]) -> str:
+    crit = sorted({m for f in result.values() for m in f["attainment"]})
+    head = "| policy | " + " | ".join(f"{m} within target (client / slatune)" for m in crit)
+    head += (
+        " | rolling p99 met | bulk items/s | failed | shed bulk | recovery p50 s | exploring violation |\n"
+    )
+    head += "|---" * (len(crit) + 7) + "|\n"
+    rows = []
+    for name, f in result.items():
+        cells = [f"{pct(f['attainment'][m])} / {pct(f['slatune_attainment'].get(m))}" for m in crit]
+        rows.append(
+            f"| {name} | " + " | ".join(cells)
+            + f" | {pct(f['rolling_p99_met_fraction'])} | {f['bulk_goodput']:.1f} | {f['failed_requests']}"
+            f" | {f['shed_bulk_requests']} | {f['recovery_s_p50']:.0f} | {pct(f['exploration_violation_fraction'])} |"
+        )  # fmt: skip
+    per = "\n\nPer regime (client view: each latency-critical model's requests within target; bulk items/s):\n\n"
+    per += "| policy | " + " | ".join(p.name for p in phases) + " |\n" + "|---" * (len(phases) + 1) + "|\n"
+    for name, f in result.items():
+        cells = []
+        for ph in f["phases"]:
+            att = " ".join(f"{m.split('-')[0]} {pct(v)}" for m, v in ph["attainment"].items())
+            cells.append(f"{att}; {ph['bulk_goodput']:.0f}")
+        per += f"| {name} | " + " | ".join(cells) + " |\n"
+    feas = "\n\nRegimes where a static configuration kept 99% of both models' requests within target: "
+    feas += (
+        ", ".join(f"{x['phase']} ({', '.join(x['static_policies_at_99']) or 'none'})" for x in feasible)
+        + ".\n"
+    )
+    return (
+        head + "\n".join(rows) + per + feas + "\n![p99 against target over the trace](benchmarks/shift.png)\n"
+    )
+
+
+if __name__ == "__main__":
+    app()
