@@ -29,9 +29,10 @@ from domain.spec import FleetSpec, Knobs, Sla, SpecError, resolve_spec
 from domain.stats import LoadReport, ModelStats, format_ms
 from domain.windows import ModelWindow
 from runtime.fleet import Fleet, read_state
-from runtime.load import LoadRun, ModelLoad, demo_mix, targets_for
+from runtime.load import LoadRun, ModelLoad, demo_mix, demo_trace, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
+from store import control as control_records
 from store.db import Store, StoreError
 from store.models import TuningRun
 
@@ -341,16 +342,49 @@ def summary_table(plane: ControlPlane, title: str) -> Table:
         "met",
         "SLO",
         "delay us / inst / prio / res",
+        "last action",
     ):
         t.add_column(col, justify="right" if col in ("req/s", "items/s", "failed", "p99 ms") else "left")
     knobs = plane.fleet.all_knobs()
+    last = _last_actions(plane)
     for s in plane.summaries(10.0).values():
         t.add_row(
             s.model, f"{s.request_rate:.1f}", f"{s.items_per_s:.1f}", f"{sum(s.failures.values()):g}",
             format_ms(s.sla_value_ms if s.sla else s.p99_ms), _sla_cell(s.sla), _met_cell(s.sla_met),
-            _slo_cell(s.slo), _knobs_cell(knobs[s.model]),
+            _slo_cell(s.slo), _knobs_cell(knobs[s.model]), last.get(s.model, "-"),
         )  # fmt: skip
     return t
+
+
+def _last_actions(plane: ControlPlane) -> dict[str, str]:
+    """Per model, the controller's newest action that changed it or was about it, with its age."""
+    now = plane.clock()
+    out: dict[str, str] = {}
+    with plane.store.session() as session:
+        for a in control_records.actions(session, 50):
+            for model in [*(a.changes or {}), *([a.model] if a.model else [])]:
+                if model not in out:
+                    verb = a.kind if a.applied or a.mode == "on" else f"would {a.kind}"
+                    out[model] = f"{verb}{' ' + a.rung if a.rung else ''} {now - a.at:.0f}s ago"
+    return out
+
+
+def _controller_line(plane: ControlPlane) -> str:
+    c = plane.controller
+    if c.mode == "off":
+        return "controller: off"
+    st = c.state
+    line = f"controller ({c.mode}, {c.heartbeat.status()})"
+    if st is not None:
+        line += f": regime {st.regime or 'not yet known'}, protective level {st.level}"
+        if st.candidate is not None:
+            line += f", trying {st.candidate.what}"
+    if c.last is not None:
+        d = c.last.decision
+        line += (
+            f"\n  last: {d.kind}{' (advisory)' if not c.last.applied and c.mode != 'on' else ''}: {d.reason}"
+        )
+    return line
 
 
 def _tuning_line(plane: ControlPlane, run_id: int | None) -> str:
@@ -390,14 +424,32 @@ def up(
     ] = None,
     demo_load: Annotated[
         bool,
-        typer.Option("--demo-load", help="Drive the mixed demo traffic and start tuning after a baseline."),
+        typer.Option(
+            "--demo-load",
+            help="Drive the demo traffic trace (steady, a shift to twice the chat and bulk traffic, back) "
+            "with the SLO controller on.",
+        ),
+    ] = False,
+    controller: Annotated[
+        str | None,
+        typer.Option(
+            help="The SLO controller: off, advisory (journal what it would do, change nothing) or on "
+            "(env SLATUNE_CONTROLLER_MODE; default advisory, on with --demo-load).",
+        ),
+    ] = None,
+    one_shot: Annotated[
+        bool,
+        typer.Option(
+            "--one-shot",
+            help="With --demo-load: start a one-shot tuning run after a baseline (the controller stands aside while it runs).",
+        ),
     ] = False,
     duration: Annotated[
         float | None,
         typer.Option(help="Stop after this many seconds (default: Ctrl-C; 300 with --demo-load).", min=1),
     ] = None,
     tune_budget: Annotated[
-        int, typer.Option(help="Configurations the demo's tuning run measures.", min=2)
+        int, typer.Option(help="Configurations the --one-shot tuning run measures.", min=2)
     ] = 6,
     tune_window: Annotated[
         float, typer.Option(help="Seconds each demo configuration is measured.", min=2)
@@ -413,8 +465,11 @@ def up(
     """Run the whole system: migrate the store, start the fleet (the embedded default unless
     --spec), the collectors, the reconciler and the REST API on 127.0.0.1, until Ctrl-C.
 
-    With --demo-load it also drives the mixed demo traffic and, after a baseline, starts a tuning
-    run: the live table shows the chat SLA broken, then met. The API's docs are at /docs; every
+    With --demo-load it also drives the demo traffic trace (steady, then twice the chat traffic and
+    twice the bulk backlog, then steady again) with the SLO controller on: the live table shows each
+    model's SLA and rolling SLO attainment, and the controller's last action with its reason
+    (GET /api/v1/controller has its journal). --one-shot starts a one-shot tuning run instead, as
+    before; it is also available any time through the API (POST /api/v1/tuning). The API's docs are at /docs; every
     mutating request needs the bearer token printed below (SLATUNE_API_TOKEN, or the file under
     the data directory)."""
     overrides: dict[str, object] = {}
@@ -423,6 +478,7 @@ def up(
         ("database_url", database_url),
         ("api_host", host),
         ("api_port", port),
+        ("controller_mode", controller or ("on" if demo_load else None)),
     ):
         if value is not None:
             overrides[key] = value
@@ -457,12 +513,12 @@ def up(
                 if demo_load:
                     duration = duration or 300.0
                     load = LoadRun(
-                        demo_mix(), targets_for(fs, lambda s: system.fleet.endpoints(s).grpc),
-                        duration_s=duration, max_requests=int(duration * 200),
+                        [], targets_for(fs, lambda s: system.fleet.endpoints(s).grpc),
+                        duration_s=duration, max_requests=int(duration * 300), phases=demo_trace(duration),
                     ).start()  # fmt: skip
-                _watch(system.plane, duration, demo_load, tune_budget, tune_window)
+                _watch(system.plane, duration, demo_load and one_shot, tune_budget, tune_window, load)
             finally:
-                console.print("stopping: traffic, tuning, reconciler, collectors, API, fleet")
+                console.print("stopping: traffic, controller, tuning, reconciler, collectors, API, fleet")
                 if load is not None:
                     load.stop()
                     load.join()
@@ -472,10 +528,11 @@ def up(
 
 
 def _view(plane: ControlPlane, title: str, run_id: int | None) -> RenderableType:
-    """The live table and the tuning line; when the store cannot be read, a line that says so.
-    The fleet keeps serving either way: nothing a view reads may stop it."""
+    """The live table, the controller's line and the tuning line; when the store cannot be read, a
+    line that says so. The fleet keeps serving either way: nothing a view reads may stop it."""
     try:
-        return Group(summary_table(plane, title), Text(_tuning_line(plane, run_id)))
+        lines = [_controller_line(plane)] + ([_tuning_line(plane, run_id)] if run_id is not None else [])
+        return Group(summary_table(plane, title), Text("\n".join(lines)))
     except Exception as exc:
         loops = f"collector {plane.collector.heartbeat.status() if plane.collector else 'not running'}; "
         loops += f"reconciler {plane.reconciler.heartbeat.status()}"
@@ -487,9 +544,14 @@ def _view(plane: ControlPlane, title: str, run_id: int | None) -> RenderableType
 
 
 def _watch(
-    plane: ControlPlane, duration: float | None, demo_load: bool, budget: int, window_s: float
+    plane: ControlPlane,
+    duration: float | None,
+    one_shot: bool,
+    budget: int,
+    window_s: float,
+    load: LoadRun | None = None,
 ) -> None:
-    """The live table until `duration` or Ctrl-C; the demo's tuning run starts after a baseline.
+    """The live table until `duration` or Ctrl-C; a one-shot tuning run starts after a baseline.
     A control-plane error (the store down, say) is shown and retried, never a reason to stop: only
     the operator stops the fleet."""
     began = time.monotonic()
@@ -499,14 +561,18 @@ def _watch(
     with Live(console=console, refresh_per_second=1, transient=False) as live:
         while duration is None or time.monotonic() - began < duration:
             elapsed = time.monotonic() - began
-            if demo_load and run_id is None and elapsed >= baseline_s:
+            if one_shot and run_id is None and elapsed >= baseline_s:
                 try:
                     run_id = plane.tuning.start(budget=budget, window_s=window_s, warmup_s=3.0, models=None)
                 except Exception as exc:  # the store is down: try again on the next tick
                     log.warning("the demo's tuning run could not start yet: %s", exc)
+            phase = ""
+            if load is not None and load.phase_started:
+                phase = f", traffic: {load.phases[len(load.phase_started) - 1].name}"
             title = (
                 f"slatune up: {elapsed:.0f} s"
                 + (f" of {duration:.0f} s" if duration else "")
+                + phase
                 + ", last 10 s; Ctrl-C stops"
             )
             view = _view(plane, title, run_id)

@@ -370,3 +370,45 @@ def demo_mix(scale: float = 1.0) -> list[ModelLoad]:
         ModelLoad("embeddings", concurrency=2, batch=8, words=(16, 96)),
         ModelLoad("reranker", concurrency=1, batch=4, words=(16, 96)),
     ]
+
+
+def shift_trace(phase_s: float) -> list[Phase]:
+    """The demo mix through four shifts, `phase_s` each: steady; chat rate x2; bulk backlog x2;
+    long chat prompts; steady again (what `benchmarks.shift` judges policies on)."""
+    steady = demo_mix()
+    chat, guard, emb, rer = steady
+    bulk_x2 = (
+        ModelLoad(emb.model, concurrency=emb.concurrency * 2, batch=emb.batch, words=emb.words),
+        ModelLoad(rer.model, concurrency=rer.concurrency * 2, batch=rer.batch, words=rer.words),
+    )
+    return [
+        Phase("steady", phase_s, tuple(steady)),
+        Phase(
+            "chat x2", phase_s, (ModelLoad(chat.model, rate=chat.rate * 2, words=chat.words), guard, emb, rer)
+        ),
+        Phase("bulk x2", phase_s, (chat, guard, *bulk_x2)),
+        Phase(
+            "long prompts",
+            phase_s,
+            (ModelLoad(chat.model, rate=chat.rate, words=(200, 480)), guard, emb, rer),
+        ),
+        Phase("steady again", phase_s, tuple(steady)),
+    ]
+
+
+def demo_trace(duration_s: float) -> list[Phase]:
+    """What `slatune up --demo-load` drives: the steady demo mix, a shift to twice the chat traffic
+    and twice the bulk backlog, and back."""
+    steady = demo_mix()
+    chat, guard, emb, rer = steady
+    shifted = (
+        ModelLoad(chat.model, rate=chat.rate * 2, words=chat.words),
+        guard,
+        ModelLoad(emb.model, concurrency=emb.concurrency * 2, batch=emb.batch, words=emb.words),
+        ModelLoad(rer.model, concurrency=rer.concurrency * 2, batch=rer.batch, words=rer.words),
+    )
+    return [
+        Phase("steady", duration_s * 0.4, tuple(steady)),
+        Phase("chat and bulk x2", duration_s * 0.3, shifted),
+        Phase("steady again", duration_s * 0.3, tuple(steady)),
+    ]
