@@ -205,7 +205,9 @@ class Controller:
         alert = None
         if self._alert is not None and now - self._alert[1] <= ALERT_HOLD_S:
             alert = self._alert[0]
-        return Observation(readings, regime_key(self.spec, rate, inflight), goodput, known, history, alert)
+        previous = self.state.seen_regime if self.state else None
+        regime = regime_key(self.spec, rate, inflight, previous)
+        return Observation(readings, regime, goodput, known, history, alert)
 
     def _act(self, decision: Decision, obs: Observation, now: float, tried: Candidate | None) -> Action:
         applied, refused, changes = False, None, {}

@@ -284,18 +284,33 @@ def levels(
 
 
 # --------------------------------------------------------------------------- regimes
-def regime_key(spec: FleetSpec, rate: Mapping[str, float], inflight: Mapping[str, float]) -> str | None:
+REGIME_MARGIN = 0.35
+"""Hysteresis of a regime key, in log-2 units: a model stays in its bucket until its figure is this
+far past the bucket's edge (a Poisson rate measured over 10 s wanders by a quarter around its mean)."""
+
+
+def _bucket(value: float, previous: int | None) -> int:
+    exact = math.log2(value)
+    if previous is not None and previous - 0.5 - REGIME_MARGIN <= exact <= previous + 0.5 + REGIME_MARGIN:
+        return previous
+    return round(exact)
+
+
+def regime_key(
+    spec: FleetSpec, rate: Mapping[str, float], inflight: Mapping[str, float], previous: str | None = None
+) -> str | None:
     """The traffic's regime: each latency-critical model's arrival rate and each bulk model's
-    requests in flight, as rounded log-2 buckets ("chat-llm:r2" is about 4 requests/s). None when no
-    model has traffic."""
+    requests in flight, as rounded log-2 buckets ("chat-llm:r2" is about 4 requests/s), each kept
+    while its figure stays within `REGIME_MARGIN` of its `previous` bucket. None when no model has
+    traffic."""
+    before = dict(p.split(":", 1) for p in (previous or "").split() if ":" in p)
     parts = []
     for m in spec.models:
-        if m.role == "latency-critical":
-            r = rate.get(m.name, 0.0)
-            parts.append(f"{m.name}:r{round(math.log2(r))}" if r >= 0.25 else f"{m.name}:idle")
-        else:
-            n = inflight.get(m.name, 0.0)
-            parts.append(f"{m.name}:c{round(math.log2(n))}" if n >= 0.5 else f"{m.name}:idle")
+        prefix, value, least = ("r", rate.get(m.name, 0.0), 0.25) if m.role == "latency-critical" else (
+            "c", inflight.get(m.name, 0.0), 0.5)  # fmt: skip
+        old = before.get(m.name, "")
+        prev = int(old[1:]) if old.startswith(prefix) and old[1:].lstrip("-").isdigit() else None
+        parts.append(f"{m.name}:{prefix}{_bucket(value, prev)}" if value >= least else f"{m.name}:idle")
     if all(p.endswith(":idle") for p in parts):
         return None
     return " ".join(parts)

@@ -150,6 +150,12 @@ def test_regime_keys_are_log2_buckets_of_rates_and_backlogs() -> None:
     doubled = regime_key(SPEC, {"chat-llm": 6.0, "safety-guard": 15.0}, {"embeddings": 2.0, "reranker": 0.9})
     assert doubled != key and "chat-llm:r3" in str(doubled)  # log2 6 = 2.58 -> 3
     assert regime_key(SPEC, {}, {}) is None
+    # Hysteresis: chat at 2.6/s (log2 1.38) stays in r2 while it was there, but is r1 from nothing.
+    wandered = {"chat-llm": 2.6, "safety-guard": 15.0}
+    assert "chat-llm:r2" in str(regime_key(SPEC, wandered, {"embeddings": 2.0}, previous=key))
+    assert "chat-llm:r1" in str(regime_key(SPEC, wandered, {"embeddings": 2.0}))
+    # ...until it is past the margin: 2.0/s (log2 1.0 < 2 - 0.5 - 0.35) moves it.
+    assert "chat-llm:r1" in str(regime_key(SPEC, {"chat-llm": 2.0}, {}, previous=key))
 
 
 def test_a_regime_seen_before_brings_its_incumbent_back_at_once() -> None:

@@ -27,7 +27,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class _Sequence:
-    __slots__ = ("sender", "request", "picked_ns", "ids", "left", "caches", "token")
+    __slots__ = ("caches", "ids", "left", "picked_ns", "request", "sender", "token")
 
     def __init__(self, sender, request, picked_ns, ids, budget):
         self.sender, self.request, self.picked_ns = sender, request, picked_ns

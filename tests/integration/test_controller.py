@@ -1,0 +1,81 @@
+"""The SLO controller on the real fleet: a step in bulk load breaks the guard's SLA (the spec's
+starting knobs let bulk instances hold the rate limiter's tokens) and the controller brings it
+back, as the guard's clients see it. The measured time is printed; the bound is loose enough for a
+loaded 2-core machine (`benchmarks.shift` measures the figure)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from controlplane import startup
+from controlplane.settings import Settings
+from domain.spec import resolve_spec
+from domain.stats import percentile
+from runtime.load import LoadRun, ModelLoad, Phase, targets_for
+from store import control as records
+
+pytestmark = pytest.mark.integration
+
+QUIET = (
+    ModelLoad("chat-llm", rate=3.0, words=(16, 64)),
+    ModelLoad("safety-guard", rate=15.0, words=(16, 64)),
+)
+BULK = (
+    ModelLoad("embeddings", concurrency=4, batch=8, words=(16, 96)),
+    ModelLoad("reranker", concurrency=2, batch=4, words=(16, 96)),
+)
+RECOVERY_BOUND_S = 40.0
+
+
+def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path: Path) -> None:
+    spec = resolve_spec("default")
+    guard = spec.model("safety-guard").sla
+    assert guard is not None
+    settings = Settings(data_dir=tmp_path / "data", controller_mode="advisory")
+    with startup.running(settings, spec, resume=False) as system:
+        controller = system.plane.controller
+        targets = targets_for(spec, lambda s: system.fleet.endpoints(s).grpc)
+        load = LoadRun([], targets, duration_s=1, seed=3, phases=[Phase("quiet", 20, QUIET)]).start()
+        load.join()
+        # The quiet regime as the controller classified it: the spec's knobs are known safe there.
+        assert controller.state is not None and controller.state.regime is not None
+        with system.store.session() as session:
+            records.keep(session, controller.state.regime, system.fleet.all_knobs(), 0.0, "test", time.time())
+        controller.set_mode("on")
+        step = LoadRun(
+            [], targets, duration_s=1, seed=4,
+            phases=[Phase("quiet", 10, QUIET), Phase("bulk step", 60, QUIET + BULK)],
+        ).start()  # fmt: skip
+        step.join()
+        status = controller.status(200)
+
+    started = step.phase_started[1]
+    done = sorted(
+        (r.started + r.latency, r.latency * 1000 if r.error is None else float("inf"))
+        for r in step.records
+        if r.model == "safety-guard"
+    )
+
+    def p99_at(t: float) -> float | None:  # the guard's p99 over the 5 s its clients saw before t
+        vals = [v for at, v in done if t - 5 < at <= t]
+        return percentile(vals, 99) if len(vals) >= 20 else None
+
+    seconds = [started + k for k in range(1, 60)]
+    broken = [t for t in seconds if (p := p99_at(t)) is not None and p > guard.target_ms]
+    assert broken, "the bulk step did not break the guard's SLA: the test shows nothing"
+    first = broken[0]
+    back = next(t for t in seconds if t > first and (p := p99_at(t)) is not None and p <= guard.target_ms)
+    print(
+        f"\nguard SLA broken {first - started:.0f} s after the bulk step, back under target {back - first:.0f} s later"
+    )
+    assert back - first <= RECOVERY_BOUND_S
+    # It stays protected: over the last 20 s of the step the guard's p99 is near its target, not the
+    # seconds the starting knobs gave it (on an idle machine it is under; a CPU hog adds jitter).
+    tail = percentile([v for at, v in done if at >= started + 40], 99)
+    assert tail is not None and tail <= guard.target_ms * 1.5, tail
+    acted = [a for a in status["last_actions"] if a["applied"] and a["kind"] in ("protect", "panic")]
+    assert acted and all(a["reason"] for a in acted)
+    assert any(a["model"] == "safety-guard" for a in acted)

@@ -1,0 +1,129 @@
+"""The controller's loop on a real store (SQLite) with an injected clock and a fake fleet: windows
+written as the collector writes them, each tick read, decided, recorded through the proposal path
+and journaled; advisory mode records only; off and a tuning run leave the fleet alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.controller import Controller
+from controlplane.startup import register_fleet
+from domain.spec import Knobs, resolve_spec
+from domain.windows import AppliedVersion, ModelWindow
+from runtime.server import Endpoints
+from store import configs, queries
+from store import control as records
+from store.db import Store
+
+SPEC = resolve_spec("default")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(f"sqlite:///{tmp_path / 'slatune.db'}")
+    s.upgrade()
+    endpoints = {"triton0": Endpoints("127.0.0.1:1", "127.0.0.1:2", "http://127.0.0.1:3/metrics")}
+    register_fleet(s, SPEC, endpoints)
+    return s
+
+
+def write(store: Store, clock: Clock, guard_ms: float, chat_ms: float = 50.0) -> None:
+    """One second of windows for every model, as the collector writes them."""
+    end = clock.t
+    windows = [
+        ModelWindow("safety-guard", end - 1, end, 15, 15, request_rate=15, inference_rate=15, p50_ms=guard_ms / 3,
+                    p99_ms=guard_ms),
+        ModelWindow("chat-llm", end - 1, end, 3, 3, request_rate=3, inference_rate=3, ttft_p99_ms=chat_ms,
+                    p50_ms=400.0),
+        ModelWindow("embeddings", end - 1, end, 8, 8, request_rate=8, inference_rate=64, p50_ms=250.0),
+        ModelWindow("reranker", end - 1, end, 7, 7, request_rate=7, inference_rate=28, p50_ms=130.0),
+    ]  # fmt: skip
+    with store.session() as session:
+        versions: dict[str, AppliedVersion] = {}
+        queries.add_windows(session, queries.model_ids(session), windows, versions, 1.0)
+
+
+def controller(
+    store: Store, clock: Clock, mode: str = "on", busy: str | None = None
+) -> tuple[Controller, dict[str, Knobs]]:
+    running = {m.name: m.knobs for m in SPEC.models}
+    slas = {m.name: m.sla for m in SPEC.models}
+    nudged: list[int] = []
+    c = Controller(SPEC, store, lambda: dict(running), lambda: slas, mode=mode, clock=clock,  # type: ignore[arg-type]
+                   nudge=lambda: nudged.append(1), busy=lambda: busy)  # fmt: skip
+    return c, running
+
+
+def test_a_broken_guard_sla_is_protected_at_once_through_the_proposal_path(store: Store) -> None:
+    clock = Clock()
+    c, _ = controller(store, clock)
+    write(store, clock, guard_ms=40.0)  # 2x the guard's 20 ms target
+    action = c.tick()
+    assert action is not None and action.applied
+    assert action.decision.kind == "panic" and action.decision.model == "safety-guard"
+    with store.session() as session:
+        pending = configs.pending_knobs(session)
+        journal = records.actions(session)
+    # Every protective step at once: bulk at one instance asking for every token, the guard free.
+    assert pending["embeddings"].instances == 1 and pending["embeddings"].resources == {"compute": 2}
+    assert pending["safety-guard"].resources == {} and pending["safety-guard"].instances == 2
+    assert [a.kind for a in journal] == ["panic"] and journal[0].applied and journal[0].before_ratio == 2.0
+    assert "safety-guard at 40 ms of 20 ms" in journal[0].reason
+
+
+def test_advisory_mode_journals_what_it_would_do_and_changes_nothing(store: Store) -> None:
+    clock = Clock()
+    c, _ = controller(store, clock, mode="advisory")
+    write(store, clock, guard_ms=40.0)
+    action = c.tick()
+    assert action is not None and not action.applied and action.decision.kind == "panic"
+    with store.session() as session:
+        assert configs.pending_knobs(session) == {}
+        (entry,) = records.actions(session)
+    assert entry.mode == "advisory" and not entry.applied and entry.changes["embeddings"]["instances"] == 1
+
+
+@pytest.mark.parametrize(("mode", "busy"), [("off", None), ("on", "tuning run 3")])
+def test_off_or_a_tuning_run_leaves_the_fleet_alone(store: Store, mode: str, busy: str | None) -> None:
+    clock = Clock()
+    c, _ = controller(store, clock, mode=mode, busy=busy)
+    write(store, clock, guard_ms=40.0)
+    assert c.tick() is None
+    with store.session() as session:
+        assert configs.pending_knobs(session) == {} and not records.actions(session)
+
+
+def test_a_new_regime_with_nothing_known_starts_protected_then_releases_and_keeps_what_held(
+    store: Store,
+) -> None:
+    clock = Clock()
+    c, running = controller(store, clock)
+    kinds = []
+    for _ in range(8):  # healthy traffic: the regime is confirmed after 5 s
+        write(store, clock, guard_ms=5.0)
+        a = c.tick()
+        kinds += [a.decision.kind] if a else []
+        clock.t += 1.0
+    assert kinds == ["regime"]
+    assert c.state is not None and c.state.level > 0
+    with store.session() as session:
+        running.update(configs.pending_knobs(session))  # the reconciler applied it
+    for _ in range(25):  # 25 s well under target: one rung released, what held kept for the regime
+        write(store, clock, guard_ms=5.0)
+        a = c.tick()
+        kinds += [a.decision.kind] if a else []
+        clock.t += 1.0
+    assert kinds == ["regime", "release"]
+    with store.session() as session:
+        known = records.known(session)
+    assert list(known) == [c.state.regime]
