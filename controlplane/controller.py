@@ -22,12 +22,15 @@ from sqlalchemy.orm import Session
 
 from domain.control import (
     MODES,
+    RUNGS,
+    SHED,
     Candidate,
     ControlConfig,
     Decision,
     Mode,
     Observation,
     Reading,
+    Rung,
     State,
     decide,
     ladder,
@@ -43,7 +46,7 @@ from store.db import Store
 
 log = logging.getLogger("slatune.controller")
 
-EFFECT_AFTER_S = 6.0
+EFFECT_AFTER_S = 10.0
 """How long after a protective step its effect is read (applied, then a few 1 s windows)."""
 REGIME_WINDOW_S = 10.0
 ALERT_HOLD_S = 10.0
@@ -163,7 +166,7 @@ class Controller:
                 self.state = State(incumbent=self.running())
             obs = self.observe(now)
             tried = self.state.candidate
-            decision = decide(self.spec, obs, self.state, now, self.cfg, ladder(self._effects_by_rung()))
+            decision = decide(self.spec, obs, self.state, now, self.cfg, self._ladder())
             self.state = decision.state
             self.metrics.level.set(decision.state.level)
             self.metrics.exploring.set(1 if decision.state.candidate else 0)
@@ -196,7 +199,9 @@ class Controller:
         for name, rows in recent.items():
             agg = aggregate([r for r in rows if r.end >= now - REGIME_WINDOW_S])
             rate[name] = agg.request_rate
-            inflight[name] = agg.request_rate * (agg.p50_ms or 0.0) / 1000.0
+            # Little's law over the requests served: a client's backlog, whatever the knobs.
+            served = agg.success / agg.seconds if agg.seconds > 0 else 0.0
+            inflight[name] = served * (agg.p50_ms or 0.0) / 1000.0
         bulk = [m.name for m in self.spec.models if m.role == "bulk"]
         goodput = sum(
             aggregate([r for r in recent.get(name, []) if r.end >= now - self.cfg.trial_s]).inference_rate
@@ -269,6 +274,9 @@ class Controller:
             )
 
     # ------------------------------------------------------------------ history
+    def _ladder(self) -> list[Rung]:
+        return ladder(self._effects_by_rung(), RUNGS + ((SHED,) if self.cfg.shed else ()))
+
     def _effects_by_rung(self) -> dict[str, float]:
         try:
             with self.store.session() as session:
@@ -314,7 +322,7 @@ class Controller:
             "level": 0 if st is None else st.level,
             "exploring": None if st is None or st.candidate is None else st.candidate.what,
             "incumbent": None if st is None else records.knobs_json(st.incumbent),
-            "ladder": [r.name for r in ladder(self._effects_by_rung())],
+            "ladder": [r.name for r in self._ladder()],
             "last_actions": last,
             "incumbents": incumbents,
         }

@@ -57,7 +57,7 @@ class ControlConfig:
     step_cooldown_s: float = 3.0
     """Between two protective steps: time for a step to be applied and show in a window."""
     release_below: float = 0.6
-    release_after_s: float = 20.0
+    release_after_s: float = 30.0
     """Every latency-critical model under `release_below` of its target this long releases a rung."""
     floor_watch_s: float = 30.0
     """A breach this soon after a release makes the rung below the regime's floor."""
@@ -71,6 +71,8 @@ class ControlConfig:
     """A neighbour must pack this much more bulk work (a fraction) to become the incumbent."""
     tabu_s: float = 300.0
     """A neighbour that failed is not tried again in its regime for this long."""
+    shed: bool = False
+    """Add the bulk queue cap (`SHED`) as the last rung of the ladder."""
     regime_confirm_s: float = 5.0
     """A new regime key must hold this long before the regime changes (no flapping on one window)."""
 
@@ -229,35 +231,44 @@ def _bulk_tokens(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
 
 
 def _critical_instances(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
-    """One more instance for each latency-critical model that may have one: a request that finds
-    every instance busy waits for the next arrival or Triton's 500 ms batcher re-check
+    """A spare instance for each latency-critical model that may have one (at least two): a request
+    that finds every instance busy waits for the next arrival or Triton's 500 ms batcher re-check
     (docs/triton.md), so a spare instance cuts the tail more than any bulk step."""
-    return _each(
-        spec, k, "latency-critical",
-        lambda m, have: {"instances": have.instances + 1}
-        if m.bounds.instances and have.instances + 1 in m.bounds.instances else {},
-    )  # fmt: skip
+
+    def change(m, have: Knobs) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        rng = m.bounds.instances
+        want = have.instances if rng is None else min(rng.high, max(have.instances, 2))
+        return {"instances": want} if want != have.instances else {}
+
+    return _each(spec, k, "latency-critical", change)
 
 
 RUNGS: tuple[Rung, ...] = (
     Rung(
         "critical-first", _critical_first, "latency-critical models take no rate-limiter tokens, top priority"
     ),
-    Rung("critical-instances", _critical_instances, "one more instance for latency-critical models"),
-    Rung("bulk-priority", _bulk("priority", lambda r, v: min(r.high, v + 4)), "bulk priority down"),
+    Rung("critical-instances", _critical_instances, "a spare instance for latency-critical models"),
+    Rung("bulk-priority", _bulk("priority", lambda r, v: r.high), "bulk models at their lowest priority"),
     Rung("bulk-instances", _bulk("instances", lambda r, v: r.low), "bulk models at their fewest instances"),
     Rung("bulk-tokens", _bulk_tokens, "bulk instances ask for every rate-limiter token"),
     Rung(
         "bulk-delay",
-        _bulk("max_queue_delay_us", lambda r, v: min(r.high, v + 50_000)),
-        "longer bulk queue delay",
-    ),
-    Rung(
-        "bulk-shed",
-        _bulk("max_queue_size", lambda r, v: None if r.high < 1 else max(r.low, 1)),
-        "bulk queue capped: bulk requests beyond it are shed",
+        _bulk("max_queue_delay_us", lambda r, v: min(r.high, max(v, BULK_DELAY_US))),
+        "a longer bulk queue delay (bigger batches, less time each)",
     ),
 )
+"""Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
+incumbent that is already the protective corner changes nothing (and reloads nothing)."""
+
+SHED = Rung(
+    "bulk-shed",
+    _bulk("max_queue_size", lambda r, v: None if r.high < 1 else max(r.low, 1)),
+    "bulk queue capped: bulk requests beyond it are shed",
+)
+"""Not in the default ladder (`ControlConfig.shed` adds it last): on the default fleet one bulk
+execution at a time already leaves the latency-critical models a core, a cap sheds bulk requests
+without freeing more, and the shed clients' back-off makes their backlog look like another regime."""
+BULK_DELAY_US = 20_000
 
 
 def ladder(effects: Mapping[str, float] | None = None, rungs: Sequence[Rung] = RUNGS) -> list[Rung]:
@@ -322,7 +333,8 @@ def most_protective(known: Mapping[str, Known]) -> Known | None:
 
 
 # --------------------------------------------------------------------------- neighbours
-STEPS = {"instances": 1, "priority": 1, "max_queue_delay_us": 5_000, "max_queue_size": 1, "resources": 1}
+STEPS = {"instances": 1, "max_queue_delay_us": 5_000, "max_queue_size": 1, "resources": 1}
+"""One step of each knob; priority is a weight (2 is scheduled half as often as 1), so it halves."""
 GOODPUT_DIRECTION = {"instances": +1, "priority": -1, "resources": -1}
 """The direction of each knob that gives bulk work more of the device; the queue delay goes both ways."""
 
@@ -346,8 +358,8 @@ def neighbours(spec: FleetSpec, incumbent: Mapping[str, Knobs]) -> list[tuple[st
                 continue
             signs = [GOODPUT_DIRECTION[knob]] if knob in GOODPUT_DIRECTION else [+1, -1]
             for sign in signs:
-                value = getattr(have, knob) + sign * STEPS[knob]
-                if value in rng:
+                value = have.priority // 2 if knob == "priority" else getattr(have, knob) + sign * STEPS[knob]
+                if value in rng and value != getattr(have, knob):
                     moves.append((f"{m.name} {knob} {getattr(have, knob)} -> {value}", {knob: value}))
         for res, rng in m.bounds.resources.items():
             value = have.resources.get(res, 0) - 1
@@ -464,15 +476,18 @@ def decide(
                 "floor", new, knobs, known_safe=True, model=_model(worst), rung=rung, keep=True,
                 reason=f"{why} within {cfg.floor_watch_s:.0f} s of a release: {rung} stays for this regime",
             )  # fmt: skip
+        # Even a panic waits for the last step to settle: a reload costs CPU for a few seconds,
+        # and a breach it causes is no reason for another reload.
+        settled = now - state.last_step_at >= cfg.step_cooldown_s
         panic = worst is not None and worst.ratio >= cfg.panic_at
-        if panic and state.level < top:
+        if panic and state.level < top and settled:
             rung, knobs = steps[top]
             new = replace(state, level=top, last_step_at=now)
             return Decision(
                 "panic", new, knobs, known_safe=True, model=_model(worst), rung=rung,
                 reason=f"{why}: every protective step at once",
             )  # fmt: skip
-        if state.level < top and now - state.last_step_at >= cfg.step_cooldown_s:
+        if state.level < top and settled:
             rung, knobs = steps[state.level + 1]
             new = replace(state, level=state.level + 1, last_step_at=now)
             desc = next(r.describe for r in rungs if r.name == rung)
