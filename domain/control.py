@@ -249,15 +249,18 @@ RUNGS: tuple[Rung, ...] = (
     ),
     Rung("critical-instances", _critical_instances, "a spare instance for latency-critical models"),
     Rung("bulk-priority", _bulk("priority", lambda r, v: r.high), "bulk models at their lowest priority"),
-    Rung("bulk-instances", _bulk("instances", lambda r, v: r.low), "bulk models at their fewest instances"),
-    Rung("bulk-tokens", _bulk_tokens, "bulk instances ask for every rate-limiter token"),
     Rung(
         "bulk-delay",
         _bulk("max_queue_delay_us", lambda r, v: min(r.high, max(v, BULK_DELAY_US))),
         "a longer bulk queue delay (bigger batches, less time each)",
     ),
+    Rung("bulk-instances", _bulk("instances", lambda r, v: r.low), "bulk models at their fewest instances"),
+    Rung("bulk-tokens", _bulk_tokens, "bulk instances ask for every rate-limiter token"),
 )
-"""Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
+"""The default order: what costs bulk work least first, so that releases (from the top) give back the
+costliest rung first. Measured on the default fleet (docs/triton.md): the first three rungs alone
+kept the guard near its 20 ms at 94% of the spec's bulk goodput; every rung kept it under, at 57%.
+Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
 incumbent that is already the protective corner changes nothing (and reloads nothing)."""
 
 SHED = Rung(

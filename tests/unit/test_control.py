@@ -74,7 +74,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
     # bulk-tokens brought the worst ratio to 0.5 of what it was, critical-first to 0.9: tokens first.
     order = [r.name for r in ladder({"bulk-tokens": 0.5, "critical-first": 0.9})]
     assert order[:2] == ["bulk-tokens", "critical-first"]
-    assert order[2:] == ["critical-instances", "bulk-priority", "bulk-instances", "bulk-delay"]
+    assert order[2:] == ["critical-instances", "bulk-priority", "bulk-delay", "bulk-instances"]
 
 
 @pytest.mark.parametrize(
