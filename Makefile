@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set everything up and run `slatune up --demo-load`: the embedded default fleet, the
-#               collectors, the reconciler and the API, with demo traffic and a tuning run
+#               collectors, the reconciler, the SLO controller and the API, with a shifting demo trace
 #   make test   set everything up and run the whole test suite (what .ci/run calls)
 PYTHON ?= python3.11
 VENV   ?= .venv
