@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import cast
 
 import httpx
@@ -34,9 +35,10 @@ import httpx
 from collectors.nvml import NvmlCollector
 from collectors.parse import ParseError, Scrape, parse
 from collectors.selfmetrics import CollectorMetrics
+from collectors.trace import TraceReader
 from collectors.window import device_window, model_window
 from domain.health import Heartbeat, backoff_s
-from domain.windows import DeviceWindow, ModelWindow
+from domain.windows import DeviceWindow, Histogram, ModelWindow
 from store import queries
 from store.db import Store, StoreError, StoreUnavailable
 
@@ -72,6 +74,9 @@ class Target:
     models: frozenset[str] | None = None
     """The models the fleet gives this server: a model its page names beyond them gets no windows
     from it. None takes every model on the page (a target built by hand)."""
+    trace_dir: Path | None = None
+    """Where the server writes a trace per request (servers slatune starts): read on every pass
+    for each request's server-side latency, queue included (`collectors.trace`)."""
 
 
 class ScrapeFailed(Exception):
@@ -143,6 +148,7 @@ class Collector:
         self.deadline_s = deadline_s if deadline_s is not None else scrape_deadline(interval_s)
         self.max_page_bytes = max_page_bytes
         self._state = {t.server: _ServerState() for t in self.targets}
+        self._traces = {t.server: TraceReader(t.trace_dir) for t in self.targets if t.trace_dir is not None}
         # One event loop for the collector's life: the client's connections are kept between passes.
         self._loop = asyncio.new_event_loop()
         self._http = httpx.AsyncClient(
@@ -219,7 +225,7 @@ class Collector:
             return
         text, now = page
         try:
-            scrape = self._assigned(target, state, parse(text))
+            scrape = self._assigned(target, state, self._traced(target, parse(text)))
             windows, devices = self._windows(state, scrape, now)
         except ParseError as exc:
             self._failed(target, state, now, exc.reason, str(exc), result)
@@ -237,6 +243,23 @@ class Collector:
         result.devices += devices
         if windows or devices:
             self._keep(target.server, _Batch(windows, devices))
+
+    def _traced(self, target: Target, scrape: Scrape) -> Scrape:
+        """The scrape with each model's server-side latency from its trace files (origin "server"),
+        read just after the page: a request done between the two lands in the next window."""
+        reader = self._traces.get(target.server)
+        if reader is None:
+            return scrape
+        try:
+            histograms = reader.read()
+        except OSError as exc:  # the directory unreadable: the page's own figures still count
+            log.warning("server %s: trace files unreadable: %s", target.server, exc)
+            return scrape
+        for model, sample in scrape.models.items():
+            if model in histograms:
+                h = histograms[model]
+                sample.latency["server"] = Histogram(dict(h.buckets), h.count, h.sum)
+        return scrape
 
     def _assigned(self, target: Target, state: _ServerState, scrape: Scrape) -> Scrape:
         """The scrape without the models the fleet does not give to this server."""

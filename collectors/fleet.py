@@ -4,6 +4,7 @@ first (`controlplane.startup.register_fleet`): windows are stored against its mo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from collectors.collector import Collector, Target
 from collectors.nvml import NvmlCollector
@@ -29,6 +30,7 @@ def fleet_collector(
             s.name,
             endpoints[s.name].metrics_url,
             frozenset(m.name for m in spec.models if m.server == s.name),
+            _trace_dir(endpoints[s.name]),
         )
         for s in spec.servers
     ]
@@ -40,3 +42,7 @@ def fleet_collector(
         nvml=NvmlCollector() if nvml else None,
         retention_raw_s=retention_raw_s,
     )
+
+
+def _trace_dir(endpoints: Endpoints) -> Path | None:
+    return None if endpoints.trace_dir is None else Path(endpoints.trace_dir)

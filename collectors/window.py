@@ -9,7 +9,7 @@ Prometheus' rate(), never a negative or doubled rate, and the window is marked `
 from __future__ import annotations
 
 from collectors.parse import DeviceSample, ModelSample
-from domain.windows import DeviceWindow, Histogram, ModelWindow, histogram_quantile
+from domain.windows import DeviceWindow, Histogram, ModelWindow, histogram_quantile, summed_buckets
 
 # Preference order for time to first token: Triton's own, then client-stamped, then model-side.
 TTFT_SOURCES = ("triton", "client", "model")
@@ -33,6 +33,34 @@ def histogram_increase(prev: Histogram | None, cur: Histogram) -> tuple[Histogra
         return Histogram(dict(cur.buckets), cur.count, cur.sum), True
     buckets = {le: max(v - prev.buckets.get(le, 0.0), 0.0) for le, v in cur.buckets.items()}
     return Histogram(buckets, count, max(cur.sum - prev.sum, 0.0)), False
+
+
+def _latency(
+    prev: ModelSample | None, cur: ModelSample, resets: list[bool]
+) -> tuple[Histogram | None, str | None]:
+    """The window's request-latency histogram and its origin, None without observations.
+
+    "server" (the trace: every request, from arrival to response) wherever the server is traced.
+    Else the built-ins' own: "client" (from the load generator's send stamp) and "model" (from
+    pick-up, queue left out) count disjoint requests, so a window holding both is their sum
+    ("client+model"), not the stamped requests alone."""
+    increases: dict[str, Histogram] = {}
+    for source, h_cur in cur.latency.items():
+        # A histogram the previous scrape lacked started from zero (the trace reader's do).
+        before = None if prev is None else prev.latency.get(source, Histogram())
+        h, was_reset = histogram_increase(before, h_cur)
+        resets.append(was_reset)
+        if h.count > 0:
+            increases[source] = h
+    if "server" in increases:
+        return increases["server"], "server"
+    if "client" in increases and "model" in increases:
+        both = summed_buckets([increases["client"].buckets, increases["model"].buckets])
+        return both, "client+model"
+    for source in ("client", "model"):
+        if source in increases:
+            return increases[source], source
+    return None, None
 
 
 def _avg_ms(total_us: float, count: float) -> float | None:
@@ -76,15 +104,10 @@ def model_window(
                 ttft_source, ttft_hist = source, h
                 ttft_p50, ttft_p99 = histogram_quantile(0.5, h), histogram_quantile(0.99, h)
 
-    latency: Histogram | None = None
-    latency_source = None
-    for source in ("client", "model"):
-        if source in cur.latency:
-            h, was_reset = histogram_increase(p.latency.get(source) if prev else None, cur.latency[source])
-            resets.append(was_reset)
-            if h.count > 0 and latency is None:
-                latency, latency_source = h, source
-    quantiles = cur.quantiles.get("request", {})
+    latency, latency_source = _latency(prev, cur, resets)
+    # Triton's summary remembers about a minute: only a window with requests of its own may fall
+    # back to it (a server that exports no histogram), never an idle one.
+    quantiles = cur.quantiles.get("request", {}) if requests > 0 else {}
     if latency is None and quantiles:
         latency_source = "summary"
 

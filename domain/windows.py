@@ -27,7 +27,9 @@ class Histogram:
 def histogram_quantile(q: float, h: Histogram) -> float | None:
     """The q-quantile (0..1) of a histogram's observations, interpolating linearly inside the
     bucket, as Prometheus' histogram_quantile does. None without observations; when it falls in
-    the +Inf bucket, the highest finite bound."""
+    the +Inf bucket, the highest finite bound, which is then only a lower bound of the truth:
+    `beyond_buckets` says so (the built-ins' and the trace's buckets reach 60 s, past any client
+    timeout in use, so a quantile there means requests slower than any client waits for)."""
     bounds = sorted(h.buckets)
     if not bounds:
         return None
@@ -48,14 +50,31 @@ def histogram_quantile(q: float, h: Histogram) -> float | None:
     return bounds[-1]
 
 
+def beyond_buckets(q: float, buckets: Mapping[Any, float] | None) -> bool:
+    """Whether the q-quantile of these buckets (floats or their JSON spelling) lies past the
+    highest finite bound, so that `histogram_quantile` reports that bound as a floor."""
+    h = summed_buckets([buckets])
+    finite = [le for le in h.buckets if not math.isinf(le)]
+    if h.count <= 0 or not finite:
+        return h.count > 0
+    return h.buckets[max(finite)] < q * h.count
+
+
 def summed_buckets(rows: Iterable[Mapping[Any, float] | None]) -> Histogram:
     """The histogram of many windows: their buckets added up (the quantile of the union). Bounds
-    may be floats or their JSON spelling ("10.0", "inf")."""
-    total: dict[float, float] = {}
-    for buckets in rows:
-        for le, count in (buckets or {}).items():
-            key = float(le)
-            total[key] = total.get(key, 0.0) + count
+    may be floats or their JSON spelling ("10.0", "inf"). Windows whose bounds differ (kept before
+    the buckets were extended to 60 s, or from another source) are added on the union of the
+    bounds: a window without a bound counts there what it counts at its next lower one, the most
+    it is sure of, so the sum never claims a request faster than it was."""
+    parsed = [{float(le): count for le, count in (b or {}).items()} for b in rows]
+    parsed = [b for b in parsed if b]
+    bounds = sorted({le for b in parsed for le in b})
+    total = dict.fromkeys(bounds, 0.0)
+    for b in parsed:
+        below = 0.0
+        for le in bounds:
+            below = b.get(le, below)
+            total[le] += below
     return Histogram(total, total.get(math.inf, 0.0))
 
 
@@ -103,6 +122,44 @@ class ModelWindow:
     """The configuration version the window belongs to (the store tags it: `version_of_window`)."""
     spans_reconfiguration: bool = False
     """A configuration was applied inside the window, which then belongs to no version."""
+
+    @property
+    def p99_beyond_buckets(self) -> bool:
+        """p99_ms is the highest finite bucket bound, a floor: the p99 request took longer."""
+        return beyond_buckets(0.99, self.latency_buckets)
+
+    @property
+    def queue_wait_ms(self) -> float | None:
+        """How long a request now waiting will wait, by Little's law (L = lambda W): the requests
+        pending at the window's end over the window's completion rate. An estimate of the mean,
+        None when nothing is pending; infinite when requests wait and none completed (see
+        `stalled_queue_s` for what is certain then)."""
+        return queue_wait_ms(self.pending, self.requests, self.end - self.start)
+
+
+def queue_wait_ms(pending: float, requests: float, seconds: float) -> float | None:
+    """Little's law on one window: `pending` requests over `requests / seconds` completed a second."""
+    if pending <= 0:
+        return None
+    if requests <= 0 or seconds <= 0:
+        return math.inf
+    return pending / (requests / seconds) * 1000.0
+
+
+def stalled_queue_s(windows: Sequence[Any]) -> float:
+    """How long the oldest pending request has waited at least, from consecutive windows (oldest
+    first; ModelWindows or stored rows with start, end, requests, pending): while requests are
+    pending at a window's start (its predecessor's end) and none completes or fails through to
+    the newest window's end, those requests are all still there, so the oldest has waited at
+    least that long. 0 when the newest window completed a request or nothing waits. A lower
+    bound, exact to a window: it counts requests Triton has not failed (no timeout set) too."""
+    stalled = 0.0
+    for i in range(len(windows) - 1, 0, -1):
+        w, before = windows[i], windows[i - 1]
+        if w.requests > 0 or w.pending <= 0 or before.pending <= 0 or abs(before.end - w.start) > 1e-6:
+            break
+        stalled = windows[-1].end - w.start
+    return stalled
 
 
 @dataclass(frozen=True)
@@ -158,6 +215,8 @@ class Aggregate:
     worst window's (Triton's summary)."""
     ttft_p50_ms: float | None = None
     ttft_p99_ms: float | None = None
+    p99_beyond_buckets: bool = False
+    """p99_ms is the highest finite bucket bound, a floor: the p99 request took longer."""
     resets: int = 0
     spans_reconfiguration: int = 0
 
@@ -195,6 +254,7 @@ def aggregate(rows: Sequence[Any]) -> Aggregate:
         p99_ms=_quantile(0.99, rows, "latency_buckets", "p99_ms"),
         ttft_p50_ms=_quantile(0.5, rows, "ttft_buckets", "ttft_p50_ms"),
         ttft_p99_ms=_quantile(0.99, rows, "ttft_buckets", "ttft_p99_ms"),
+        p99_beyond_buckets=beyond_buckets(0.99, summed_buckets(r.latency_buckets for r in rows).buckets),
         resets=sum(r.reset for r in rows),
         spans_reconfiguration=sum(r.spans_reconfiguration for r in rows),
     )

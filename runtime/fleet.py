@@ -177,6 +177,7 @@ class Fleet:
             ports,
             s.rate_limit_resources,
             env,
+            trace_dir=self.work_dir / "traces" / s.name,
         )
         self._servers[s.name] = _Server(s, process.endpoints, process)
         process.start(timeout)

@@ -45,14 +45,33 @@ class Endpoints:
     http: str
     grpc: str
     metrics_url: str
+    trace_dir: str | None = None
+    """Where the server writes a trace file per request (`trace_flags`): servers slatune starts
+    only. The collector reads the files for every request's server-side latency."""
 
     @classmethod
-    def loopback(cls, ports: Ports) -> Endpoints:
+    def loopback(cls, ports: Ports, trace_dir: Path | None = None) -> Endpoints:
         return cls(
             f"{LOOPBACK}:{ports.http}",
             f"{LOOPBACK}:{ports.grpc}",
             f"http://{LOOPBACK}:{ports.metrics}/metrics",
+            None if trace_dir is None else str(trace_dir),
         )
+
+
+def trace_flags(trace_dir: Path) -> list[str]:
+    """Triton's trace API on for every request (rate 1), stamps only (level TIMESTAMPS), one file
+    per request (log-frequency 1: on disk as soon as the request is released, never held back
+    until a batch of traces fills), in `trace_dir/trace.json.<n>` (collectors/trace.py reads and
+    removes them)."""
+    from collectors.trace import TRACE_FILE
+
+    return [
+        f"--trace-config=triton,file={trace_dir / TRACE_FILE}",
+        "--trace-config=triton,log-frequency=1",
+        "--trace-config=rate=1",
+        "--trace-config=level=TIMESTAMPS",
+    ]
 
 
 def _pytriton_root() -> Path:
@@ -169,8 +188,10 @@ class TritonProcess:
         ports: Ports,
         rate_limit_resources: Mapping[str, int],
         env: Mapping[str, str],
+        trace_dir: Path | None = None,
     ) -> None:
         self.name = name
+        self.trace_dir = trace_dir
         self.binary = binary
         self.repository = repository
         self.backend_dir = backend_dir
@@ -182,7 +203,7 @@ class TritonProcess:
 
     @property
     def endpoints(self) -> Endpoints:
-        return Endpoints.loopback(self.ports)
+        return Endpoints.loopback(self.ports, self.trace_dir)
 
     def command(self) -> list[str]:
         p = self.ports
@@ -206,6 +227,8 @@ class TritonProcess:
             "--log-verbose=0",
         ]
         cmd += [f"--rate-limit-resource={n}:{c}" for n, c in sorted(self.rate_limit_resources.items())]
+        if self.trace_dir is not None:
+            cmd += trace_flags(self.trace_dir)
         return cmd
 
     def start(self, timeout: float = 120.0) -> float:
@@ -221,6 +244,8 @@ class TritonProcess:
                     "choose another port in the spec, or leave it out to have a free one picked"
                 )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.trace_dir is not None:
+            self.trace_dir.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== slatune: starting {' '.join(self.command())}\n".encode())

@@ -62,7 +62,14 @@ LATENCY_BUCKETS_MS = [
     1000,
     2000,
     5000,
+    10000,
+    20000,
+    30000,
+    60000,
 ]
+"""Past any timeout a client uses (perf_analyzer's and slatune's load generator's reach 30 s), so
+that a quantile lands in +Inf only for requests slower than any client waits for. The same bounds
+as the trace histograms (collectors/trace.py)."""
 MAX_CLOCK_SKEW_NS = 600 * 10**9
 
 
@@ -72,7 +79,10 @@ class LatencyHistogram:
 
     Measured from the client's send time when the request carries the parameter `slatune_sent_ns`
     (Unix nanoseconds, same host clock; label origin="client", includes queueing), else from the
-    moment the model picked the request up (origin="model", excludes queueing)."""
+    moment the model picked the request up (origin="model", excludes queueing). Servers slatune
+    starts are traced too: the collector prefers the trace's server-side latency, which covers
+    every request from its arrival (collectors/trace.py); these histograms serve servers it does
+    not start, and time to first token."""
 
     def __init__(self, pb_utils: Any, name: str, description: str, model: str) -> None:
         # The family must outlive its metrics, so it is kept here with them.
