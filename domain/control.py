@@ -433,6 +433,20 @@ def decide(
     at_risk = bool(risky) or obs.alert is not None
     why = _why(worst, obs.alert)
 
+    # A controller that knows nothing safe yet starts protected, before traffic can find it out.
+    if (
+        state.regime is None
+        and state.level == 0
+        and not obs.known
+        and top > 0
+        and state.last_step_at == -math.inf
+    ):
+        new = replace(state, level=top, last_step_at=now)
+        return Decision(
+            "regime", new, steps[top][1], known_safe=True, rung=steps[top][0],
+            reason="starting with nothing known safe: every protective step, released as the SLAs allow",
+        )  # fmt: skip
+
     # A new regime, held long enough: its incumbent if known, else the most protective known safe.
     if (
         state.seen_regime is not None

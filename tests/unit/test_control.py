@@ -238,6 +238,14 @@ def test_a_trial_is_adopted_only_for_a_real_gain(goodput: float, kind: str) -> N
         assert d.target == START and d.known_safe
 
 
+def test_knowing_nothing_safe_it_starts_protected() -> None:
+    fresh = State(incumbent=START)
+    d = decide(SPEC, obs(regime=None), fresh, 100.0, CFG)
+    assert d.kind == "regime" and d.known_safe and d.target == levels(SPEC, START, ladder())[-1][1]
+    known = {"a": Known(START, 80.0)}
+    assert decide(SPEC, obs(regime=None, known=known), fresh, 100.0, CFG).kind == "hold"
+
+
 def test_readings_ratio() -> None:
     assert Reading("m", 20.0, 10.0).ratio == 0.5
     assert Reading("m", 20.0, None).ratio == 0.0

@@ -64,8 +64,24 @@ def controller(
     return c, running
 
 
-def test_a_broken_guard_sla_is_protected_at_once_through_the_proposal_path(store: Store) -> None:
+def test_knowing_nothing_safe_it_starts_protected_through_the_proposal_path(store: Store) -> None:
     clock = Clock()
+    c, _ = controller(store, clock)
+    action = c.tick()
+    assert action is not None and action.applied and action.decision.kind == "regime"
+    with store.session() as session:
+        pending = configs.pending_knobs(session)
+        journal = records.actions(session)
+    # Every protective step at once: bulk at one instance asking for every token, the guard free.
+    assert pending["embeddings"].instances == 1 and pending["embeddings"].resources == {"compute": 2}
+    assert pending["safety-guard"].resources == {} and pending["safety-guard"].instances == 2
+    assert [a.kind for a in journal] == ["regime"] and "nothing known safe" in journal[0].reason
+
+
+def test_a_broken_guard_sla_is_protected_at_once(store: Store) -> None:
+    clock = Clock()
+    with store.session() as session:  # something is known safe: no protected start
+        records.keep(session, "elsewhere", {m.name: m.knobs for m in SPEC.models}, 80.0, "adopt", clock.t)
     c, _ = controller(store, clock)
     write(store, clock, guard_ms=40.0)  # 2x the guard's 20 ms target
     action = c.tick()
@@ -73,12 +89,10 @@ def test_a_broken_guard_sla_is_protected_at_once_through_the_proposal_path(store
     assert action.decision.kind == "panic" and action.decision.model == "safety-guard"
     with store.session() as session:
         pending = configs.pending_knobs(session)
-        journal = records.actions(session)
-    # Every protective step at once: bulk at one instance asking for every token, the guard free.
-    assert pending["embeddings"].instances == 1 and pending["embeddings"].resources == {"compute": 2}
-    assert pending["safety-guard"].resources == {} and pending["safety-guard"].instances == 2
-    assert [a.kind for a in journal] == ["panic"] and journal[0].applied and journal[0].before_ratio == 2.0
-    assert "safety-guard at 40 ms of 20 ms" in journal[0].reason
+        (journal,) = records.actions(session)
+    assert pending["embeddings"].resources == {"compute": 2} and pending["safety-guard"].instances == 2
+    assert journal.kind == "panic" and journal.applied and journal.before_ratio == 2.0
+    assert "safety-guard at 40 ms of 20 ms" in journal.reason
 
 
 def test_advisory_mode_journals_what_it_would_do_and_changes_nothing(store: Store) -> None:
@@ -86,7 +100,7 @@ def test_advisory_mode_journals_what_it_would_do_and_changes_nothing(store: Stor
     c, _ = controller(store, clock, mode="advisory")
     write(store, clock, guard_ms=40.0)
     action = c.tick()
-    assert action is not None and not action.applied and action.decision.kind == "panic"
+    assert action is not None and not action.applied and action.decision.kind == "regime"
     with store.session() as session:
         assert configs.pending_knobs(session) == {}
         (entry,) = records.actions(session)
@@ -114,7 +128,8 @@ def test_a_new_regime_with_nothing_known_starts_protected_then_releases_and_keep
         a = c.tick()
         kinds += [a.decision.kind] if a else []
         clock.t += 1.0
-    assert kinds == ["regime"]
+    # Protected at the start; the regime, confirmed 5 s later, is new: it stays protected.
+    assert kinds == ["regime", "regime"]
     assert c.state is not None and c.state.level > 0
     with store.session() as session:
         running.update(configs.pending_knobs(session))  # the reconciler applied it
@@ -123,7 +138,7 @@ def test_a_new_regime_with_nothing_known_starts_protected_then_releases_and_keep
         a = c.tick()
         kinds += [a.decision.kind] if a else []
         clock.t += 1.0
-    assert kinds == ["regime", "release"]
+    assert kinds == ["regime", "regime", "release"]
     with store.session() as session:
         known = records.known(session)
     assert list(known) == [c.state.regime]
