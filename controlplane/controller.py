@@ -182,6 +182,7 @@ class Controller:
         with self.store.session() as session:
             recent = queries.recent_windows(session, now - horizon)
             pending = records.latest_pending(session, now - self.cfg.short_s)
+            applying = bool(configs.pending_knobs(session))
             known = records.known(session)
             regime_now = self.state.regime if self.state else None
             history = records.trials(session, regime_now) if regime_now else []
@@ -212,7 +213,7 @@ class Controller:
             alert = self._alert[0]
         previous = self.state.seen_regime if self.state else None
         regime = regime_key(self.spec, rate, inflight, previous)
-        return Observation(readings, regime, goodput, known, history, alert)
+        return Observation(readings, regime, goodput, known, history, alert, applying)
 
     def _act(self, decision: Decision, obs: Observation, now: float, tried: Candidate | None) -> Action:
         applied, refused, changes = False, None, {}

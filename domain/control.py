@@ -54,8 +54,9 @@ class ControlConfig:
     """A breach this many times the target jumps to the top of the ladder at once."""
     pending_at: float = 8.0
     """A latency-critical model with this many requests waiting is protected whatever its latency."""
-    step_cooldown_s: float = 3.0
-    """Between two protective steps: time for a step to be applied and show in a window."""
+    step_cooldown_s: float = 5.0
+    """After a change is applied, before the next protective step: a reload's CPU settles and the
+    step shows in the windows."""
     release_below: float = 0.6
     release_after_s: float = 30.0
     """Every latency-critical model under `release_below` of its target this long releases a rung."""
@@ -126,6 +127,8 @@ class Observation:
     """The neighbours tried in the current regime, oldest first."""
     alert: str | None = None
     """A firing alert about a latency-critical model (from Alertmanager): treated as a breach."""
+    applying: bool = False
+    """A configuration is recorded and not applied yet: the last step has not even started to show."""
 
 
 @dataclass(frozen=True)
@@ -426,6 +429,8 @@ def decide(
 ) -> Decision:
     """The next action, from the readings, the regime and the state at `now`."""
     state = _regime_seen(state, obs.regime, now)
+    if obs.applying:  # the settling time counts from when the last change is in, not from its proposal
+        state = replace(state, last_step_at=max(state.last_step_at, now))
     steps = levels(spec, state.incumbent, rungs)
     top = len(steps) - 1
     risky = [r for r in obs.readings.values() if r.ratio >= cfg.protect_at or r.pending >= cfg.pending_at]

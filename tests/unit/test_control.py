@@ -86,12 +86,12 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
         (180.0, 5.0, 0.0, settled(), 100.0, "protect", 1),
         # the guard's queue: 8 waiting is protected whatever its latency
         (50.0, 5.0, 8.0, settled(), 100.0, "protect", 1),
-        # 1 s after the last step, with a 3 s cooldown: wait for it to show
+        # 1 s after the last step, with a 5 s cooldown: wait for it to show
         (180.0, 5.0, 0.0, settled(level=1, last_step_at=99.0), 100.0, "hold", 1),
-        # 3 s after: the next rung
-        (180.0, 5.0, 0.0, settled(level=1, last_step_at=97.0), 100.0, "protect", 2),
+        # 5 s after: the next rung
+        (180.0, 5.0, 0.0, settled(level=1, last_step_at=95.0), 100.0, "protect", 2),
         # 31 ms / 20 = 1.55 >= 1.5: panic, every rung at once
-        (50.0, 31.0, 0.0, settled(level=1, last_step_at=96.0), 100.0, "panic", 6),
+        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 6),
         # ...but not while the last step settles (a reload's CPU is no reason for another)
         (50.0, 31.0, 0.0, settled(level=1, last_step_at=99.5), 100.0, "hold", 1),
     ],
@@ -106,6 +106,14 @@ def test_protective_steps(
         assert d.model in ("chat-llm", "safety-guard") and d.reason
     if kind == "panic":
         assert d.known_safe and d.target == levels(SPEC, START, ladder())[-1][1]
+
+
+def test_no_step_while_the_last_change_is_still_being_applied() -> None:
+    applying = Observation(obs(180.0).readings, REGIME, 80.0, applying=True)
+    d = decide(SPEC, applying, settled(level=1, last_step_at=50.0), 100.0, CFG)
+    # The settling time restarts: it counts from when the change is in.
+    assert d.kind == "hold" and d.state.last_step_at == 100.0
+    assert decide(SPEC, obs(180.0), d.state, 105.0, CFG).kind == "protect"
 
 
 def test_a_failed_latency_critical_request_is_a_breach() -> None:

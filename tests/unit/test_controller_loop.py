@@ -131,8 +131,10 @@ def test_a_new_regime_with_nothing_known_starts_protected_then_releases_and_keep
     # Protected at the start; the regime, confirmed 5 s later, is new: it stays protected.
     assert kinds == ["regime", "regime"]
     assert c.state is not None and c.state.level > 0
-    with store.session() as session:
-        running.update(configs.pending_knobs(session))  # the reconciler applied it
+    with store.session() as session:  # the reconciler applied it
+        running.update(configs.pending_knobs(session))
+        for version in configs.desired(session).values():
+            configs.mark_applied(session, version, clock.t)
     for _ in range(35):  # 35 s well under target: one rung released, what held kept for the regime
         write(store, clock, guard_ms=5.0)
         a = c.tick()
