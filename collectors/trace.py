@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.windows import Histogram
+from runtime.server import TRACE_FILE
 
 log = logging.getLogger("slatune.collectors.trace")
 
@@ -59,8 +60,6 @@ LATENCY_BUCKETS_MS = (
     60000.0,
     float("inf"),
 )
-TRACE_FILE = "trace.json"
-"""The trace file's base name; Triton writes `trace.json.<n>`, one per flush."""
 # Arrival: the frontend began reading the request (HTTP), or had read it (gRPC: its WAITREAD_START
 # is when the handler began waiting, before the request came). REQUEST_START where neither is.
 ARRIVAL = ("HTTP_RECV_START", "GRPC_WAITREAD_END", "REQUEST_START")

@@ -59,13 +59,15 @@ class Endpoints:
         )
 
 
+TRACE_FILE = "trace.json"
+"""The trace file's name: Triton writes `trace.json.<n>`, one per request (`trace_flags`)."""
+
+
 def trace_flags(trace_dir: Path) -> list[str]:
     """Triton's trace API on for every request (rate 1), stamps only (level TIMESTAMPS), one file
     per request (log-frequency 1: on disk as soon as the request is released, never held back
     until a batch of traces fills), in `trace_dir/trace.json.<n>` (collectors/trace.py reads and
     removes them)."""
-    from collectors.trace import TRACE_FILE
-
     return [
         f"--trace-config=triton,file={trace_dir / TRACE_FILE}",
         "--trace-config=triton,log-frequency=1",
