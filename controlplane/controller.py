@@ -212,7 +212,7 @@ class Controller:
         if self._alert is not None and now - self._alert[1] <= ALERT_HOLD_S:
             alert = self._alert[0]
         previous = self.state.seen_regime if self.state else None
-        regime = regime_key(self.spec, rate, inflight, previous)
+        regime = regime_key(self.spec, rate, inflight, previous, list(known))
         return Observation(readings, regime, goodput, known, history, alert, applying)
 
     def _act(self, decision: Decision, obs: Observation, now: float, tried: Candidate | None) -> Action:

@@ -294,36 +294,82 @@ def levels(
 
 
 # --------------------------------------------------------------------------- regimes
-REGIME_MARGIN = 0.35
-"""Hysteresis of a regime key, in log-2 units: a model stays in its bucket until its figure is this
-far past the bucket's edge (a Poisson rate measured over 10 s wanders by a quarter around its mean)."""
+REGIME_STAY = 0.6
+"""How far (log 2, on any model) traffic may wander from its regime's centre and stay in it: a
+Poisson rate measured over 10 s wanders by a quarter, a backlog's estimate by more."""
+REGIME_JOIN = 0.45
+"""How near a regime seen before traffic must be to join it; further, it is a new regime. A doubling
+(1.0) is always a new one."""
 
 
-def _bucket(value: float, previous: int | None) -> int:
-    exact = math.log2(value)
-    if previous is not None and previous - 0.5 - REGIME_MARGIN <= exact <= previous + 0.5 + REGIME_MARGIN:
-        return previous
-    return round(exact)
+def regime_point(
+    spec: FleetSpec, rate: Mapping[str, float], inflight: Mapping[str, float]
+) -> dict[str, float | None]:
+    """Each latency-critical model's arrival rate and each bulk model's requests in flight, log 2;
+    None for a model without traffic."""
+    out: dict[str, float | None] = {}
+    for m in spec.models:
+        value, least = (rate.get(m.name, 0.0), 0.25) if m.role == "latency-critical" else (
+            inflight.get(m.name, 0.0), 0.5)  # fmt: skip
+        out[m.name] = math.log2(value) if value >= least else None
+    return out
+
+
+def _key(spec: FleetSpec, point: Mapping[str, float | None]) -> str:
+    parts = []
+    for m in spec.models:
+        v = point.get(m.name)
+        prefix = "r" if m.role == "latency-critical" else "c"
+        parts.append(f"{m.name}:idle" if v is None else f"{m.name}:{prefix}{v:.1f}")
+    return " ".join(parts)
+
+
+def parse_regime(key: str) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for part in key.split():
+        name, _, value = part.rpartition(":")
+        try:
+            out[name] = None if value == "idle" else float(value[1:])
+        except ValueError:
+            continue
+    return out
+
+
+def regime_distance(a: Mapping[str, float | None], b: Mapping[str, float | None]) -> float:
+    """The largest difference over the models (log 2); a model idle in one and busy in the other is
+    infinitely far."""
+    worst = 0.0
+    for name in set(a) | set(b):
+        x, y = a.get(name), b.get(name)
+        if (x is None) != (y is None):
+            return math.inf
+        if x is not None and y is not None:
+            worst = max(worst, abs(x - y))
+    return worst
 
 
 def regime_key(
-    spec: FleetSpec, rate: Mapping[str, float], inflight: Mapping[str, float], previous: str | None = None
+    spec: FleetSpec,
+    rate: Mapping[str, float],
+    inflight: Mapping[str, float],
+    previous: str | None = None,
+    seen: Sequence[str] = (),
 ) -> str | None:
-    """The traffic's regime: each latency-critical model's arrival rate and each bulk model's
-    requests in flight, as rounded log-2 buckets ("chat-llm:r2" is about 4 requests/s), each kept
-    while its figure stays within `REGIME_MARGIN` of its `previous` bucket. None when no model has
-    traffic."""
-    before = dict(p.split(":", 1) for p in (previous or "").split() if ":" in p)
-    parts = []
-    for m in spec.models:
-        prefix, value, least = ("r", rate.get(m.name, 0.0), 0.25) if m.role == "latency-critical" else (
-            "c", inflight.get(m.name, 0.0), 0.5)  # fmt: skip
-        old = before.get(m.name, "")
-        prev = int(old[1:]) if old.startswith(prefix) and old[1:].lstrip("-").isdigit() else None
-        parts.append(f"{m.name}:{prefix}{_bucket(value, prev)}" if value >= least else f"{m.name}:idle")
-    if all(p.endswith(":idle") for p in parts):
+    """The traffic's regime, named by its centre ("chat-llm:r1.6" is about 3 requests/s): the
+    `previous` regime while the traffic stays within `REGIME_STAY` of its centre, else the nearest
+    regime `seen` before within `REGIME_JOIN`, else a new one centred here. Regimes are centres, not
+    fixed buckets, so traffic sitting on a bucket's edge does not flip between two. None when no
+    model has traffic."""
+    point = regime_point(spec, rate, inflight)
+    if all(v is None for v in point.values()):
         return None
-    return " ".join(parts)
+    if previous is not None and regime_distance(point, parse_regime(previous)) <= REGIME_STAY:
+        return previous
+    near = [(regime_distance(point, parse_regime(k)), k) for k in seen]
+    near = [(d, k) for d, k in near if d <= REGIME_JOIN]
+    if near:
+        return min(near)[1]
+    return _key(spec, point)
 
 
 def most_protective(known: Mapping[str, Known]) -> Known | None:

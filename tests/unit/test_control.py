@@ -162,19 +162,22 @@ def test_a_breach_right_after_a_release_makes_the_rung_the_floor() -> None:
     assert d.state.level == 0 and d.state.incumbent == levels(SPEC, START, ladder())[3][1]
 
 
-def test_regime_keys_are_log2_buckets_of_rates_and_backlogs() -> None:
-    key = regime_key(SPEC, {"chat-llm": 3.0, "safety-guard": 15.0}, {"embeddings": 2.0, "reranker": 0.9})
-    # log2 3 = 1.58 -> 2; log2 15 = 3.9 -> 4; log2 2 = 1; log2 0.9 = -0.15 -> 0
-    assert key == "chat-llm:r2 embeddings:c1 reranker:c0 safety-guard:r4"
-    doubled = regime_key(SPEC, {"chat-llm": 6.0, "safety-guard": 15.0}, {"embeddings": 2.0, "reranker": 0.9})
-    assert doubled != key and "chat-llm:r3" in str(doubled)  # log2 6 = 2.58 -> 3
+def test_regimes_are_centres_of_rates_and_backlogs_with_hysteresis() -> None:
+    steady = ({"chat-llm": 3.0, "safety-guard": 15.0}, {"embeddings": 2.0, "reranker": 0.9})
+    key = regime_key(SPEC, *steady)
+    # log2 3 = 1.58; log2 2 = 1.0; log2 0.9 = -0.15; log2 15 = 3.91
+    assert key == "chat-llm:r1.6 embeddings:c1.0 reranker:c-0.2 safety-guard:r3.9"
     assert regime_key(SPEC, {}, {}) is None
-    # Hysteresis: chat at 2.6/s (log2 1.38) stays in r2 while it was there, but is r1 from nothing.
-    wandered = {"chat-llm": 2.6, "safety-guard": 15.0}
-    assert "chat-llm:r2" in str(regime_key(SPEC, wandered, {"embeddings": 2.0}, previous=key))
-    assert "chat-llm:r1" in str(regime_key(SPEC, wandered, {"embeddings": 2.0}))
-    # ...until it is past the margin: 2.0/s (log2 1.0 < 2 - 0.5 - 0.35) moves it.
-    assert "chat-llm:r1" in str(regime_key(SPEC, {"chat-llm": 2.0}, {}, previous=key))
+    # Poisson wander (chat at 2.4/s: log2 1.26, 0.32 from the centre) stays in it...
+    assert regime_key(SPEC, {**steady[0], "chat-llm": 2.4}, steady[1], previous=key) == key
+    # ...a doubling of chat (log2 6 = 2.58, 1.0 away) is a new regime...
+    doubled = regime_key(SPEC, {**steady[0], "chat-llm": 6.0}, steady[1], previous=key)
+    assert doubled is not None and doubled != key and "chat-llm:r2.6" in doubled
+    # ...and coming back near the first one joins it again rather than making a third.
+    back = regime_key(SPEC, {**steady[0], "chat-llm": 2.6}, steady[1], previous=doubled, seen=[key, doubled])
+    assert back == key
+    # A model that goes idle is another regime.
+    assert "reranker:idle" in str(regime_key(SPEC, steady[0], {"embeddings": 2.0}, previous=key))
 
 
 def test_a_regime_seen_before_brings_its_incumbent_back_at_once() -> None:
