@@ -313,6 +313,13 @@ def main(
     seed: Annotated[int, typer.Option(help="The trace's seed (the same for every policy).")] = 0,
     out: Annotated[Path, typer.Option(help="Figures (JSON).")] = Path("docs/benchmarks/shift.json"),
     png: Annotated[Path, typer.Option(help="The plot.")] = Path("docs/benchmarks/shift.png"),
+    previous: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier run's JSON: shown beside this one (a figure counts when it reproduces)."
+        ),
+    ] = None,
+    doc: Annotated[bool, typer.Option(help="Rewrite this benchmark's section of docs/benchmarks.md.")] = True,
 ) -> None:
     """Run the shift trace under each policy and report what clients saw."""
     spec = resolve_spec("default")
@@ -345,14 +352,27 @@ def main(
             (v or 0) >= 0.99 for v in result[n]["phases"][i]["attainment"].values())]  # fmt: skip
         feasible_phases.append({"phase": ph.name, "static_policies_at_99": ok})
     plot(runs, spec, phases, png)
-    figures_out = {
+    earlier = json.loads(previous.read_text()) if previous is not None else None
+    goal = goals(result, feasible_phases, phases)
+    figures_out: dict[str, Any] = {
         "trace": [{"phase": p.name, "seconds": p.duration_s} for p in phases],
         "rolling_window_s": ROLLING_S,
         "static_best_knobs": {m: k.model_dump() for m, k in (best_first or {}).items()},
         "regimes_a_static_configuration_holds_at_99": feasible_phases,
         "policies": result,
-    }
-    report.write(out, "Traffic shifts: static, one-shot and continuous control", figures_out, markdown(result, phases, feasible_phases),
+        "goals": goal,
+        "previous_run": None if earlier is None else {
+            "measured_at": earlier.get("measured_at"), "policies": earlier["policies"], "goals": earlier.get("goals"),
+        },
+    }  # fmt: skip
+    if not doc:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            json.dumps({**figures_out, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2)
+        )
+        print(f"figures in {out}, plot in {png}")
+        return
+    report.write(out, "Traffic shifts: static, one-shot and continuous control", figures_out, markdown(result, phases, feasible_phases, goal, earlier),
                  "python -m benchmarks.shift")  # fmt: skip
     print(f"figures in {out}, plot in {png}")
 
@@ -367,37 +387,90 @@ def first_regime_incumbent(run: Run, spec: FleetSpec) -> dict[str, Knobs]:
     return levels(spec, start, ladder())[-1][1]
 
 
-def markdown(result: Mapping[str, Any], phases: list[Phase], feasible: list[dict[str, Any]]) -> str:
+def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: list[Phase]) -> dict[str, Any]:
+    """The controller against the issue's goals: 99% within target in every regime some static
+    configuration held at 99%; bulk goodput at least 0.9 of the best static one that held there (of
+    any static one where none held); recovery p50 <= 10 s; no failed request; exploration <= 1%."""
+    c = result.get("controller")
+    if c is None:
+        return {}
+    static = [n for n in ("static-spec", "static-best") if n in result]
+    per_regime = []
+    for i, ph in enumerate(phases):
+        if i >= len(c["phases"]):
+            break
+        held = feasible[i]["static_policies_at_99"]
+        pool = held or static
+        best = max((result[n]["phases"][i]["bulk_goodput"] for n in pool), default=None)
+        att = c["phases"][i]["attainment"]
+        per_regime.append({
+            "phase": ph.name,
+            "static_held_at_99": held,
+            "attainment": att,
+            "attainment_goal_met": None if not held else all((v or 0) >= 0.99 for v in att.values()),
+            "bulk_goodput_vs_best_static": None if not best else c["phases"][i]["bulk_goodput"] / best,
+        })  # fmt: skip
+    return {
+        "per_regime": per_regime,
+        "recovery_s_p50": c["recovery_s_p50"],
+        "recovery_goal_met": c["recovery_s_p50"] <= 10.0,
+        "failed_requests": c["failed_requests"],
+        "exploration_violation_fraction": c["exploration_violation_fraction"],
+        "exploration_goal_met": c["exploration_violation_fraction"] <= 0.01,
+    }
+
+
+def markdown(
+    result: Mapping[str, Any],
+    phases: list[Phase],
+    feasible: list[dict[str, Any]],
+    goal: Mapping[str, Any],
+    earlier: Mapping[str, Any] | None = None,
+) -> str:
     crit = sorted({m for f in result.values() for m in f["attainment"]})
+    runs = [("", result)] + ([(" (run 1)", earlier["policies"])] if earlier else [])
     head = "| policy | " + " | ".join(f"{m} within target (client / slatune)" for m in crit)
     head += (
         " | rolling p99 met | bulk items/s | failed | shed bulk | recovery p50 s | exploring violation |\n"
     )
     head += "|---" * (len(crit) + 7) + "|\n"
     rows = []
-    for name, f in result.items():
+    for name, tag, f in [(n, tag, r[n]) for n in result for tag, r in runs if n in r]:
         cells = [f"{pct(f['attainment'][m])} / {pct(f['slatune_attainment'].get(m))}" for m in crit]
         rows.append(
-            f"| {name} | " + " | ".join(cells)
+            f"| {name}{tag} | " + " | ".join(cells)
             + f" | {pct(f['rolling_p99_met_fraction'])} | {f['bulk_goodput']:.1f} | {f['failed_requests']}"
             f" | {f['shed_bulk_requests']} | {f['recovery_s_p50']:.0f} | {pct(f['exploration_violation_fraction'])} |"
         )  # fmt: skip
     per = "\n\nPer regime (client view: each latency-critical model's requests within target; bulk items/s):\n\n"
     per += "| policy | " + " | ".join(p.name for p in phases) + " |\n" + "|---" * (len(phases) + 1) + "|\n"
-    for name, f in result.items():
+    for name, tag, f in [(n, tag, r[n]) for n in result for tag, r in runs if n in r]:
         cells = []
         for ph in f["phases"]:
             att = " ".join(f"{m.split('-')[0]} {pct(v)}" for m, v in ph["attainment"].items())
             cells.append(f"{att}; {ph['bulk_goodput']:.0f}")
-        per += f"| {name} | " + " | ".join(cells) + " |\n"
+        per += f"| {name}{tag} | " + " | ".join(cells) + " |\n"
     feas = "\n\nRegimes where a static configuration kept 99% of both models' requests within target: "
     feas += (
         ", ".join(f"{x['phase']} ({', '.join(x['static_policies_at_99']) or 'none'})" for x in feasible)
         + ".\n"
     )
+    g = ""
+    if goal:
+        g = "\nThe continuous controller against its goals (this run):\n\n"
+        for r in goal["per_regime"]:
+            att = ", ".join(f"{m} {pct(v)}" for m, v in r["attainment"].items())
+            need = "99% needed" if r["static_held_at_99"] else "no static configuration held 99%"
+            ratio = r["bulk_goodput_vs_best_static"]
+            g += f"- {r['phase']}: {att} ({need}); bulk work {'-' if ratio is None else f'{ratio:.2f}'} of the best static\n"
+        g += (
+            f"- recovery p50 {goal['recovery_s_p50']:.0f} s (goal 10 s); failed requests {goal['failed_requests']} "
+            f"(goal 0); exploration violation {pct(goal['exploration_violation_fraction'])} (goal 1%)\n"
+        )
     return (
-        head + "\n".join(rows) + per + feas + "\n![p99 against target over the trace](benchmarks/shift.png)\n"
-    )
+        head + "\n".join(rows) + per + feas + g
+        + "\n![p99 against target over the trace](benchmarks/shift.png)\n"
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
