@@ -48,7 +48,9 @@ log = logging.getLogger("slatune.controller")
 
 EFFECT_AFTER_S = 10.0
 """How long after a protective step its effect is read (applied, then a few 1 s windows)."""
-REGIME_WINDOW_S = 10.0
+REGIME_WINDOW_S = 30.0
+"""Traffic is classified over this long: chat at 3 requests/s is 30 arrivals in 10 s, which wander
+by a fifth (a regime flip), and 90 in 30 s."""
 ALERT_HOLD_S = 10.0
 
 

@@ -222,17 +222,6 @@ def _bulk(
     return run
 
 
-def _bulk_tokens(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
-    def change(m, have: Knobs) -> dict[str, object]:  # type: ignore[no-untyped-def]
-        res = dict(have.resources)
-        for r, rng in m.bounds.resources.items():
-            if r in res:  # as many tokens as the bounds allow: fewer bulk executions at once
-                res[r] = rng.high
-        return {"resources": res}
-
-    return _each(spec, k, "bulk", change)
-
-
 def _critical_instances(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
     """A spare instance for each latency-critical model that may have one (at least two): a request
     that finds every instance busy waits for the next arrival or Triton's 500 ms batcher re-check
@@ -258,20 +247,15 @@ RUNGS: tuple[Rung, ...] = (
         "a longer bulk queue delay (bigger batches, less time each)",
     ),
     Rung("bulk-instances", _bulk("instances", lambda r, v: r.low), "bulk models at their fewest instances"),
-    Rung(
-        "bulk-tokens",
-        _bulk_tokens,
-        "bulk instances ask for every rate-limiter token: one bulk execution at a time",
-    ),
 )
 """The default order: what costs bulk work least first, so that releases (from the top) give back the
 costliest rung first. Measured on the default fleet (docs/triton.md): the first three rungs alone
-kept the guard near its 20 ms at 94% of the spec's bulk goodput; one bulk execution at a time (the
-last rung) kept it under at 57%. That last rung has a price beyond goodput: Triton's rate limiter
-tries only the instance at the head of its queue, so a bulk instance waiting for tokens can hold up
-latency-critical instances behind it that need none (triton-inference-server/server#8358), and
-with reloads overlapping that stalled the guard for about 40 s here (docs/triton.md). It is taken
-last, released first, and never while another change is still being applied.
+kept the guard near its 20 ms at 94% of the spec's bulk goodput; one bulk execution at a time
+(bulk instances asking for every rate-limiter token) kept it under at 57%, but is not a rung:
+Triton's rate limiter tries only the instance at the head of its queue, so a bulk instance waiting
+for tokens holds up latency-critical instances behind it that need none
+(triton-inference-server/server#8358), and twice in development runs a reload that gave bulk
+instances every token stalled every latency-critical request for about 40 s (docs/triton.md).
 Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
 incumbent that is already the protective corner changes nothing (and reloads nothing)."""
 

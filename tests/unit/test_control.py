@@ -60,7 +60,7 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
     assert top["safety-guard"].resources == {} and top["chat-llm"].resources == {}
     assert top["safety-guard"].instances == 2  # the guard's bounds allow more; chat's [1, 1] do not
     assert top["embeddings"].instances == 1 and top["reranker"].instances == 1
-    assert top["embeddings"].resources == {"compute": 2}  # every token: one bulk execution at a time
+    assert top["embeddings"].resources == {"compute": 1}  # never more tokens: head-of-line blocking
     assert top["embeddings"].priority == 8  # the lowest its bounds allow
     assert top["embeddings"].max_queue_delay_us == 20_000  # batches of both backlog clients
     assert top["embeddings"].max_queue_size == 0  # no shedding unless the config asks for it
@@ -74,7 +74,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
     # bulk-instances brought the worst ratio to 0.5 of what it was, critical-first to 0.9: first.
     order = [r.name for r in ladder({"bulk-instances": 0.5, "critical-first": 0.9})]
     assert order[:2] == ["bulk-instances", "critical-first"]
-    assert order[2:] == ["critical-instances", "bulk-priority", "bulk-delay", "bulk-tokens"]
+    assert order[2:] == ["critical-instances", "bulk-priority", "bulk-delay"]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
         # 5 s after: the next rung
         (180.0, 5.0, 0.0, settled(level=1, last_step_at=95.0), 100.0, "protect", 2),
         # 31 ms / 20 = 1.55 >= 1.5: panic, every rung at once
-        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 6),
+        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 5),
         # ...but not while the last step settles (a reload's CPU is no reason for another)
         (50.0, 31.0, 0.0, settled(level=1, last_step_at=99.5), 100.0, "hold", 1),
     ],
@@ -206,7 +206,7 @@ def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
         changed = [m for m in knobs if knobs[m] != incumbent[m]]
         assert len(changed) == 1 and SPEC.model(changed[0]).role == "bulk", what
     whats = [w for w, _ in neighbours(SPEC, incumbent)]
-    assert "embeddings instances 1 -> 2" in whats and "embeddings tokens compute 2 -> 1" in whats
+    assert "embeddings instances 1 -> 2" in whats and "embeddings tokens compute 1 -> 0" in whats
     assert "embeddings priority 8 -> 4" in whats  # a weight: halved
     capped = {**incumbent, "embeddings": incumbent["embeddings"].model_copy(update={"max_queue_size": 1})}
     assert "embeddings queue cap 1 -> off" in [w for w, _ in neighbours(SPEC, capped)]
