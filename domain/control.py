@@ -202,10 +202,12 @@ def _critical_first(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]
             r: (m.bounds.resources[r].low if r in m.bounds.resources else n)
             for r, n in have.resources.items()
         }
-        prio = m.bounds.priority.low if m.bounds.priority else have.priority
-        return {"resources": {r: n for r, n in res.items() if n > 0}, "priority": prio}
+        update: dict[str, object] = {"resources": {r: n for r, n in res.items() if n > 0}}
+        if m.role == "latency-critical" and m.bounds.priority is not None:
+            update["priority"] = m.bounds.priority.low
+        return update
 
-    return _each(spec, k, "latency-critical", change)
+    return _each(spec, _each(spec, k, "latency-critical", change), "bulk", change)
 
 
 def _bulk(
@@ -237,10 +239,11 @@ def _critical_instances(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Kn
 
 RUNGS: tuple[Rung, ...] = (
     Rung(
-        "critical-first", _critical_first, "latency-critical models take no rate-limiter tokens, top priority"
+        "critical-first",
+        _critical_first,
+        "no model waits at the rate limiter (tokens dropped where the bounds allow), latency-critical ones at top priority",
     ),
     Rung("critical-instances", _critical_instances, "a spare instance for latency-critical models"),
-    Rung("bulk-priority", _bulk("priority", lambda r, v: r.high), "bulk models at their lowest priority"),
     Rung(
         "bulk-delay",
         _bulk("max_queue_delay_us", lambda r, v: min(r.high, max(v, BULK_DELAY_US))),
@@ -249,13 +252,13 @@ RUNGS: tuple[Rung, ...] = (
     Rung("bulk-instances", _bulk("instances", lambda r, v: r.low), "bulk models at their fewest instances"),
 )
 """The default order: what costs bulk work least first, so that releases (from the top) give back the
-costliest rung first. Measured on the default fleet (docs/triton.md): the first three rungs alone
-kept the guard near its 20 ms at 94% of the spec's bulk goodput; one bulk execution at a time
-(bulk instances asking for every rate-limiter token) kept it under at 57%, but is not a rung:
-Triton's rate limiter tries only the instance at the head of its queue, so a bulk instance waiting
-for tokens holds up latency-critical instances behind it that need none
-(triton-inference-server/server#8358), and twice in development runs a reload that gave bulk
-instances every token stalled every latency-critical request for about 40 s (docs/triton.md).
+costliest rung first. The first rung takes every model off the rate limiter's tokens: Triton's rate
+limiter tries only the instance at the head of its queue, so any instance waiting for tokens holds up
+latency-critical instances behind it that need none (triton-inference-server/server#8358), and a
+reload while instances waited there stalled every latency-critical request for about 40 s, three
+times in development runs (docs/triton.md). Giving bulk instances every token (one bulk execution
+at a time) was the strongest lever measured (the guard under 20 ms at 57% of the bulk work) and is
+therefore not a rung; nor is bulk priority, which orders only instances waiting for tokens.
 Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
 incumbent that is already the protective corner changes nothing (and reloads nothing)."""
 

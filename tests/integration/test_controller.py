@@ -1,6 +1,8 @@
-"""The SLO controller on the real fleet: a step in bulk load breaks the guard's SLA (the spec's
-starting knobs let bulk instances hold the rate limiter's tokens) and the controller brings it
-back, as the guard's clients see it. The measured time is printed; the bound is loose enough for a
+"""The SLO controller on the real fleet: a step in bulk load breaks the guard's SLA (four bulk
+instances share two cores with the guard's one) and the controller brings it back, as the guard's
+clients see it. The fleet starts off the rate limiter's tokens: a reload while instances wait there
+can stall Triton 2.51 for about 40 s (docs/triton.md), which the controller's first rung avoids
+but this test does not set out to show. The measured time is printed; the bound is loose enough for a
 loaded 2-core machine (`benchmarks.shift` measures the figure)."""
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ RECOVERY_BOUND_S = 40.0
 
 
 def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path: Path) -> None:
-    spec = resolve_spec("default")
+    base = resolve_spec("default")
+    spec = base.model_copy(
+        update={"models": [m.model_copy(update={"knobs": m.knobs.model_copy(update={"resources": {}})})
+                           for m in base.models]}
+    )  # fmt: skip
     guard = spec.model("safety-guard").sla
     assert guard is not None
     settings = Settings(data_dir=tmp_path / "data", controller_mode="advisory")
@@ -41,7 +47,7 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
         load = LoadRun([], targets, duration_s=1, seed=3, phases=[Phase("quiet", 20, QUIET)]).start()
         load.join()
         # The quiet regime as the controller classified it: the spec's knobs are known safe there.
-        assert controller.state is not None and controller.state.regime is not None
+        assert controller.state is not None and controller.state.regime is not None, controller.status(50)
         with system.store.session() as session:
             records.keep(session, controller.state.regime, system.fleet.all_knobs(), 0.0, "test", time.time())
         controller.set_mode("on")
@@ -75,7 +81,7 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
     # It stays protected: over the last 20 s of the step the guard's p99 is near its target, not the
     # seconds the starting knobs gave it (on an idle machine it is under; a CPU hog adds jitter).
     tail = percentile([v for at, v in done if at >= started + 40], 99)
-    assert tail is not None and tail <= guard.target_ms * 1.5, tail
+    assert tail is not None and tail <= guard.target_ms * 1.5, (tail, status)
     acted = [a for a in status["last_actions"] if a["applied"] and a["kind"] in ("protect", "panic")]
     assert acted and all(a["reason"] for a in acted)
     assert any(a["model"] == "safety-guard" for a in acted)

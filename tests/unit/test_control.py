@@ -60,8 +60,8 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
     assert top["safety-guard"].resources == {} and top["chat-llm"].resources == {}
     assert top["safety-guard"].instances == 2  # the guard's bounds allow more; chat's [1, 1] do not
     assert top["embeddings"].instances == 1 and top["reranker"].instances == 1
-    assert top["embeddings"].resources == {"compute": 1}  # never more tokens: head-of-line blocking
-    assert top["embeddings"].priority == 8  # the lowest its bounds allow
+    assert top["embeddings"].resources == {}  # nobody waits at the rate limiter's head
+    assert top["embeddings"].priority == 1  # priority orders only instances waiting for tokens
     assert top["embeddings"].max_queue_delay_us == 20_000  # batches of both backlog clients
     assert top["embeddings"].max_queue_size == 0  # no shedding unless the config asks for it
     # The top is a fixed point: protecting it changes nothing, so nothing is reloaded.
@@ -74,7 +74,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
     # bulk-instances brought the worst ratio to 0.5 of what it was, critical-first to 0.9: first.
     order = [r.name for r in ladder({"bulk-instances": 0.5, "critical-first": 0.9})]
     assert order[:2] == ["bulk-instances", "critical-first"]
-    assert order[2:] == ["critical-instances", "bulk-priority", "bulk-delay"]
+    assert order[2:] == ["critical-instances", "bulk-delay"]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
         # 5 s after: the next rung
         (180.0, 5.0, 0.0, settled(level=1, last_step_at=95.0), 100.0, "protect", 2),
         # 31 ms / 20 = 1.55 >= 1.5: panic, every rung at once
-        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 5),
+        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 4),
         # ...but not while the last step settles (a reload's CPU is no reason for another)
         (50.0, 31.0, 0.0, settled(level=1, last_step_at=99.5), 100.0, "hold", 1),
     ],
@@ -193,7 +193,7 @@ def test_a_regime_seen_before_brings_its_incumbent_back_at_once() -> None:
 def test_a_new_regime_starts_from_the_most_protective_known_safe() -> None:
     known = {
         "a": Known(levels(SPEC, START, ladder())[2][1], 70.0),
-        "b": Known(levels(SPEC, START, ladder())[5][1], 30.0),
+        "b": Known(levels(SPEC, START, ladder())[4][1], 30.0),
     }
     state = settled(seen_regime="new", seen_since=90.0)
     d = decide(SPEC, obs(regime="new", known=known), state, 100.0, CFG)
@@ -206,8 +206,8 @@ def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
         changed = [m for m in knobs if knobs[m] != incumbent[m]]
         assert len(changed) == 1 and SPEC.model(changed[0]).role == "bulk", what
     whats = [w for w, _ in neighbours(SPEC, incumbent)]
-    assert "embeddings instances 1 -> 2" in whats and "embeddings tokens compute 1 -> 0" in whats
-    assert "embeddings priority 8 -> 4" in whats  # a weight: halved
+    assert "embeddings instances 1 -> 2" in whats and "embeddings max_queue_delay_us 20000 -> 15000" in whats
+    assert not any("tokens" in w or "priority" in w for w in whats)  # none left to give back
     capped = {**incumbent, "embeddings": incumbent["embeddings"].model_copy(update={"max_queue_size": 1})}
     assert "embeddings queue cap 1 -> off" in [w for w, _ in neighbours(SPEC, capped)]
 

@@ -72,8 +72,8 @@ def test_knowing_nothing_safe_it_starts_protected_through_the_proposal_path(stor
     with store.session() as session:
         pending = configs.pending_knobs(session)
         journal = records.actions(session)
-    # Every protective step at once: bulk at one instance and the lowest priority, the guard free.
-    assert pending["embeddings"].instances == 1 and pending["embeddings"].priority == 8
+    # Every protective step at once: nobody on the rate limiter's tokens, bulk at one instance.
+    assert pending["embeddings"].instances == 1 and pending["embeddings"].resources == {}
     assert pending["safety-guard"].resources == {} and pending["safety-guard"].instances == 2
     assert [a.kind for a in journal] == ["regime"] and "nothing known safe" in journal[0].reason
 
@@ -90,7 +90,7 @@ def test_a_broken_guard_sla_is_protected_at_once(store: Store) -> None:
     with store.session() as session:
         pending = configs.pending_knobs(session)
         (journal,) = records.actions(session)
-    assert pending["embeddings"].priority == 8 and pending["safety-guard"].instances == 2
+    assert pending["embeddings"].resources == {} and pending["safety-guard"].instances == 2
     assert journal.kind == "panic" and journal.applied and journal.before_ratio == 2.0
     assert "safety-guard at 40 ms of 20 ms" in journal.reason
 
