@@ -318,6 +318,7 @@ def test_readiness_says_why_a_server_fails(store: Store) -> None:
             reconciler=reconciler,
             collector=c,
             tuning=SimpleNamespace(active_run=None),
+            controller=SimpleNamespace(mode="off"),
             fleet=SimpleNamespace(spec=SimpleNamespace(servers=servers)),
         )
         response = Response()

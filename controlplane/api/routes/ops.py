@@ -26,9 +26,9 @@ async def healthz() -> HealthOut:  # async: nothing to wait for, no worker threa
 
 @router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def readyz(plane: PlaneDep, response: Response) -> HealthOut:
-    """Readiness: the store answers, the reconciler and the collector each finished a pass lately
-    without failing, and every server's metrics answered their last scrape with a page slatune
-    takes. 503 naming what is not ready otherwise (a loop is "stuck" or "failing", a server "stale"
+    """Readiness: the store answers; the reconciler, the collector, the SLO controller (unless it is
+    off) and a running tuning run each finished a pass lately without failing; and every server's
+    metrics answered their last scrape with a page slatune takes. 503 naming what is not ready otherwise (a loop is "stuck" or "failing", a server "stale"
     or "failing", each with why)."""
     checks = {}
     try:
@@ -40,6 +40,8 @@ def readyz(plane: PlaneDep, response: Response) -> HealthOut:
     checks["reconciler"] = plane.reconciler.heartbeat.status()
     if plane.tuning.active_run is not None:
         checks["tuner"] = plane.tuning.heartbeat.status()
+    if plane.controller.mode != "off":
+        checks["controller"] = plane.controller.heartbeat.status()
     checks["collector"] = plane.collector.heartbeat.status() if plane.collector is not None else "not running"
     stale = plane.collector.stale() if plane.collector is not None else []
     failing = plane.collector.failing() if plane.collector is not None else {}
