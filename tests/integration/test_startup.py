@@ -42,11 +42,17 @@ def test_a_persons_sla_survives_a_restart_until_the_spec_changes_it(tmp_path: Pa
 
     # A person loosens the guard's SLA through the API; it holds across a restart of slatune.
     person = {"metric": "latency_p99", "target_ms": 35.0}
-    assert sla_after_start(settings, spec, put=person) == person
-    assert sla_after_start(settings, spec) == person
+    kept = {**person, "window_s": 60.0, "objective": 0.99}  # a window and objective left out: the defaults
+    assert sla_after_start(settings, spec, put=person) == kept
+    assert sla_after_start(settings, spec) == kept
 
     # The operator then edits the spec's SLA: that newer decision wins at the next start.
     data = yaml.safe_load(spec_path.read_text())
     data["models"][0]["sla"]["target_ms"] = 15
     spec_path.write_text(yaml.safe_dump(data))
-    assert sla_after_start(settings, load_spec(spec_path)) == {"metric": "latency_p99", "target_ms": 15.0}
+    assert sla_after_start(settings, load_spec(spec_path)) == {
+        "metric": "latency_p99",
+        "target_ms": 15.0,
+        "window_s": 60.0,
+        "objective": 0.99,
+    }
