@@ -502,6 +502,13 @@ def decide(
         and state.candidate is None
     ):
         known = obs.known.get(state.seen_regime)
+        if known is None and obs.known and state.level > 0:
+            # A new regime never lowers the protection that runs: it starts from there.
+            new = replace(state, regime=state.seen_regime, calm_since=None, headroom_since=None)
+            return Decision(
+                "regime", new,
+                reason=f"regime {state.seen_regime}: new; keeping the {state.level} protective rungs that run",
+            )  # fmt: skip
         start = known or most_protective(obs.known)
         new = replace(
             state, regime=state.seen_regime, level=0, calm_since=None, headroom_since=None, last_step_at=now

@@ -198,6 +198,10 @@ def test_a_new_regime_starts_from_the_most_protective_known_safe() -> None:
     state = settled(seen_regime="new", seen_since=90.0)
     d = decide(SPEC, obs(regime="new", known=known), state, 100.0, CFG)
     assert d.kind == "regime" and d.target == known["b"].knobs
+    # ...unless protection runs already: a new regime never lowers it.
+    protected = settled(seen_regime="new", seen_since=90.0, level=3)
+    kept = decide(SPEC, obs(regime="new", known=known), protected, 100.0, CFG)
+    assert kept.kind == "regime" and kept.target is None and kept.state.level == 3
 
 
 def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
