@@ -29,7 +29,7 @@ BULK = (
     ModelLoad("embeddings", concurrency=4, batch=8, words=(16, 96)),
     ModelLoad("reranker", concurrency=2, batch=4, words=(16, 96)),
 )
-RECOVERY_BOUND_S = 40.0
+RECOVERY_BOUND_S = 60.0
 GUARD_TARGET_MS = 50.0
 
 
@@ -59,7 +59,7 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
         controller.set_mode("on")
         step = LoadRun(
             [], targets, duration_s=1, seed=4,
-            phases=[Phase("quiet", 10, QUIET), Phase("bulk step", 60, QUIET + BULK)],
+            phases=[Phase("quiet", 10, QUIET), Phase("bulk step", 80, QUIET + BULK)],
         ).start()  # fmt: skip
         step.join()
         status = controller.status(200)
@@ -75,7 +75,7 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
         vals = [v for at, v in done if t - 5 < at <= t]
         return percentile(vals, 99) if len(vals) >= 20 else None
 
-    seconds = [started + k for k in range(1, 60)]
+    seconds = [started + k for k in range(1, 80)]
     broken = [t for t in seconds if (p := p99_at(t)) is not None and p > guard.target_ms]
     assert broken, "the bulk step did not break the guard's SLA: the test shows nothing"
     first = broken[0]
@@ -89,7 +89,7 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
     assert back - first <= RECOVERY_BOUND_S
     # It stays protected: over the last 20 s of the step most of the guard's requests are within
     # target (beside a CPU hog a p99 there is a few stray requests; the starting knobs gave under 10%).
-    tail = [v for at, v in done if at >= started + 40]
+    tail = [v for at, v in done if at >= started + 60]
     within = sum(v <= guard.target_ms for v in tail) / max(len(tail), 1)
     assert within >= 0.9, (within, status)
     acted = [a for a in status["last_actions"] if a["applied"] and a["kind"] in ("protect", "panic")]
