@@ -163,10 +163,10 @@ class Controller:
                 self.state = None
                 return None
             now = self.clock()
-            self._read_effects(now)
             if self.state is None:
                 self.state = State(incumbent=self.running())
             obs = self.observe(now)
+            self._read_effects(now, obs)
             tried = self.state.candidate
             decision = decide(self.spec, obs, self.state, now, self.cfg, self._ladder())
             self.state = decision.state
@@ -287,12 +287,12 @@ class Controller:
         except Exception:  # the default order when the store cannot say
             return {}
 
-    def _read_effects(self, now: float) -> None:
+    def _read_effects(self, now: float, obs: Observation) -> None:
+        """Record the effect of protective steps whose time has come, from this tick's readings."""
         due = [(i, t) for i, t in self._effects if t <= now]
         if not due:
             return
         self._effects = [(i, t) for i, t in self._effects if t > now]
-        obs = self.observe(now)
         worst = max((r.ratio for r in obs.readings.values()), default=None)
         if worst is None or worst == float("inf"):
             return
