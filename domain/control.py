@@ -192,7 +192,7 @@ def _each(
         if m.role == role and m.name in out:
             update = change(m, out[m.name])
             if update:
-                out[m.name] = out[m.name].model_copy(update=update)
+                out[m.name] = out[m.name].with_values(update)
     return out
 
 
@@ -216,7 +216,7 @@ def _bulk(
     def run(spec: FleetSpec, k: Mapping[str, Knobs]) -> dict[str, Knobs]:
         def change(m, have: Knobs) -> dict[str, object]:  # type: ignore[no-untyped-def]
             rng = getattr(m.bounds, knob)
-            value = None if rng is None else towards(rng, getattr(have, knob))
+            value = None if rng is None else towards(rng, have.value(knob))
             return {} if value is None else {knob: value}
 
         return _each(spec, k, "bulk", change)
@@ -243,6 +243,11 @@ RUNGS: tuple[Rung, ...] = (
         _critical_first,
         "no model waits at the rate limiter (tokens dropped where the bounds allow), latency-critical ones at top priority",
     ),
+    Rung(
+        "bulk-background",
+        _bulk("compute_priority", lambda r, v: max(v, r.high)),
+        "bulk compute at the lowest priority its bounds allow (it fills what latency-critical models leave)",
+    ),
     Rung("critical-instances", _critical_instances, "a spare instance for latency-critical models"),
     Rung(
         "bulk-delay",
@@ -259,6 +264,10 @@ reload while instances waited there stalled every latency-critical request for a
 times in development runs (docs/triton.md). Giving bulk instances every token (one bulk execution
 at a time) was the strongest lever measured (the guard under 20 ms at 57% of the bulk work) and is
 therefore not a rung; nor is bulk priority, which orders only instances waiting for tokens.
+The second rung runs bulk compute at Triton's lowest model priority (`optimization.priority`
+PRIORITY_MIN: low-priority CUDA streams on a GPU, nice 19 on the CPU), which costs bulk work next to
+nothing (70.1 against 70.0 items/s at the demo load, docs/triton.md) and halves chat's time to
+first token: bulk work still fills whatever the latency-critical models leave.
 Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
 incumbent that is already the protective corner changes nothing (and reloads nothing)."""
 
@@ -381,10 +390,26 @@ def most_protective(known: Mapping[str, Known]) -> Known | None:
 
 
 # --------------------------------------------------------------------------- neighbours
-STEPS = {"instances": 1, "max_queue_delay_us": 5_000, "max_queue_size": 1, "resources": 1}
-"""One step of each knob; priority is a weight (2 is scheduled half as often as 1), so it halves."""
-GOODPUT_DIRECTION = {"instances": +1, "priority": -1, "resources": -1}
-"""The direction of each knob that gives bulk work more of the device; the queue delay goes both ways."""
+def _step(knob: str, value: int, sign: int) -> int:
+    """One step of a knob on its integer scale: priority is a weight (2 is scheduled half as often
+    as 1) and the batch size a power of two, so those halve and double; the others add."""
+    if knob == "priority":
+        return max(value // 2, 1) if sign < 0 else value * 2
+    if knob == "max_batch_size":
+        return value * 2 if sign > 0 else max(value // 2, 1)
+    return value + sign * {"max_queue_delay_us": 5_000}.get(knob, 1)
+
+
+NEIGHBOUR_KNOBS: dict[str, tuple[int, ...]] = {
+    "instances": (+1,),
+    "priority": (-1,),
+    "compute_priority": (-1,),
+    "max_queue_delay_us": (+1, -1),
+    "max_batch_size": (+1, -1),
+}
+"""The knobs a neighbour moves and the directions it tries: towards more bulk work (more
+instances, a higher rate-limiter priority, a higher compute priority), and both ways where the
+knob trades batch size for time (the queue delay, the batch size)."""
 
 
 def fingerprint(knobs: Mapping[str, Knobs]) -> str:
@@ -392,23 +417,25 @@ def fingerprint(knobs: Mapping[str, Knobs]) -> str:
 
 
 def neighbours(spec: FleetSpec, incumbent: Mapping[str, Knobs]) -> list[tuple[str, dict[str, Knobs]]]:
-    """One knob of one bulk model, one step towards more bulk work (and the queue delay both ways,
-    the queue cap off), inside the bounds: (what, knobs)."""
+    """One knob of one bulk model, one step towards more bulk work (and the queue delay and batch
+    size both ways, the queue cap off), inside the bounds: (what, knobs)."""
     out = []
     for m in spec.models:
         if m.role != "bulk" or m.name not in incumbent:
             continue
         have = incumbent[m.name]
         moves: list[tuple[str, dict[str, object]]] = []
-        for knob in ("instances", "priority", "max_queue_delay_us"):
+        for knob, signs in NEIGHBOUR_KNOBS.items():
             rng = getattr(m.bounds, knob)
             if rng is None:
                 continue
-            signs = [GOODPUT_DIRECTION[knob]] if knob in GOODPUT_DIRECTION else [+1, -1]
             for sign in signs:
-                value = have.priority // 2 if knob == "priority" else getattr(have, knob) + sign * STEPS[knob]
-                if value in rng and value != getattr(have, knob):
-                    moves.append((f"{m.name} {knob} {getattr(have, knob)} -> {value}", {knob: value}))
+                now, value = have.value(knob), _step(knob, have.value(knob), sign)
+                if value in rng and value != now:
+                    changed = have.with_values({knob: value})
+                    moves.append(
+                        (f"{m.name} {knob} {getattr(have, knob)} -> {getattr(changed, knob)}", {knob: value})
+                    )
         for res, rng in m.bounds.resources.items():
             value = have.resources.get(res, 0) - 1
             if res in have.resources and value in rng:
@@ -421,7 +448,7 @@ def neighbours(spec: FleetSpec, incumbent: Mapping[str, Knobs]) -> list[tuple[st
         if have.max_queue_size > 0:
             moves.append((f"{m.name} queue cap {have.max_queue_size} -> off", {"max_queue_size": 0}))
         for what, update in moves:
-            out.append((what, {**incumbent, m.name: have.model_copy(update=update)}))
+            out.append((what, {**incumbent, m.name: have.with_values(update)}))
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from domain.spec import (
     KNOB_NAMES,
+    Bounds,
     FleetSpec,
     IntRange,
     Knobs,
@@ -45,6 +46,8 @@ class Guardrails:
             "max_queue_size": 512,
             "queue_timeout_us": 5_000_000,
             "resources": 2,
+            "compute_priority": 2,
+            "max_batch_size": 64,
         }
     )
     """The most a knob may move in one change, away from what runs now."""
@@ -110,6 +113,14 @@ def _guard_value(
     return stepped
 
 
+def _bounds(bounds: Bounds, knob: str, want: Knobs) -> IntRange | None:
+    """A knob's bounds; none for a max batch size left to the model's own config (0), whose value
+    the runtime knows and checks, not the spec."""
+    if knob == "max_batch_size" and want.max_batch_size == 0:
+        return IntRange(low=0, high=0)
+    return getattr(bounds, knob)  # type: ignore[no-any-return]
+
+
 def _memory(spec: FleetSpec, knobs: Mapping[str, Knobs]) -> dict[str, DeviceMemory]:
     used = device_memory_used(spec, knobs)
     return {d.name: DeviceMemory(d.name, used[d.name], d.memory_gb) for d in spec.devices}
@@ -147,18 +158,19 @@ def propose(
             )  # fmt: skip
     out: dict[str, Knobs] = dict(current)
     clips: list[Clip] = []
-    for name, want in target.items():
+    for name, asked in target.items():
         m = spec.model(name)
         have = current[name]
+        want = asked.resolved(have)
         if want == have:
             continue
         if not known_safe and now - last_change.get(name, float("-inf")) < rails.cooldown_s:
             clips.append(Clip(name, "*", want, have, "cooldown"))
             continue
         step = {} if known_safe else rails.max_step
-        values = {
+        values: dict[str, Any] = {
             knob: _guard_value(
-                name, knob, getattr(want, knob), getattr(have, knob), getattr(m.bounds, knob),
+                name, knob, want.value(knob), have.value(knob), _bounds(m.bounds, knob, want),
                 step.get(knob), clips,
             )
             for knob in KNOB_NAMES
@@ -170,7 +182,13 @@ def propose(
             )
             for res in sorted(set(want.resources) | set(have.resources))
         }  # fmt: skip
-        out[name] = Knobs(**values, resources=resources)
+        preferred = want.preferred_batch_sizes
+        cap = values["max_batch_size"]
+        if cap and any(b > cap for b in preferred):
+            kept = tuple(b for b in preferred if b <= cap)
+            clips.append(Clip(name, "preferred_batch_sizes", preferred, kept, "max_batch_size"))
+            preferred = kept
+        out[name] = have.with_values({**values, "resources": resources, "preferred_batch_sizes": preferred})
     memory = _memory(spec, out)
     over = memory_problems(spec, out)
     if over:
@@ -185,5 +203,9 @@ def propose(
         )
     # A model changes when its guarded knobs differ from what it will run: its pending version if
     # it has one (a newer proposal overtakes it, even back to what runs), else what runs now.
-    changes = {name: out[name] for name in target if out[name] != pending.get(name, current[name])}
+    changes = {
+        name: out[name]
+        for name in target
+        if out[name] != pending.get(name, current[name]).resolved(current[name])
+    }
     return Proposal(actor, out, changes, tuple(clips), memory)

@@ -46,7 +46,16 @@ KNOB_NAMES = (
     "priority",
     "max_queue_size",
     "queue_timeout_us",
+    "compute_priority",
+    "max_batch_size",
 )
+"""The knobs that move on an integer scale (the tuner's dimensions, the guardrails' bounds and
+steps); `compute_priority` by its place in `COMPUTE_PRIORITIES`. Resources and preferred batch
+sizes are handled apart."""
+ComputePriority = Literal["max", "default", "min"]
+COMPUTE_PRIORITIES: tuple[ComputePriority, ...] = ("max", "default", "min")
+"""Triton's `optimization.priority` values in the order that leaves the model less of the device:
+a bound `[default, min]` lets a knob move between those two."""
 
 
 class _Strict(BaseModel):
@@ -71,11 +80,57 @@ class Knobs(_Strict):
     """Queue policy: requests beyond this many waiting are rejected; 0 means unbounded."""
     queue_timeout_us: NonNegativeInt = 0
     """Queue policy: a request waiting longer is rejected; 0 means no timeout."""
+    compute_priority: ComputePriority = "default"
+    """Triton's model-level `optimization { priority }`: the priority of the model's compute beside
+    the others on its device. GPU backends (TensorRT) run its CUDA streams at high (max) or low
+    (min) stream priority; on the CPU, Triton's mapping is nice 0 (max) and nice 19 (min), which
+    slatune's built-in models apply to their instances' processes. `min` lets bulk work fill what
+    latency-critical models leave without holding them up. Changing it reloads the model."""
+    max_batch_size: NonNegativeInt = 0
+    """The largest batch Triton forms, and the largest request it accepts (a client batch above it
+    fails); 0: the model's own config. Changing it reloads the model."""
+    preferred_batch_sizes: tuple[PositiveInt, ...] = ()
+    """Dynamic batching's preferred batch sizes (each at most `max_batch_size`): the batcher sends a
+    batch at once when it reaches one, rather than waiting out the queue delay for a bigger one."""
 
     @field_validator("resources")
     @classmethod
     def _drop_zero(cls, value: dict[str, int]) -> dict[str, int]:
         return {k: v for k, v in sorted(value.items()) if v > 0}
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _sorted_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted(set(value)))
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> Knobs:
+        if self.max_batch_size and any(b > self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ValueError(
+                f"preferred_batch_sizes {list(self.preferred_batch_sizes)} must be at most "
+                f"max_batch_size {self.max_batch_size}"
+            )
+        return self
+
+    def value(self, knob: str) -> int:
+        """A knob of `KNOB_NAMES` on its integer scale."""
+        if knob == "compute_priority":
+            return COMPUTE_PRIORITIES.index(self.compute_priority)
+        return int(getattr(self, knob))
+
+    def with_values(self, values: Mapping[str, Any]) -> Knobs:
+        """These knobs with `values` laid over them, `compute_priority` given by name or place."""
+        update = dict(values)
+        if isinstance(update.get("compute_priority"), int):
+            update["compute_priority"] = COMPUTE_PRIORITIES[update["compute_priority"]]
+        return Knobs.model_validate({**self.model_dump(), **update})
+
+    def resolved(self, running: Knobs) -> Knobs:
+        """A `max_batch_size` of 0 (the model's own) as the model runs it, so that comparing with
+        what runs compares values."""
+        if self.max_batch_size or not running.max_batch_size:
+            return self
+        return self.with_values({"max_batch_size": running.max_batch_size})
 
 
 class IntRange(_Strict):
@@ -113,7 +168,21 @@ class Bounds(_Strict):
     priority: IntRange | None = None
     max_queue_size: IntRange | None = None
     queue_timeout_us: IntRange | None = None
+    compute_priority: IntRange | None = None
+    """Written by name in the order of `COMPUTE_PRIORITIES`, e.g. `[default, min]`; kept as places."""
+    max_batch_size: IntRange | None = None
+    """Keep its low at or above the largest batch a client sends: a request above it fails."""
     resources: dict[str, IntRange] = Field(default_factory=dict)
+
+    @field_validator("compute_priority", mode="before")
+    @classmethod
+    def _priority_places(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            unknown = [v for v in value if v not in COMPUTE_PRIORITIES]
+            if unknown:
+                raise ValueError(f"{unknown[0]!r} is not one of {', '.join(COMPUTE_PRIORITIES)}")
+            return [COMPUTE_PRIORITIES.index(v) for v in value]
+        return value
 
 
 DEFAULT_SLO_WINDOW_S = 60.0
@@ -305,9 +374,16 @@ def knob_bound_problems(knobs: Knobs, bounds: Bounds) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for name in KNOB_NAMES:
         rng: IntRange | None = getattr(bounds, name)
-        value = getattr(knobs, name)
-        if rng is not None and value not in rng:
-            out.append((f"knobs.{name}", f"{value} is outside bounds [{rng.low}, {rng.high}]"))
+        if rng is None or (name == "max_batch_size" and knobs.max_batch_size == 0):
+            continue  # the model's own batch size is not known here; the runtime checks it
+        if knobs.value(name) not in rng:
+            show = COMPUTE_PRIORITIES if name == "compute_priority" else None
+            value, low, high = (
+                (getattr(knobs, name), rng.low, rng.high)
+                if show is None
+                else (knobs.compute_priority, show[rng.low], show[rng.high])
+            )
+            out.append((f"knobs.{name}", f"{value} is outside bounds [{low}, {high}]"))
     for res, rng in bounds.resources.items():
         value = knobs.resources.get(res, 0)
         if value not in rng:

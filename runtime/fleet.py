@@ -352,7 +352,7 @@ class Fleet:
                 f"{model}: unknown knob(s) {', '.join(unknown)} (knobs: {', '.join(Knobs.model_fields)})"
             )
         try:
-            knobs = Knobs.model_validate({**current.model_dump(), **changes})
+            knobs = Knobs.model_validate({**current.model_dump(), **changes}).resolved(current)
         except ValidationError as exc:
             why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ReconfigurationError(f"{model}: {why}") from None

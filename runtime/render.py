@@ -19,7 +19,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import serialize_byte_tensor
 
-from domain.spec import DeviceSpec, Knobs, ModelSpec
+from domain.spec import ComputePriority, DeviceSpec, Knobs, ModelSpec
 from runtime.words import WORDS
 
 ModelConfig = mc.ModelConfig
@@ -125,11 +125,26 @@ def render(model: ModelSpec, knobs: Knobs, device: DeviceSpec, *, warmup: bool =
     return cfg
 
 
+PRIORITY: dict[ComputePriority, int] = {
+    "default": mc.ModelOptimizationPolicy.PRIORITY_DEFAULT,
+    "max": mc.ModelOptimizationPolicy.PRIORITY_MAX,
+    "min": mc.ModelOptimizationPolicy.PRIORITY_MIN,
+}
+"""The compute priority knob as Triton's `optimization.priority`."""
+
+
 def set_knobs(cfg: mc.ModelConfig, knobs: Knobs, device: DeviceSpec, backend: str) -> None:
     """Lay the knobs over a config in place: dynamic batching and its queue policy, one instance
     group with its rate limiter."""
+    if knobs.max_batch_size:
+        cfg.max_batch_size = knobs.max_batch_size
+    cfg.optimization.priority = PRIORITY[knobs.compute_priority]
+    if knobs.compute_priority == "default" and cfg.optimization == mc.ModelOptimizationPolicy():
+        cfg.ClearField("optimization")
     batching = cfg.dynamic_batching
     batching.max_queue_delay_microseconds = knobs.max_queue_delay_us
+    del batching.preferred_batch_size[:]
+    batching.preferred_batch_size.extend(knobs.preferred_batch_sizes)
     policy = batching.default_queue_policy
     policy.max_queue_size = knobs.max_queue_size
     policy.default_timeout_microseconds = knobs.queue_timeout_us
@@ -165,7 +180,17 @@ def knobs_of(cfg: mc.ModelConfig) -> Knobs:
         resources=resources_,
         max_queue_size=policy.max_queue_size,
         queue_timeout_us=policy.default_timeout_microseconds,
+        compute_priority=next(k for k, v in PRIORITY.items() if v == cfg.optimization.priority),
+        max_batch_size=cfg.max_batch_size,
+        preferred_batch_sizes=_preferred(cfg),
     )
+
+
+def _preferred(cfg: mc.ModelConfig) -> tuple[int, ...]:
+    """The preferred batch sizes; Triton reports [max_batch_size] when none were given, which
+    asks nothing more of the batcher than no preference does."""
+    sizes = tuple(cfg.dynamic_batching.preferred_batch_size)
+    return () if sizes == (cfg.max_batch_size,) else sizes
 
 
 def instance_groups_only(old: mc.ModelConfig, new: mc.ModelConfig) -> bool:

@@ -61,7 +61,7 @@ def knobs_from_params(current: Mapping[str, Knobs], params: Mapping[str, int]) -
         update: dict[str, object] = dict(changes.get(model, {}))
         if model in resources:
             update["resources"] = resources[model]
-        out[model] = Knobs.model_validate({**current[model].model_dump(), **update})
+        out[model] = current[model].with_values(update)
     return out
 
 
@@ -73,7 +73,7 @@ def params_from_knobs(dims: Iterable[Dimension], knobs: Mapping[str, Knobs]) -> 
         if d.knob.startswith("resources."):
             out[d.name] = k.resources.get(d.knob.split(".", 1)[1], 0)
         else:
-            out[d.name] = getattr(k, d.knob)
+            out[d.name] = k.value(d.knob)
     return out
 
 

@@ -11,7 +11,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeI
 
 from controlplane.plane import ModelSummary
 from domain.slo import SloStatus
-from domain.spec import DEFAULT_SLO_OBJECTIVE, DEFAULT_SLO_WINDOW_S, MAX_SLO_WINDOW_S, Knobs, Sla
+from domain.spec import (
+    DEFAULT_SLO_OBJECTIVE,
+    DEFAULT_SLO_WINDOW_S,
+    MAX_SLO_WINDOW_S,
+    ComputePriority,
+    Knobs,
+    Sla,
+)
 
 MAX_ID = 2**31 - 1
 """Ids are INTEGER columns, 32-bit on PostgreSQL: a larger one is refused (422) before the database
@@ -114,6 +121,10 @@ class KnobsPatch(_In):
     """Merged into the running ones: {"compute": 0} drops compute, other resources stay."""
     max_queue_size: Annotated[NonNegativeInt, Integral] | None = None
     queue_timeout_us: Annotated[NonNegativeInt, Integral] | None = None
+    compute_priority: ComputePriority | None = None
+    """Triton's optimization.priority: max, default or min (bulk work that yields the device)."""
+    max_batch_size: Annotated[NonNegativeInt, Integral] | None = None
+    preferred_batch_sizes: list[Annotated[PositiveInt, Integral]] | None = Field(default=None, max_length=16)
 
 
 class ProposalIn(_In):

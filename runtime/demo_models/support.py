@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from typing import Any
 
@@ -13,6 +15,28 @@ def parameters(args: dict[str, Any]) -> dict[str, str]:
     """The string parameters of the model's config.pbtxt, from the backend's initialize args."""
     config = json.loads(args["model_config"])
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+NICE = {"PRIORITY_MAX": 0, "PRIORITY_MIN": 19}
+"""Triton's own mapping of a model's `optimization.priority` to CPU scheduling (its
+GetCpuNiceLevel): max runs at nice 0, min at nice 19; default leaves the server's."""
+
+
+def honour_compute_priority(args: dict[str, Any]) -> int | None:
+    """Run this instance's process at the nice level its config's `optimization.priority` asks
+    for, as a GPU backend runs a model's CUDA streams at that priority: a bulk model at min fills
+    the cores the latency-critical models leave and yields them at once when those wake. Every
+    thread the stub has now is set (Linux keeps a nice level per thread; threads started later
+    inherit it). The nice level set, or None when the config leaves it to the server."""
+    priority = json.loads(args["model_config"]).get("optimization", {}).get("priority")
+    nice = NICE.get(str(priority))
+    if nice is None:
+        return None
+    for tid in os.listdir("/proc/self/task"):
+        # Lowering a nice level needs privilege; a thread may end meanwhile.
+        with contextlib.suppress(PermissionError, ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+    return nice
 
 
 def int_param(params: dict[str, str], name: str, default: int) -> int:

@@ -55,7 +55,8 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
     steps = levels(SPEC, START, ladder())
     names = [rung for rung, _ in steps]
     # critical-first: the defaults give both latency-critical models a compute token.
-    assert names[:3] == [None, "critical-first", "critical-instances"]
+    # bulk-background: bulk compute at Triton's lowest priority, which their bounds allow.
+    assert names[:4] == [None, "critical-first", "bulk-background", "critical-instances"]
     top = steps[-1][1]
     assert top["safety-guard"].resources == {} and top["chat-llm"].resources == {}
     assert top["safety-guard"].instances == 2  # the guard's bounds allow more; chat's [1, 1] do not
@@ -64,6 +65,7 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
     assert top["embeddings"].priority == 1  # priority orders only instances waiting for tokens
     assert top["embeddings"].max_queue_delay_us == 20_000  # batches of both backlog clients
     assert top["embeddings"].max_queue_size == 0  # no shedding unless the config asks for it
+    assert top["embeddings"].compute_priority == "min" and top["chat-llm"].compute_priority == "default"
     # The top is a fixed point: protecting it changes nothing, so nothing is reloaded.
     assert levels(SPEC, top, ladder()) == [(None, top)]
     shed = levels(SPEC, START, ladder(rungs=(*RUNGS, SHED)))[-1]
@@ -74,7 +76,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
     # bulk-instances brought the worst ratio to 0.5 of what it was, critical-first to 0.9: first.
     order = [r.name for r in ladder({"bulk-instances": 0.5, "critical-first": 0.9})]
     assert order[:2] == ["bulk-instances", "critical-first"]
-    assert order[2:] == ["critical-instances", "bulk-delay"]
+    assert order[2:] == ["bulk-background", "critical-instances", "bulk-delay"]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
         # 5 s after: the next rung
         (180.0, 5.0, 0.0, settled(level=1, last_step_at=95.0), 100.0, "protect", 2),
         # 31 ms / 20 = 1.55 >= 1.5: panic, every rung at once
-        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 4),
+        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 5),
         # ...but not while the last step settles (a reload's CPU is no reason for another)
         (50.0, 31.0, 0.0, settled(level=1, last_step_at=99.5), 100.0, "hold", 1),
     ],
@@ -206,12 +208,20 @@ def test_a_new_regime_starts_from_the_most_protective_known_safe() -> None:
 
 def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
     incumbent = levels(SPEC, START, ladder())[-1][1]
+    # As the fleet runs them: the built-ins' own batch sizes (the spec leaves them at 0).
+    incumbent |= {
+        "embeddings": incumbent["embeddings"].with_values({"max_batch_size": 64}),
+        "reranker": incumbent["reranker"].with_values({"max_batch_size": 32}),
+    }
     for what, knobs in neighbours(SPEC, incumbent):
         changed = [m for m in knobs if knobs[m] != incumbent[m]]
         assert len(changed) == 1 and SPEC.model(changed[0]).role == "bulk", what
     whats = [w for w, _ in neighbours(SPEC, incumbent)]
     assert "embeddings instances 1 -> 2" in whats and "embeddings max_queue_delay_us 20000 -> 15000" in whats
-    assert not any("tokens" in w or "priority" in w for w in whats)  # none left to give back
+    # compute priority one place back towards bulk work; the batch size both ways, by powers of two
+    assert "embeddings compute_priority min -> default" in whats
+    assert "embeddings max_batch_size 64 -> 32" in whats and "reranker max_batch_size 32 -> 16" in whats
+    assert not any("tokens" in w or w.split()[1] == "priority" for w in whats)  # none left to give back
     capped = {**incumbent, "embeddings": incumbent["embeddings"].model_copy(update={"max_queue_size": 1})}
     assert "embeddings queue cap 1 -> off" in [w for w, _ in neighbours(SPEC, capped)]
 

@@ -202,3 +202,25 @@ def test_no_writer_records_a_version_around_the_proposal_path() -> None:
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.returncode == 1, f"versions recorded around the proposal path:\n{out.stdout}"
+
+
+def test_batch_sizes_and_compute_priority_go_through_the_same_rails() -> None:
+    running = {**START, "embeddings": k("embeddings", max_batch_size=64, preferred_batch_sizes=(16, 32))}
+    # max batch 64 -> 4 is below its bounds [8, 64]: 8; a preferred size above 8 goes with it.
+    target = {
+        "embeddings": k(
+            "embeddings", max_batch_size=4, preferred_batch_sizes=(16, 32), compute_priority="max"
+        )
+    }
+    g = propose(SPEC, running, target, actor="controller", now=0.0, rails=RAILS)
+    assert g.accepted
+    got = g.knobs["embeddings"]
+    assert (got.max_batch_size, got.preferred_batch_sizes, got.compute_priority) == (8, (), "default")
+    assert [(c.knob, c.rule) for c in g.clips] == [
+        ("compute_priority", "bounds"),  # [default, min]: max is out (by place, 0 -> 1)
+        ("max_batch_size", "bounds"),
+        ("preferred_batch_sizes", "max_batch_size"),
+    ]
+    # A max batch size of 0 (the model's own) asks for what runs: nothing to change.
+    same = {"embeddings": running["embeddings"].with_values({"max_batch_size": 0})}
+    assert propose(SPEC, running, same, actor="person", now=0.0).changes == {}

@@ -25,6 +25,8 @@ KNOBS = [
         queue_timeout_us=250_000,
     ),
     Knobs(instances=2, resources={"compute": 1, "mem": 3}),
+    Knobs(compute_priority="min", max_batch_size=8, preferred_batch_sizes=(4, 8)),
+    Knobs(compute_priority="max", preferred_batch_sizes=(2,)),
 ]
 
 
@@ -35,8 +37,25 @@ def test_knobs_survive_pbtxt_and_json(model: ModelSpec, knobs: Knobs) -> None:
     assert cfg.name == model.name
     parsed = render.parse_pbtxt(render.to_pbtxt(cfg))
     assert parsed == cfg
-    assert render.knobs_of(parsed) == knobs
-    assert render.knobs_of(render.from_json(render.to_json(cfg))) == knobs
+    # A max batch size of 0 is the model's own: read back, it is the model's value.
+    want = knobs.resolved(Knobs(max_batch_size=base_batch(model)))
+    assert render.knobs_of(parsed) == want
+    assert render.knobs_of(render.from_json(render.to_json(cfg))) == want
+
+
+def base_batch(model: ModelSpec) -> int:
+    return render.base_config(model).max_batch_size
+
+
+def test_compute_priority_and_batch_sizes_render_as_triton_fields() -> None:
+    model = resolve_spec(None).model("embeddings")
+    cfg = render.render(model, KNOBS[3], CPU)
+    assert cfg.optimization.priority == mc.ModelOptimizationPolicy.PRIORITY_MIN
+    assert cfg.max_batch_size == 8 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert '"priority": "PRIORITY_MIN"' in render.to_json(cfg)  # what load_model takes
+    # The default leaves no optimization block behind, and the model's own batch size stays.
+    plain = render.render(model, Knobs(), CPU)
+    assert not plain.HasField("optimization") and plain.max_batch_size == 64
 
 
 def test_rendered_queue_policy_and_instance_group() -> None:

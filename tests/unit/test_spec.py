@@ -119,6 +119,18 @@ BAD = [
     (["devices", 0, "memory_gb"], float("inf"), "devices[0](dev0).memory_gb", "finite number"),
     (["models", 1, "memory_gb_per_instance"], float("nan"), "models[1](embeddings).memory_gb_per_instance",
      "finite number"),
+    # compute priority: a Triton priority by name, within its bounds (embeddings [default, min])
+    (["models", 1, "knobs", "compute_priority"], "low", "models[1](embeddings).knobs.compute_priority",
+     "'max', 'default' or 'min'"),
+    (["models", 1, "knobs", "compute_priority"], "max", "models[1](embeddings).knobs.compute_priority",
+     "max is outside bounds [default, min]"),
+    (["models", 1, "bounds", "compute_priority"], ["default", "lowest"],
+     "models[1](embeddings).bounds.compute_priority", "'lowest' is not one of max, default, min"),
+    # batch sizes: within bounds (embeddings [8, 64]); preferred ones at most the max
+    (["models", 1, "knobs", "max_batch_size"], 4, "models[1](embeddings).knobs.max_batch_size",
+     "4 is outside bounds [8, 64]"),
+    (["models", 1, "knobs"], {"max_batch_size": 16, "preferred_batch_sizes": [8, 32]},
+     "models[1](embeddings).knobs", "preferred_batch_sizes [8, 32] must be at most max_batch_size 16"),
 ]  # fmt: skip
 
 

@@ -38,6 +38,7 @@ class _Sequence:
 
 class TritonPythonModel:
     def initialize(self, args):
+        support.honour_compute_priority(args)
         p = support.parameters(args)
         self.vocab = support.int_param(p, "vocab", 4096)
         self.max_prompt = support.int_param(p, "max_prompt_tokens", 512)

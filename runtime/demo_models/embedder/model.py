@@ -11,6 +11,7 @@ from runtime.demo_models.nn import Encoder, pad, tokenize
 
 class TritonPythonModel:
     def initialize(self, args):
+        support.honour_compute_priority(args)
         self.latency = support.request_latency(pb_utils, args)
         p = support.parameters(args)
         self.vocab = support.int_param(p, "vocab", 8192)
