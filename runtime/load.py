@@ -3,8 +3,9 @@
 Latency-critical traffic arrives open-loop (Poisson, at a rate, whatever the server's state), so
 queueing shows up as latency the way it does in production; bulk traffic is a closed-loop backlog
 of workers that always have the next batch ready. Streaming models are consumed token by token and
-their time to first token is measured at the client. Every run is bounded in time and in requests,
-and only loopback addresses are accepted. Each request becomes a `Record`; what they add up to is
+their time to first token is measured at the client. Each model's clients run in a process of
+their own, so no client's timings carry another's CPU work. Every run is bounded in time and in
+requests, and only loopback addresses are accepted. Each request becomes a `Record`; what they add up to is
 worked out in `domain/stats.py`.
 """
 
@@ -12,11 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import multiprocessing as mp
+import os
+import queue
+import signal
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import numpy as np
@@ -139,8 +145,15 @@ def build_inputs(kind: str | None, load: ModelLoad, rng: np.random.Generator) ->
 
 
 class LoadRun:
-    """One bounded run. `run()` blocks; `start()` runs it on a thread so the caller can watch
-    `snapshot()` or reconfigure the fleet meanwhile, then `join()` returns the report."""
+    """One bounded run. `run()` blocks; `start()` runs it in the background so the caller can
+    watch `snapshot()` or reconfigure the fleet meanwhile, then `join()` returns the report.
+
+    Each model's clients run in a process of their own, as they do in production (a chat frontend,
+    a safety check, a batch embedding job are different programs): a latency-critical client never
+    waits for a bulk client's CPU work, its event loop or its gRPC connection, so its timings are
+    the server's latency plus its own, not the other clients'. Every process keeps the same
+    schedule: phase k starts at the run's start plus the durations before it, for every model.
+    Their requests come back here as `Record`s while the run goes on."""
 
     def __init__(
         self,
@@ -160,8 +173,6 @@ class LoadRun:
             duration_s = sum(ph.duration_s for ph in phases)
         self.loads = list(loads)
         self.phases = list(phases) if phases else [Phase("all", duration_s, tuple(self.loads))]
-        self.phase_started: list[float] = []
-        """Monotonic start of each phase, as it began."""
         for load in self.loads:
             if load.model not in targets:
                 raise ValueError(f"no model {load.model!r} in the fleet (have: {', '.join(targets)})")
@@ -177,27 +188,85 @@ class LoadRun:
         self._errors: dict[str, str] = {}
         self._started_at: float | None = None
         self._ended_at: float | None = None
-        self._budget = max_requests
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._report: LoadReport | None = None
         self._exception: BaseException | None = None
+        ctx = mp.get_context("spawn")
+        self._ctx = ctx
+        self._stop = ctx.Event()
+        self._budget = ctx.Value("q", max_requests)
+        self._processes: list[BaseProcess] = []
 
     # ------------------------------------------------------------------ control
     def run(self) -> LoadReport:
-        asyncio.run(self._main())
-        return self.report()
+        return self.start().join()
 
     def start(self) -> LoadRun:
-        def target() -> None:
-            try:
-                self.run()
-            except BaseException as exc:  # surfaced by join()
-                self._exception = exc
-
-        self._thread = threading.Thread(target=target, name="slatune-load", daemon=True)
+        """Start every model's client process, then the run once they are all ready to send."""
+        out: Any = self._ctx.Queue()
+        ready, go = self._ctx.Semaphore(0), self._ctx.Value("d", 0.0)
+        models = list(dict.fromkeys(ld.model for ld in self.loads))
+        for model in models:
+            schedule = [
+                (ph.duration_s, [(i, ld) for i, ld in enumerate(ph.loads) if ld.model == model])
+                for ph in self.phases
+            ]
+            proc = self._ctx.Process(
+                target=_client_process,
+                args=(model, schedule, self.targets[model], self.request_timeout_s, self.seed,
+                      self._budget, self._stop, ready, go, out),
+                name=f"slatune-load-{model}", daemon=True,
+            )  # fmt: skip
+            proc.start()
+            self._processes.append(proc)
+        waiting, deadline = len(models), time.monotonic() + READY_TIMEOUT_S
+        while waiting:
+            if ready.acquire(timeout=0.5):
+                waiting -= 1
+                continue
+            dead = [p.name for p in self._processes if not p.is_alive()]
+            if dead or time.monotonic() > deadline:
+                self._stop.set()
+                why = f"{', '.join(dead)} exited" if dead else f"not ready in {READY_TIMEOUT_S:g} s"
+                raise RuntimeError(
+                    f"the load's client processes failed to start ({why}); a script that starts a "
+                    "load must guard its own code with `if __name__ == '__main__':` (multiprocessing's spawn)"
+                )
+        self._started_at = time.monotonic() + 0.05
+        with go.get_lock():
+            go.value = self._started_at
+        self._thread = threading.Thread(
+            target=self._drain, args=(out, len(models)), name="slatune-load", daemon=True
+        )
         self._thread.start()
         return self
+
+    def _drain(self, out: Any, clients: int) -> None:
+        """Take the clients' records as they come, until every client has said it is done."""
+        done = 0
+        try:
+            while done < clients:
+                try:
+                    kind, payload = out.get(timeout=1.0)
+                except queue.Empty:
+                    if not any(p.is_alive() for p in self._processes):
+                        raise RuntimeError("a load client process died without finishing") from None
+                    continue
+                if kind == "records":
+                    self.records.extend(Record(*r) for r in payload)
+                elif kind == "error":
+                    for reason, message in payload.items():
+                        self._errors.setdefault(reason, message)
+                elif kind == "failed":
+                    raise RuntimeError(payload)
+                else:
+                    done += 1
+        except BaseException as exc:  # surfaced by join()
+            self._stop.set()
+            self._exception = exc
+        finally:
+            self._ended_at = time.monotonic()
+            for p in self._processes:
+                p.join(timeout=5)
 
     def stop(self) -> None:
         """End early: no new requests; those in flight finish or time out."""
@@ -219,7 +288,20 @@ class LoadRun:
     def elapsed(self) -> float:
         if self._started_at is None:
             return 0.0
-        return (self._ended_at or time.monotonic()) - self._started_at
+        return max((self._ended_at or time.monotonic()) - self._started_at, 0.0)
+
+    @property
+    def phase_started(self) -> list[float]:
+        """Monotonic start of each phase that has begun (every client keeps the same schedule)."""
+        if self._started_at is None:
+            return []
+        now, at, out = time.monotonic(), self._started_at, []
+        for ph in self.phases:
+            if at > now or (self._ended_at is not None and at >= self._ended_at):
+                break
+            out.append(at)
+            at += ph.duration_s
+        return out
 
     def report(self) -> LoadReport:
         duration = self.elapsed
@@ -238,23 +320,85 @@ class LoadRun:
             recent, min(window_s, self.elapsed) or window_s, slas, [ld.model for ld in self.loads]
         )
 
-    # ------------------------------------------------------------------ the run
-    async def _main(self) -> None:
-        clients: dict[str, aioclient.InferenceServerClient] = {}
-        for url in {self.targets[ld.model].grpc for ld in self.loads}:
-            clients[url] = aioclient.InferenceServerClient(url)
-        self._started_at = time.monotonic()
+
+READY_TIMEOUT_S = 120.0
+"""How long the client processes may take to start (import, dial) before the run gives up."""
+FLUSH_S = 0.2
+"""How often a client process sends its new records back."""
+
+
+def _client_process(
+    model: str,
+    schedule: list[tuple[float, list[tuple[int, ModelLoad]]]],
+    target: Target,
+    timeout_s: float,
+    seed: int,
+    budget: Any,
+    stop: Any,
+    ready: Any,
+    go: Any,
+    out: Any,
+) -> None:
+    """One model's clients, in a process of their own: wait for the run's start, then keep the
+    schedule. Ctrl-C is the parent's to handle (it stops the run); a parent that died ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        asyncio.run(_Client(model, schedule, target, timeout_s, seed, budget, stop, out).main(ready, go))
+    except BaseException as exc:
+        out.put(("failed", f"{model}: {exc.__class__.__name__}: {exc}"))
+    finally:
+        out.put(("done", model))
+        out.close()
+        out.join_thread()
+
+
+class _Client:
+    """The asyncio side of one model's clients: open-loop arrivals and closed-loop workers, phase
+    by phase, each request recorded."""
+
+    def __init__(
+        self,
+        model: str,
+        schedule: list[tuple[float, list[tuple[int, ModelLoad]]]],
+        target: Target,
+        timeout_s: float,
+        seed: int,
+        budget: Any,
+        stop: Any,
+        out: Any,
+    ) -> None:
+        self.model, self.schedule, self.target = model, schedule, target
+        self.timeout_s, self.seed, self.budget, self.stop, self.out = timeout_s, seed, budget, stop, out
+        self.parent = os.getppid()
+        self.pending: list[tuple[Any, ...]] = []
+        self.errors: dict[str, str] = {}
+
+    def stopped(self) -> bool:
+        return self.stop.is_set() or os.getppid() != self.parent
+
+    def take(self, deadline: float) -> bool:
+        if self.stopped() or time.monotonic() >= deadline:
+            return False
+        with self.budget.get_lock():
+            if self.budget.value <= 0:
+                return False
+            self.budget.value -= 1
+        return True
+
+    async def main(self, ready: Any, go: Any) -> None:
+        client = aioclient.InferenceServerClient(self.target.grpc)
+        flusher = asyncio.create_task(self._flush_every())
         in_flight: set[asyncio.Task[str | None]] = set()
         try:
-            for p, phase in enumerate(self.phases):
-                if self._stop.is_set():
-                    break
-                start = time.monotonic()
-                self.phase_started.append(start)
-                deadline = start + phase.duration_s
+            ready.release()
+            while go.value == 0.0 and not self.stopped():
+                await asyncio.sleep(0.01)
+            start = go.value
+            await asyncio.sleep(max(start - time.monotonic(), 0.0))
+            for p, (duration, loads) in enumerate(self.schedule):
+                deadline = start + duration
                 tasks: list[asyncio.Task[None]] = []
-                for i, load in enumerate(phase.loads):
-                    client = clients[self.targets[load.model].grpc]
+                for i, load in loads:
                     rng = np.random.default_rng(self.seed * 1000 + p * 10_000 + i)
                     if load.rate > 0:
                         tasks.append(
@@ -264,18 +408,30 @@ class LoadRun:
                         wrng = np.random.default_rng(self.seed * 1000 + p * 10_000 + i * 100 + w + 1)
                         tasks.append(asyncio.create_task(self._closed_loop(client, load, wrng, deadline)))
                 await asyncio.gather(*tasks)
+                while not self.stopped() and time.monotonic() < deadline:  # this model idles this phase
+                    await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+                if self.stopped():
+                    break
+                start = deadline
             if in_flight:
-                await asyncio.wait(in_flight, timeout=self.request_timeout_s + 5)
+                await asyncio.wait(in_flight, timeout=self.timeout_s + 5)
         finally:
-            self._ended_at = time.monotonic()
-            for c in clients.values():
-                await c.close()
+            flusher.cancel()
+            self._flush()
+            await client.close()
 
-    def _take(self, deadline: float) -> bool:
-        if self._stop.is_set() or time.monotonic() >= deadline or self._budget <= 0:
-            return False
-        self._budget -= 1
-        return True
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.errors:
+            self.out.put(("error", dict(self.errors)))
+            self.errors.clear()
+        if self.pending:
+            self.out.put(("records", self.pending))
+            self.pending = []
 
     async def _open_loop(
         self,
@@ -291,7 +447,7 @@ class LoadRun:
             delay = next_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-            if not self._take(deadline):
+            if not self.take(deadline):
                 return
             task = asyncio.create_task(self._one(client, load, rng))
             in_flight.add(task)
@@ -304,7 +460,7 @@ class LoadRun:
         rng: np.random.Generator,
         deadline: float,
     ) -> None:
-        while self._take(deadline):
+        while self.take(deadline):
             if await self._one(client, load, rng) == "queue-full":
                 await asyncio.sleep(min(SHED_BACKOFF_S, max(deadline - time.monotonic(), 0)))
 
@@ -312,7 +468,7 @@ class LoadRun:
         self, client: aioclient.InferenceServerClient, load: ModelLoad, rng: np.random.Generator
     ) -> str | None:
         """Send one request and record it; its failure reason, None when it succeeded."""
-        target = self.targets[load.model]
+        target = self.target
         inputs = build_inputs(target.kind, load, rng)
         started = time.monotonic()
         ttft: float | None = None
@@ -324,16 +480,16 @@ class LoadRun:
                 await client.infer(
                     load.model,
                     inputs,
-                    client_timeout=self.request_timeout_s,
+                    client_timeout=self.timeout_s,
                     parameters={"slatune_sent_ns": time.time_ns()},
                 )
         except InferenceServerException as exc:
             error = failure_reason(str(exc.message() or exc))
-            self._errors.setdefault(error, str(exc.message() or exc)[:300])
+            self.errors.setdefault(error, str(exc.message() or exc)[:300])
         except TimeoutError:
             error = "client-timeout"
         items = 1 if target.streaming else load.batch
-        self.records.append(Record(load.model, started, time.monotonic() - started, ttft, items, error))
+        self.pending.append((load.model, started, time.monotonic() - started, ttft, items, error))
         return error
 
     async def _stream(
@@ -347,7 +503,7 @@ class LoadRun:
             yield {"model_name": model, "inputs": inputs, "parameters": {"slatune_sent_ns": time.time_ns()}}
 
         ttft: float | None = None
-        stream = client.stream_infer(one_request(), stream_timeout=self.request_timeout_s)
+        stream = client.stream_infer(one_request(), stream_timeout=self.timeout_s)
         async for result, error in stream:
             if error is not None:
                 raise error
