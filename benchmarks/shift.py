@@ -357,7 +357,7 @@ def main(
     figures_out: dict[str, Any] = {
         "trace": [{"phase": p.name, "seconds": p.duration_s} for p in phases],
         "rolling_window_s": ROLLING_S,
-        "static_best_knobs": {m: k.model_dump() for m, k in (best_first or {}).items()},
+        "static_best_knobs": {m: k.model_dump(mode="json") for m, k in (best_first or {}).items()},
         "regimes_a_static_configuration_holds_at_99": feasible_phases,
         "policies": result,
         "goals": goal,

@@ -173,6 +173,9 @@ class Controller:
             self.metrics.level.set(decision.state.level)
             self.metrics.exploring.set(1 if decision.state.candidate else 0)
             if decision.kind == "hold":
+                log.debug(
+                    "hold (level %d, applying %s): %s", decision.state.level, obs.applying, decision.reason
+                )
                 return None
             action = self._act(decision, obs, now, tried)
             self.last = action

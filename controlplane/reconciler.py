@@ -54,11 +54,18 @@ class Step:
     """False when Triton already runs these knobs: only the record changes."""
 
 
-def plan(desired: Mapping[str, tuple[int, Knobs]], running: Mapping[str, Knobs]) -> list[Step]:
-    """The difference between what is asked for and what runs, one step per model (pure)."""
+def plan(
+    desired: Mapping[str, tuple[int, Knobs]], running: Mapping[str, Knobs], first: Iterable[str] = ()
+) -> list[Step]:
+    """The difference between what is asked for and what runs, one step per model (pure). The
+    models in `first` (the latency-critical ones) are applied before the others: a protective step
+    that gives the guard a spare instance (in place, under a second) must not wait behind bulk
+    models' reloads (several seconds each on a loaded host). A max batch size of 0 asks for what
+    the model runs."""
+    early = set(first)
     return [
-        Step(model, version_id, knobs, running.get(model) != knobs)
-        for model, (version_id, knobs) in sorted(desired.items())
+        Step(model, version_id, knobs, running.get(model) != knobs.resolved(running.get(model, knobs)))
+        for model, (version_id, knobs) in sorted(desired.items(), key=lambda kv: (kv[0] not in early, kv[0]))
     ]
 
 
@@ -173,7 +180,8 @@ class Reconciler:
                     if exc.temporary:
                         down.setdefault(server, exc)
                     results.append(self._failed(name, version_id, exc))
-            for step in plan({m: w for m, w in wanted.items() if m in running}, running):
+            critical = [m.name for m in self.fleet.spec.models if m.role == "latency-critical"]
+            for step in plan({m: w for m, w in wanted.items() if m in running}, running, critical):
                 server = self.fleet.spec.model(step.model).server
                 if server in down:
                     results.append(self._failed(step.model, step.version_id, down[server]))

@@ -91,7 +91,9 @@ def register_fleet(
             v = applied.get(name)
             if v is None or Knobs.model_validate(v.knobs) != knobs:
                 why = "the spec's starting knobs" if v is None else "started from the spec's knobs"
-                queries.record_applied(session, name, knobs.model_dump(), "startup", why, time.time())
+                queries.record_applied(
+                    session, name, knobs.model_dump(mode="json"), "startup", why, time.time()
+                )
 
 
 def fleet_lines(fleet: Fleet) -> list[str]:

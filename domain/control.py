@@ -243,12 +243,12 @@ RUNGS: tuple[Rung, ...] = (
         _critical_first,
         "no model waits at the rate limiter (tokens dropped where the bounds allow), latency-critical ones at top priority",
     ),
+    Rung("critical-instances", _critical_instances, "a spare instance for latency-critical models"),
     Rung(
         "bulk-background",
         _bulk("compute_priority", lambda r, v: max(v, r.high)),
         "bulk compute at the lowest priority its bounds allow (it fills what latency-critical models leave)",
     ),
-    Rung("critical-instances", _critical_instances, "a spare instance for latency-critical models"),
     Rung(
         "bulk-delay",
         _bulk("max_queue_delay_us", lambda r, v: min(r.high, max(v, BULK_DELAY_US))),
@@ -264,7 +264,9 @@ reload while instances waited there stalled every latency-critical request for a
 times in development runs (docs/triton.md). Giving bulk instances every token (one bulk execution
 at a time) was the strongest lever measured (the guard under 20 ms at 57% of the bulk work) and is
 therefore not a rung; nor is bulk priority, which orders only instances waiting for tokens.
-The second rung runs bulk compute at Triton's lowest model priority (`optimization.priority`
+The second rung gives a latency-critical model a spare instance: in place, under a second, and the
+guard's tail is mostly requests waiting for its one busy instance. The third runs bulk compute at
+Triton's lowest model priority (`optimization.priority`
 PRIORITY_MIN: low-priority CUDA streams on a GPU, nice 19 on the CPU), which costs bulk work next to
 nothing (70.1 against 70.0 items/s at the demo load, docs/triton.md) and halves chat's time to
 first token: bulk work still fills whatever the latency-critical models leave.

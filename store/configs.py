@@ -74,7 +74,7 @@ def record(session: Session, proposal: Proposal, reason: str, at: float) -> dict
     if not proposal.accepted:
         raise ValueError(f"a refused proposal is not recorded: {proposal.refused}")
     return {
-        model: propose(session, model, knobs.model_dump(), proposal.actor, reason, at)
+        model: propose(session, model, knobs.model_dump(mode="json"), proposal.actor, reason, at)
         for model, knobs in sorted(proposal.changes.items())
     }
 

@@ -15,7 +15,7 @@ from store.models import ControllerAction, ControllerTrial, MetricWindow, Model,
 
 
 def knobs_json(knobs: Mapping[str, Knobs]) -> dict[str, Any]:
-    return {name: k.model_dump() for name, k in sorted(knobs.items())}
+    return {name: k.model_dump(mode="json") for name, k in sorted(knobs.items())}
 
 
 def knobs_of(data: Mapping[str, Any]) -> dict[str, Knobs]:

@@ -123,7 +123,7 @@ def score_from_attr(attr: Mapping[str, Any]) -> Score:
 
 
 def knobs_to_attr(knobs: Mapping[str, Knobs]) -> dict[str, dict[str, object]]:
-    return {name: k.model_dump() for name, k in knobs.items()}
+    return {name: k.model_dump(mode="json") for name, k in knobs.items()}
 
 
 def knobs_from_attr(attr: Mapping[str, Mapping[str, object]]) -> dict[str, Knobs]:

@@ -80,7 +80,8 @@ def params_from_knobs(dims: Iterable[Dimension], knobs: Mapping[str, Knobs]) -> 
 def protective_params(spec: FleetSpec, dims: Iterable[Dimension], start: Mapping[str, int]) -> dict[str, int]:
     """The safe corner of the space, measured right after the baseline: latency-critical models
     take the fewest rate-limiter tokens and the highest priority (lowest value) their bounds
-    allow, bulk models run their fewest instances; everything else as in `start`. Triton's rate
+    allow, bulk models run their fewest instances at their lowest compute priority; everything
+    else as in `start`. Triton's rate
     limiter serves its queue head-first, so a latency-critical model that needs a token waits
     behind bulk instances that hold them; this corner is where an SLA is most likely kept, and the
     sampler explores for goodput from a feasible point rather than hoping to stumble on one."""
@@ -91,4 +92,6 @@ def protective_params(spec: FleetSpec, dims: Iterable[Dimension], start: Mapping
             role == "bulk" and d.knob == "instances"
         ):
             out[d.name] = d.low
+        elif role == "bulk" and d.knob == "compute_priority":
+            out[d.name] = d.high
     return out

@@ -292,7 +292,7 @@ def test_a_refused_apply_is_recorded_failed_and_the_previous_configuration_stays
     got = api.client.get(f"{V1}/models/reranker/config/versions/{vid}").json()
     assert got["state"] == "failed" and "asks for 7 but server 'triton0' has 2" in got["error"]
     assert api.fleet.observed_knobs("reranker") == before
-    assert config(api, "reranker")["applied"]["knobs"] == before.model_dump()
+    assert config(api, "reranker")["applied"]["knobs"] == before.model_dump(mode="json")
 
 
 def test_a_tuning_run_starts_lists_its_trials_and_stops(api: Api) -> None:

@@ -1,9 +1,10 @@
-"""The SLO controller on the real fleet: a step in bulk load breaks the guard's SLA (four bulk
-instances share two cores with the guard's one) and the controller brings it back, as the guard's
-clients see it. The fleet starts off the rate limiter's tokens: a reload while instances wait there
-can stall Triton 2.51 for about 40 s (docs/triton.md), which the controller's first rung avoids
-but this test does not set out to show. The measured time is printed; the bound is loose enough for a
-loaded 2-core machine (`benchmarks.shift` measures the figure)."""
+"""The SLO controller on the real fleet: a step in bulk load (four embeddings and two reranker
+clients join) puts the guard's SLA at risk and the controller brings it back, as the guard's clients
+see it. The fleet starts off the rate limiter's tokens: a reload while
+instances wait there can stall Triton 2.51 for about 40 s (docs/triton.md), which the controller's
+first rung avoids but this test does not set out to show. The controller may act before the
+clients' 5 s p99 shows the break: what the test asserts is that it acted on the risk the step made,
+how long the guard's clients saw their SLA broken, and that it held afterwards."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import pytest
 
 from controlplane import startup
 from controlplane.settings import Settings
+from domain.control import ControlConfig
 from domain.spec import resolve_spec
 from domain.stats import percentile
+from domain.windows import aggregate
 from runtime.load import LoadRun, ModelLoad, Phase, targets_for
 from store import control as records
+from store import queries
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +33,16 @@ BULK = (
     ModelLoad("embeddings", concurrency=4, batch=8, words=(16, 96)),
     ModelLoad("reranker", concurrency=2, batch=4, words=(16, 96)),
 )
-RECOVERY_BOUND_S = 60.0
 GUARD_TARGET_MS = 50.0
+RECOVERY_BOUND_S = 30.0
+"""From the controller's first protective step to the guard's p99 back under target, as its clients
+saw it; `benchmarks.shift` measures the figure (10 s is its goal), this bound holds beside a CPU hog."""
 
 
-def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path: Path) -> None:
+def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tmp_path: Path) -> None:
     base = resolve_spec("default")
-    # The guard's SLA at 50 ms, not 20: 20 ms is the edge of what this 2-core host reaches with bulk
-    # work running at all, and beside a CPU hog no configuration reaches it; the test is about
-    # control (the starting knobs give the guard hundreds of milliseconds under the bulk step).
+    # The guard's SLA at 50 ms, not 20: beside a CPU hog the guard's own clients stall (the hog
+    # takes their core): at the top of the ladder the server's p99 was 14 ms and theirs 30 ms.
     spec = base.model_copy(
         update={"models": [m.model_copy(update={
             "knobs": m.knobs.model_copy(update={"resources": {}}),
@@ -46,6 +51,7 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
     )  # fmt: skip
     guard = spec.model("safety-guard").sla
     assert guard is not None
+    cfg = ControlConfig()
     settings = Settings(data_dir=tmp_path / "data", controller_mode="advisory")
     with startup.running(settings, spec, resume=False) as system:
         controller = system.plane.controller
@@ -57,14 +63,28 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
         with system.store.session() as session:
             records.keep(session, controller.state.regime, system.fleet.all_knobs(), 0.0, "test", time.time())
         controller.set_mode("on")
+        wall = time.time() - time.monotonic()  # the journal's clock onto the clients'
         step = LoadRun(
             [], targets, duration_s=1, seed=4,
             phases=[Phase("quiet", 10, QUIET), Phase("bulk step", 80, QUIET + BULK)],
         ).start()  # fmt: skip
         step.join()
         status = controller.status(200)
+        with system.store.session() as session:
+            windows = queries.recent_windows(session, 0.0).get("safety-guard", [])
 
     started = step.phase_started[1]
+    acted = [
+        a for a in reversed(status["last_actions"])
+        if a["applied"] and a["kind"] in ("protect", "panic") and a["at"] - wall >= started
+    ]  # fmt: skip
+    # The premise: the bulk step put the guard's SLA at risk, as slatune read it, and it acted.
+    assert acted, f"the bulk step never put an SLA at risk: the test shows nothing: {status}"
+    first = acted[0]
+    assert first["model"] in ("safety-guard", "chat-llm") and first["reason"], first
+    assert first["before_ratio"] is None or first["before_ratio"] >= cfg.protect_at, first
+    acted_at = first["at"] - wall
+
     done = sorted(
         (r.started + r.latency, r.latency * 1000 if r.error is None else float("inf"))
         for r in step.records
@@ -76,22 +96,27 @@ def test_a_bulk_step_breaks_the_guard_and_the_controller_brings_it_back(tmp_path
         return percentile(vals, 99) if len(vals) >= 20 else None
 
     seconds = [started + k for k in range(1, 80)]
-    broken = [t for t in seconds if (p := p99_at(t)) is not None and p > guard.target_ms]
-    assert broken, "the bulk step did not break the guard's SLA: the test shows nothing"
-    first = broken[0]
+    over = [t for t in seconds if (p := p99_at(t)) is not None and p > guard.target_ms]
     back = next(
-        (t for t in seconds if t > first and (p := p99_at(t)) is not None and p <= guard.target_ms), None
+        (t for t in seconds if t >= acted_at and (p := p99_at(t)) is not None and p <= guard.target_ms), None
     )
     assert back is not None, f"the guard's p99 never came back under {guard.target_ms} ms: {status}"
     print(
-        f"\nguard SLA broken {first - started:.0f} s after the bulk step, back under target {back - first:.0f} s later"
+        f"\nfirst protective step {acted_at - started:.1f} s after the bulk step "
+        f"(guard at {first['before_ratio'] or 0:.2f} of target); its clients' 5 s p99 over target in "
+        f"{len(over)} of {len(seconds)} s, back under {max(back - acted_at, 0):.0f} s after the step"
     )
-    assert back - first <= RECOVERY_BOUND_S
-    # It stays protected: over the last 20 s of the step most of the guard's requests are within
-    # target (beside a CPU hog a p99 there is a few stray requests; the starting knobs gave under 10%).
+    print("s after the step | the guard's p99 (ms), its clients / slatune | within target (clients)")
+    for k in range(0, 80, 10):
+        lo, hi = started + k, started + k + 10
+        client = [v for at, v in done if lo <= at < hi]
+        server = aggregate([w for w in windows if lo + wall <= w.end < hi + wall]).p99_ms
+        within_k = sum(v <= guard.target_ms for v in client) / max(len(client), 1)
+        print(f"{k:3d}-{k + 10:<3d} | {percentile(client, 99):7.1f} / {server or 0:7.1f} | {within_k:.3f}")
+    for a in reversed(status["last_actions"]):
+        print(f"{a['at'] - wall - started:6.1f} s {a['kind']:8} {a['rung'] or '':18} {a['reason']}")
+    assert back - acted_at <= RECOVERY_BOUND_S
+    # It stays protected: over the last 20 s of the step the guard's requests are within target.
     tail = [v for at, v in done if at >= started + 60]
     within = sum(v <= guard.target_ms for v in tail) / max(len(tail), 1)
-    assert within >= 0.9, (within, status)
-    acted = [a for a in status["last_actions"] if a["applied"] and a["kind"] in ("protect", "panic")]
-    assert acted and all(a["reason"] for a in acted)
-    assert any(a["model"] == "safety-guard" for a in acted)
+    assert within >= 0.95, (within, status)

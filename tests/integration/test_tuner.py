@@ -32,15 +32,14 @@ def tuning_spec(tmp_path: Path) -> Path:
     """The default fleet starting where the rate limiter makes the latency-critical models wait
     behind bulk work: the guard takes a compute token and chat both, and the limiter serves its
     queue head-first. The search is narrowed to the knobs that matter here, so that a short study
-    can succeed: the tokens chat and the guard take, and the bulk instance counts.
+    can succeed: the tokens chat and the guard take, the bulk instance counts and the bulk compute
+    priority.
 
-    The SLA this test is about is the guard's, at 150 ms: beside a CPU hog the start holds its p99
-    at 0.9-1.9 s, and the protective corner (no tokens for either, one instance per bulk model) at
-    17-61 ms, measured over 8 s windows. Chat's is relaxed to 1.5 s: on this CPU fleet its time to
-    first token over a short window swings between 100 and 500 ms whatever the knobs (a chat
-    request that arrives while its one instance streams waits for the next arrival or Triton's
-    500 ms batcher re-check, docs/triton.md), so no study could meet 200 ms there reliably on a
-    busy machine, and the test would judge the noise."""
+    The SLA this test is about is the guard's, at 150 ms: the start holds its p99 at 0.7-1.9 s.
+    The guard runs two instances: with one, a request that arrives while it is busy waits for the
+    next arrival or Triton's 500 ms batcher re-check (docs/triton.md), which now and then put a
+    single 8 s window of the protective corner at 440 ms and failed the study in CI. Chat's SLA is
+    relaxed to 1.5 s: the test judges the tuner, not how close this 2-core host runs to 200 ms."""
     data: dict[str, Any] = yaml.safe_load(embedded_spec_path("default").read_text())
     for m in data["models"]:
         m["bounds"] = {}
@@ -48,9 +47,14 @@ def tuning_spec(tmp_path: Path) -> Path:
             m["knobs"]["resources"] = {"compute": 2}
             m["bounds"] = {"resources": {"compute": [0, 2]}}
         elif m["name"] == "safety-guard":
+            m["knobs"]["instances"] = 2
             m["bounds"] = {"resources": {"compute": [0, 1]}}
         else:
-            m["bounds"] = {"instances": [1, 2], "resources": {"compute": [1, 1]}}
+            m["bounds"] = {
+                "instances": [1, 2],
+                "resources": {"compute": [1, 1]},
+                "compute_priority": ["default", "min"],
+            }
         if m["name"] == "safety-guard":
             m["sla"]["target_ms"] = 150
         if m["name"] == "chat-llm":
@@ -96,11 +100,11 @@ def test_a_short_study_starting_broken_ends_meeting_every_sla(
     with store.session() as session:
         versions = queries.applied_versions(session)
         recorded = session.get(queries.ConfigVersion, versions["chat-llm"].id)
-        assert recorded is not None and recorded.knobs == result.best["chat-llm"].model_dump()
+        assert recorded is not None and recorded.knobs == result.best["chat-llm"].model_dump(mode="json")
         assert recorded.actor in ("tuner", "startup")
         (run,) = session.query(TuningRun).all()
         assert run.status == "completed" and run.best is not None
-        assert run.best["knobs"] == {n: k.model_dump() for n, k in result.best.items()}
+        assert run.best["knobs"] == {n: k.model_dump(mode="json") for n, k in result.best.items()}
         assert run.best["measured"] and run.best["score"]["goodput"] > 0  # the evidence
     broken = [o for o in result.outcomes if o.score is not None and not o.score.feasible]
     assert all(0 < o.violation_s <= CONFIG.warmup_s + CONFIG.window_s + 5 for o in broken), [

@@ -55,8 +55,8 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
     steps = levels(SPEC, START, ladder())
     names = [rung for rung, _ in steps]
     # critical-first: the defaults give both latency-critical models a compute token.
-    # bulk-background: bulk compute at Triton's lowest priority, which their bounds allow.
-    assert names[:4] == [None, "critical-first", "bulk-background", "critical-instances"]
+    # then a spare guard instance, then bulk compute at the lowest priority their bounds allow
+    assert names[:4] == [None, "critical-first", "critical-instances", "bulk-background"]
     top = steps[-1][1]
     assert top["safety-guard"].resources == {} and top["chat-llm"].resources == {}
     assert top["safety-guard"].instances == 2  # the guard's bounds allow more; chat's [1, 1] do not
@@ -76,7 +76,7 @@ def test_history_reorders_the_ladder_most_effective_first() -> None:
     # bulk-instances brought the worst ratio to 0.5 of what it was, critical-first to 0.9: first.
     order = [r.name for r in ladder({"bulk-instances": 0.5, "critical-first": 0.9})]
     assert order[:2] == ["bulk-instances", "critical-first"]
-    assert order[2:] == ["bulk-background", "critical-instances", "bulk-delay"]
+    assert order[2:] == ["critical-instances", "bulk-background", "bulk-delay"]
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,18 @@ def test_plan(desired: dict[str, tuple[int, Knobs]], running: dict[str, Knobs], 
     assert plan(desired, running) == expected
 
 
+def test_plan_applies_latency_critical_models_first() -> None:
+    desired = {"chat": (1, TWO), "embeddings": (2, TWO), "guard": (3, TWO)}
+    running = {"chat": ONE, "embeddings": ONE, "guard": ONE}
+    assert [s.model for s in plan(desired, running, first=["guard", "chat"])] == [
+        "chat",
+        "guard",
+        "embeddings",
+    ]
+    # a max batch size of 0 is the model's own: nothing to apply
+    assert plan({"a": (4, ONE)}, {"a": ONE.with_values({"max_batch_size": 8})})[0].needs_apply is False
+
+
 @pytest.mark.parametrize(
     ("attempts", "expected"),
     # 1 x 2^(n-1), at most 30; retries never end, and 2.0 ** 1024 (attempt 1,025) would overflow

@@ -107,9 +107,10 @@ def test_the_protective_corner_frees_latency_critical_models_and_shrinks_bulk() 
     # chat and the guard: compute tokens [0, 2] and [0, 1] -> 0 (dropped); priority already 1
     assert knobs["chat-llm"] == k("chat-llm", resources={})
     assert knobs["safety-guard"] == k("safety-guard", resources={})
-    # bulk models: instances 2 -> their lower bound 1; their tokens unchanged
-    assert knobs["embeddings"] == k("embeddings", instances=1)
-    assert knobs["reranker"] == k("reranker", instances=1)
+    # bulk models: instances 2 -> their lower bound 1, compute priority default -> min (the
+    # highest place its bounds [default, min] allow); their tokens unchanged
+    assert knobs["embeddings"] == k("embeddings", instances=1, compute_priority="min")
+    assert knobs["reranker"] == k("reranker", instances=1, compute_priority="min")
     # out of scope, nothing moves
     only_reranker = search_space(SPEC, ["reranker"])
     start = params_from_knobs(only_reranker, START)

@@ -38,7 +38,6 @@ class _Sequence:
 
 class TritonPythonModel:
     def initialize(self, args):
-        support.honour_compute_priority(args)
         p = support.parameters(args)
         self.vocab = support.int_param(p, "vocab", 4096)
         self.max_prompt = support.int_param(p, "max_prompt_tokens", 512)
@@ -62,6 +61,8 @@ class TritonPythonModel:
         self.stopping = threading.Event()
         self.loop = threading.Thread(target=self._generate, name="inflight", daemon=True)
         self.loop.start()
+        # Last: initializing at full speed shortens a reload (the serving version runs meanwhile).
+        support.honour_compute_priority(args)
 
     def execute(self, requests):
         picked_ns = time.time_ns()
