@@ -241,11 +241,13 @@ class Controller:
                         )
                         applied = True
             st = decision.state
-            if decision.keep and st.regime is not None:
-                records.keep(session, st.regime, st.incumbent, obs.goodput, decision.kind, now)
-            elif decision.kept is not None and st.regime is not None:
-                records.keep(session, st.regime, decision.kept, obs.goodput, "held", now)
-            self._note_trial(session, decision, obs, now, tried)
+            # What held is known only where it ran: advisory configurations never did.
+            if self.mode == "on" and st.regime is not None:
+                if decision.keep:
+                    records.keep(session, st.regime, st.incumbent, obs.goodput, decision.kind, now)
+                elif decision.kept is not None:
+                    records.keep(session, st.regime, decision.kept, obs.goodput, "held", now)
+                self._note_trial(session, decision, obs, now, tried)
             action = records.add_action(
                 session, at=now, mode=self.mode, kind=decision.kind, model=decision.model, rung=decision.rung,
                 regime=st.regime, reason=decision.reason, window_start=now - self.cfg.short_s, window_end=now,

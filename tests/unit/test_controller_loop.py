@@ -144,3 +144,19 @@ def test_a_new_regime_with_nothing_known_starts_protected_then_releases_and_keep
     with store.session() as session:
         known = records.known(session)
     assert list(known) == [c.state.regime]
+
+
+def test_advisory_mode_never_keeps_a_configuration_that_did_not_run(store: Store) -> None:
+    clock = Clock()
+    c, _ = controller(store, clock, mode="advisory")
+    kinds = []
+    for _ in range(45):  # healthy: it would start protected, then release a rung after 30 s
+        write(store, clock, guard_ms=5.0)
+        a = c.tick()
+        kinds += [a.decision.kind] if a else []
+        clock.t += 1.0
+    assert "release" in kinds
+    with store.session() as session:
+        assert records.known(session) == {}  # what held ran with the spec's knobs, not these
+        assert configs.pending_knobs(session) == {}
+        assert all(not a.applied and a.mode == "advisory" for a in records.actions(session))
