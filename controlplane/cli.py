@@ -22,7 +22,7 @@ from rich.text import Text
 
 from collectors.fleet import fleet_collector
 from controlplane import startup
-from controlplane.plane import ControlPlane
+from controlplane.plane import ControlPlane, ModelSummary
 from controlplane.settings import Settings, get_settings
 from domain.slo import SloStatus
 from domain.spec import FleetSpec, Knobs, Sla, SpecError, resolve_spec
@@ -117,9 +117,14 @@ def _slo_cell(slo: SloStatus | None) -> str:
 
 
 def _knobs_cell(k: Knobs) -> str:
-    """delay us / instances / priority / resources."""
+    """delay us / instances / priority / resources, then what differs from the defaults: compute
+    priority, batch sizes, queue cap and timeout."""
     res = ",".join(f"{r}:{c}" for r, c in k.resources.items()) or "-"
-    return f"{k.max_queue_delay_us} / {k.instances} / {k.priority} / {res}"
+    extra = [f"compute {k.compute_priority}"] if k.compute_priority != "default" else []
+    extra += [f"preferred {list(k.preferred_batch_sizes)}"] if k.preferred_batch_sizes else []
+    extra += [f"cap {k.max_queue_size}"] if k.max_queue_size else []
+    extra += [f"timeout {k.queue_timeout_us // 1000} ms"] if k.queue_timeout_us else []
+    return f"{k.max_queue_delay_us} / {k.instances} / {k.priority} / {res}" + "".join(f"; {e}" for e in extra)
 
 
 def stats_table(
@@ -341,6 +346,7 @@ def summary_table(plane: ControlPlane, title: str) -> Table:
         "SLA",
         "met",
         "SLO",
+        "queued",
         "delay us / inst / prio / res",
         "last action",
     ):
@@ -351,9 +357,17 @@ def summary_table(plane: ControlPlane, title: str) -> Table:
         t.add_row(
             s.model, f"{s.request_rate:.1f}", f"{s.items_per_s:.1f}", f"{sum(s.failures.values()):g}",
             format_ms(s.sla_value_ms if s.sla else s.p99_ms), _sla_cell(s.sla), _met_cell(s.sla_met),
-            _slo_cell(s.slo), _knobs_cell(knobs[s.model]), last.get(s.model, "-"),
+            _slo_cell(s.slo), _queue_cell(s), _knobs_cell(knobs[s.model]), last.get(s.model, "-"),
         )  # fmt: skip
     return t
+
+
+def _queue_cell(s: ModelSummary) -> str:
+    """Requests waiting now; in red with how long the oldest has waited at least, when the queue
+    has not moved for a whole window."""
+    if s.oldest_waiting_s > 0:
+        return f"[red]{s.pending:g}, oldest >= {s.oldest_waiting_s:.0f} s[/red]"
+    return f"{s.pending:g}"
 
 
 def _last_actions(plane: ControlPlane) -> dict[str, str]:

@@ -9,6 +9,7 @@ API reads.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -66,6 +67,16 @@ class ModelSummary(BaseModel):
     slo: SloStatus | None = None
     """The SLO over the SLA's own rolling window up to now (not over `seconds`): the fraction of
     requests within target, the error budget and its burn rate. None for a model without an SLA."""
+    p99_beyond_buckets: bool = False
+    """The p99 is the histogram's highest finite bound (60 s), a floor: the p99 request took longer."""
+    pending: float = 0.0
+    """Requests waiting in Triton's queue now (the newest window's end)."""
+    queue_wait_ms: float | None = None
+    """How long they will wait, by Little's law over the newest window; None when nothing waits, or
+    nothing completed (then `oldest_waiting_s` says what is certain)."""
+    oldest_waiting_s: float = 0.0
+    """How long the oldest waiting request has waited at least: stuck requests show here before
+    Triton fails them, or when it never does (no queue timeout)."""
 
 
 def slas_of(rows: list[Model]) -> dict[str, Sla | None]:
@@ -218,6 +229,10 @@ class ControlPlane:
                     if sla is None or value is None
                     else value <= sla.target_ms and not sum(agg.failures.values()),
                     slo=None if sla is None else slo(loaded.get(name, []), sla, now - sla.window_s, now),
+                    p99_beyond_buckets=agg.p99_beyond_buckets,
+                    pending=agg.pending,
+                    queue_wait_ms=None if agg.queue_wait_ms in (None, math.inf) else agg.queue_wait_ms,
+                    oldest_waiting_s=agg.oldest_waiting_s,
                 )
         return out
 
@@ -258,12 +273,18 @@ class _SlaCollector(PromCollector):
             "The fraction of requests not within target over the SLA's rolling window, over 1 - objective",
             labels=["model"],
         )
+        waiting = GaugeMetricFamily(
+            "slatune_queue_oldest_waiting_seconds",
+            "How long the oldest request in the model's queue has waited at least (0: the queue moves)",
+            labels=["model"],
+        )
         try:
             summaries: Mapping[str, ModelSummary] = self.plane.summaries()
         except Exception:  # a store outage must not break /metrics
             log.exception("SLA metrics unavailable")
             return []
         for s in summaries.values():
+            waiting.add_metric([s.model], s.oldest_waiting_s)
             if s.sla is None:
                 continue
             target.add_metric([s.model], s.sla.target_ms)
@@ -277,4 +298,4 @@ class _SlaCollector(PromCollector):
                 burn.add_metric([s.model], s.slo.burn_rate)
             if s.slo is not None and s.slo.error_budget_remaining is not None:
                 budget.add_metric([s.model], s.slo.error_budget_remaining)
-        return [met, value, target, attainment, budget, burn]
+        return [met, value, target, attainment, budget, burn, waiting]

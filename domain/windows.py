@@ -219,11 +219,18 @@ class Aggregate:
     """p99_ms is the highest finite bucket bound, a floor: the p99 request took longer."""
     resets: int = 0
     spans_reconfiguration: int = 0
+    pending: float = 0.0
+    """Requests waiting at the newest window's end (Triton's gauge)."""
+    queue_wait_ms: float | None = None
+    """How long those will wait, by Little's law over the newest window (`queue_wait_ms`)."""
+    oldest_waiting_s: float = 0.0
+    """How long the oldest of them has waited at least (`stalled_queue_s`): requests stuck in the
+    queue show here before Triton fails them, or when it never does."""
 
 
 AGGREGATE_FIELDS = (
     "start end requests success failures inference_rate avg_queue_ms p50_ms p99_ms ttft_p50_ms ttft_p99_ms "
-    "latency_buckets ttft_buckets reset spans_reconfiguration"
+    "latency_buckets ttft_buckets reset spans_reconfiguration pending"
 ).split()
 """What `aggregate` reads of a window (the store loads only these columns for it)."""
 
@@ -257,6 +264,9 @@ def aggregate(rows: Sequence[Any]) -> Aggregate:
         p99_beyond_buckets=beyond_buckets(0.99, summed_buckets(r.latency_buckets for r in rows).buckets),
         resets=sum(r.reset for r in rows),
         spans_reconfiguration=sum(r.spans_reconfiguration for r in rows),
+        pending=rows[-1].pending,
+        queue_wait_ms=queue_wait_ms(rows[-1].pending, rows[-1].requests, rows[-1].end - rows[-1].start),
+        oldest_waiting_s=stalled_queue_s(rows),
     )
 
 

@@ -203,3 +203,11 @@ def test_queue_wait_by_littles_law_and_a_stalled_queues_age() -> None:
     assert stalled_queue_s(history) == pytest.approx(3.0)
     assert stalled_queue_s([*history, w(5, 1, 3)]) == 0.0  # a completion: no certainty left
     assert stalled_queue_s([w(0, 5, 0), w(1, 0, 2)]) == 0.0  # they may have come at its end
+
+
+def test_the_summary_of_windows_carries_the_queue_as_it_is_now() -> None:
+    history = [w(0, 5, 0), w(1, 5, 2), w(2, 0, 2), w(3, 0, 3), w(4, 0, 3)]
+    agg = aggregate(history)
+    assert (agg.pending, agg.queue_wait_ms, agg.oldest_waiting_s) == (3, math.inf, pytest.approx(3.0))
+    moving = aggregate([w(0, 10, 0), w(1, 10, 5)])
+    assert (moving.pending, moving.queue_wait_ms, moving.oldest_waiting_s) == (5, pytest.approx(500.0), 0.0)
