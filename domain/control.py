@@ -29,12 +29,19 @@ protective configuration known safe.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import optuna
+from optuna.distributions import IntDistribution
+
 from domain.spec import FleetSpec, Knobs, memory_problems
+
+# Ranking neighbours opens an in-memory study each time; Optuna would log each one at INFO.
+logging.getLogger("optuna.storages._in_memory").setLevel(logging.WARNING)
 
 Mode = Literal["off", "advisory", "on"]
 MODES: tuple[Mode, ...] = ("off", "advisory", "on")
@@ -458,17 +465,86 @@ def _distance(a: Mapping[str, Knobs], b: Mapping[str, Knobs]) -> int:
     return sum(a[m] != b.get(m) for m in a)
 
 
+MODEL_SAMPLES = 8
+MODEL_AFTER = 4
+"""Trials a regime needs before a model of them ranks its neighbours (Optuna's TPE, which models
+where goodput was high and the SLAs held); with fewer, the nearest-trials rule alone ranks them."""
+
+
+def _dimensions(spec: FleetSpec) -> dict[str, IntDistribution]:
+    """The bulk knobs a neighbour moves, each over its bounds: the space the model is fitted on."""
+    out = {}
+    for m in spec.models:
+        if m.role != "bulk":
+            continue
+        for knob in NEIGHBOUR_KNOBS:
+            rng = getattr(m.bounds, knob)
+            if rng is not None and rng.low < rng.high:
+                out[f"{m.name}:{knob}"] = IntDistribution(rng.low, rng.high)
+    return out
+
+
+def _point(knobs: Mapping[str, Knobs], dims: Mapping[str, IntDistribution]) -> dict[str, int] | None:
+    """A configuration as a point of the space; None when it lies outside it (e.g. a batch size
+    left to the model's own config)."""
+    out = {}
+    for name, dist in dims.items():
+        model, knob = name.rsplit(":", 1)
+        if model not in knobs:
+            return None
+        value = knobs[model].value(knob)
+        if not dist.low <= value <= dist.high:
+            return None
+        out[name] = value
+    return out
+
+
+def model_target(
+    spec: FleetSpec, incumbent: Mapping[str, Knobs], goodput: float, history: Sequence[Trial], seed: int = 0
+) -> dict[str, float] | None:
+    """Where the regime's history says to go next: Optuna's TPE sampler, told every trial of the
+    regime (and the incumbent) with its bulk goodput as the value and whether it held every SLA as
+    a constraint, asked for a few points (their mean). It is a direction, never applied: the neighbour nearest to
+    it is tried (`rank_neighbours`), one step from a configuration known safe. None with fewer than
+    `MODEL_AFTER` trials."""
+    dims = _dimensions(spec)
+    if len(history) < MODEL_AFTER or not dims:
+        return None
+    storage = optuna.storages.InMemoryStorage()  # in memory, quietly: no study is kept or logged
+    storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "neighbours")
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=MODEL_AFTER, constant_liar=False)
+    study = optuna.Study("neighbours", storage, sampler=sampler)
+    for t in (*history, Trial(incumbent, True, goodput)):
+        point = _point(t.knobs, dims)
+        if point is not None:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=point, distributions=dict(dims), value=t.goodput,
+                    constraints={"sla": -1.0 if t.safe else 1.0},
+                )
+            )  # fmt: skip
+    # One sample of where goodput was high and the SLAs held is noisy on a short history: the
+    # mean of a few is the direction.
+    asked = [study.ask(dict(dims)).params for _ in range(MODEL_SAMPLES)]
+    return {n: sum(a[n] for a in asked) / len(asked) for n in dims}
+
+
 def rank_neighbours(
     spec: FleetSpec,
     incumbent: Mapping[str, Knobs],
     history: Sequence[Trial],
     tabu: Mapping[str, float],
     now: float,
+    goodput: float = 0.0,
 ) -> list[tuple[str, dict[str, Knobs]]]:
-    """The incumbent's neighbours, best first, by what the regime's trials say: one tried before
-    ranks by its outcome (unsafe ones are dropped), an untried one by its nearest tried
-    configurations (the share of them that held, then their bulk work); untried with no history
-    nearby keeps the order of `neighbours`. Tabu neighbours are left out."""
+    """The incumbent's neighbours, best first, by what the regime's trials say. Tabu neighbours
+    and those that broke an SLA here before are left out. With `MODEL_AFTER` trials or more, the
+    neighbour nearest to the model's target (`model_target`) goes first. Otherwise, and among
+    equally near ones: one tried before ranks by its bulk work, an untried one by its nearest
+    tried configurations (the share of them that held, then their bulk work), untried with no
+    history nearby in the order of `neighbours`."""
+    dims = _dimensions(spec)
+    target = model_target(spec, incumbent, goodput, history, seed=len(history))
     tried = {fingerprint(t.knobs): t for t in history}
     scored = []
     for i, (what, knobs) in enumerate(neighbours(spec, incumbent)):
@@ -483,9 +559,16 @@ def rank_neighbours(
             continue
         near = [t for t in history if _distance(knobs, t.knobs) <= 1]
         safe_share = sum(t.safe for t in near) / len(near) if near else 0.5
-        goodput = max((t.goodput for t in near if t.safe), default=0.0)
-        scored.append(((safe_share, goodput, -i), what, knobs))
+        packed = max((t.goodput for t in near if t.safe), default=0.0)
+        scored.append(((safe_share, packed, -i), what, knobs))
     scored.sort(key=lambda s: s[0], reverse=True)
+    if target is not None:
+
+        def far(knobs: Mapping[str, Knobs]) -> float:
+            point = _point(knobs, dims) or {}
+            return sum(abs(point.get(n, d.low) - target[n]) / (d.high - d.low) for n, d in dims.items())
+
+        scored.sort(key=lambda s: far(s[2]))  # stable: the rule above breaks ties
     return [(what, knobs) for _, what, knobs in scored]
 
 
@@ -649,7 +732,7 @@ def decide(
         and now - headroom_since >= cfg.explore_calm_s
         and now - state.last_step_at >= cfg.explore_calm_s
     ):
-        ranked = rank_neighbours(spec, state.incumbent, obs.history, state.tabu, now)
+        ranked = rank_neighbours(spec, state.incumbent, obs.history, state.tabu, now, obs.goodput)
         if ranked:
             what, knobs = ranked[0]
             cand = Candidate(knobs, what, now + cfg.warmup_s, obs.goodput)

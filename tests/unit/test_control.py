@@ -20,6 +20,7 @@ from domain.control import (
     fingerprint,
     ladder,
     levels,
+    model_target,
     neighbours,
     rank_neighbours,
     regime_key,
@@ -276,3 +277,30 @@ def test_readings_ratio() -> None:
     assert Reading("m", 20.0, None).ratio == 0.0
     assert Reading("m", 20.0, 1.0, failures=1).ratio == math.inf
     assert Knobs() == Knobs()
+
+
+def test_with_enough_history_a_model_of_it_picks_the_neighbour() -> None:
+    # As the fleet runs them: the built-ins' own batch sizes (the spec leaves them at 0).
+    incumbent = levels(SPEC, START, ladder())[-1][1]
+    incumbent |= {
+        m: incumbent[m].with_values({"max_batch_size": b}) for m, b in (("embeddings", 64), ("reranker", 32))
+    }
+    emb = incumbent["embeddings"]
+    # The regime's history: more embeddings instances packed more and held; the embeddings at
+    # default compute priority broke the guard; longer reranker delays held and packed less.
+    history = tuple(
+        [Trial({**incumbent, "embeddings": emb.with_values({"instances": n})}, True, 80.0 + 10 * n) for n in (2, 3, 4)]
+        + [Trial({**incumbent, "embeddings": emb.with_values({"compute_priority": "default"})}, False, 0.0)]
+        + [Trial({**incumbent, "reranker": incumbent["reranker"].with_values({"max_queue_delay_us": d})}, True, 60.0)
+           for d in (25_000, 30_000)]
+    )  # fmt: skip
+    target = model_target(SPEC, incumbent, 75.0, history, seed=len(history))
+    assert target is not None and target["embeddings:instances"] > 1.5  # towards more instances
+    ranked = rank_neighbours(SPEC, incumbent, history, {}, 0.0, 75.0)
+    assert ranked[0][0] == "embeddings instances 1 -> 2"
+    assert "embeddings compute_priority min -> default" not in [w for w, _ in ranked]  # it broke an SLA
+    assert ranked == rank_neighbours(
+        SPEC, incumbent, history, {}, 0.0, 75.0
+    )  # the same history, the same order
+    # Too little history: no model, the nearest-trials rule alone.
+    assert model_target(SPEC, incumbent, 75.0, history[:3]) is None
