@@ -182,7 +182,7 @@ class Controller:
             return action
 
     def observe(self, now: float) -> Observation:
-        horizon = max(self.cfg.trial_s, REGIME_WINDOW_S, self.cfg.short_s)
+        horizon = max(self.cfg.trial_s, REGIME_WINDOW_S, self.cfg.short_s, self.cfg.release_after_s)
         slas = self.slas()
         with self.store.session() as session:
             recent = queries.recent_windows(session, now - horizon)
@@ -196,10 +196,13 @@ class Controller:
             sla = slas.get(m.name)
             if m.role != "latency-critical" or sla is None:
                 continue
-            agg = aggregate([r for r in recent.get(m.name, []) if r.end >= now - self.cfg.short_s])
+            rows = recent.get(m.name, [])
+            agg = aggregate([r for r in rows if r.end >= now - self.cfg.short_s])
+            calm = aggregate([r for r in rows if r.end >= now - self.cfg.release_after_s])
             readings[m.name] = Reading(
                 m.name, sla.target_ms, sla.value_of(p99_ms=agg.p99_ms, ttft_p99_ms=agg.ttft_p99_ms),
                 pending.get(m.name, 0.0), sum(agg.failures.values()),
+                settled_ms=sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms),
             )  # fmt: skip
         rate, inflight = {}, {}
         for name, rows in recent.items():

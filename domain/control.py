@@ -64,14 +64,17 @@ class ControlConfig:
     step_cooldown_s: float = 5.0
     """After a change is applied, before the next protective step: a reload's CPU settles and the
     step shows in the windows."""
-    release_below: float = 0.6
+    release_below: float = 0.75
     release_after_s: float = 30.0
-    """Every latency-critical model under `release_below` of its target this long releases a rung."""
+    """No reading at risk for this long, and every latency-critical model's SLA figure over it under
+    `release_below` of its target, releases a rung (hysteresis: protect at 85% of a 3 s figure,
+    release under 75% of a 30 s one)."""
     floor_watch_s: float = 30.0
     """A breach this soon after a release makes the rung below the regime's floor."""
     explore_below: float = 0.7
     explore_calm_s: float = 30.0
-    """Headroom this long, and this long since any step, before a neighbour is tried."""
+    """No reading at risk this long, this long since any step, and every SLA figure over the release
+    window under `explore_below` of its target, before a neighbour is tried."""
     trial_s: float = 20.0
     warmup_s: float = 4.0
     """The first seconds of a trial are not scored (the reload, the queues adjusting)."""
@@ -95,6 +98,10 @@ class Reading:
     """The SLA's figure (TTFT or latency p99); None without traffic."""
     pending: float = 0.0
     failures: float = 0.0
+    settled_ms: float | None = None
+    """The SLA's figure over the release window (`release_after_s`): the steadier view releases and
+    exploration wait for (a 3 s p99 of a few dozen requests is their slowest one). None: the short
+    figure stands for it."""
 
     @property
     def ratio(self) -> float:
@@ -102,6 +109,10 @@ class Reading:
         if self.failures > 0:
             return math.inf
         return 0.0 if self.value_ms is None else self.value_ms / self.target_ms
+
+    @property
+    def settled_ratio(self) -> float:
+        return self.ratio if self.settled_ms is None else self.settled_ms / self.target_ms
 
 
 @dataclass(frozen=True)
@@ -156,7 +167,7 @@ class State:
     last_step_at: float = -math.inf
     released_at: float = -math.inf
     calm_since: float | None = None
-    headroom_since: float | None = None
+    """Since when no latency-critical reading has been at risk."""
     seen_regime: str | None = None
     seen_since: float = 0.0
     candidate: Candidate | None = None
@@ -189,6 +200,9 @@ class Rung:
     name: str
     apply: Callable[[FleetSpec, Mapping[str, Knobs]], dict[str, Knobs]]
     describe: str
+    costs_bulk: bool = True
+    """It takes bulk work away (fewer instances, a queue cap, longer delays); the rungs that do not
+    are where a controller that knows nothing safe yet starts."""
 
 
 def _each(
@@ -249,12 +263,19 @@ RUNGS: tuple[Rung, ...] = (
         "critical-first",
         _critical_first,
         "no model waits at the rate limiter (tokens dropped where the bounds allow), latency-critical ones at top priority",
+        costs_bulk=False,
     ),
-    Rung("critical-instances", _critical_instances, "a spare instance for latency-critical models"),
+    Rung(
+        "critical-instances",
+        _critical_instances,
+        "a spare instance for latency-critical models",
+        costs_bulk=False,
+    ),
     Rung(
         "bulk-background",
         _bulk("compute_priority", lambda r, v: max(v, r.high)),
         "bulk compute at the lowest priority its bounds allow (it fills what latency-critical models leave)",
+        costs_bulk=False,
     ),
     Rung(
         "bulk-delay",
@@ -312,6 +333,16 @@ def levels(
         if nxt != out[-1][1] and not memory_problems(spec, nxt):
             out.append((rung.name, nxt))
     return out
+
+
+def free_level(steps: Sequence[tuple[str | None, Mapping[str, Knobs]]], rungs: Sequence[Rung]) -> int:
+    """The highest level reached by rungs that cost no bulk work alone (from the bottom): where a
+    controller that knows nothing safe starts. The top when no rung is free: protected first."""
+    costly = {r.name for r in rungs if r.costs_bulk}
+    level = 0
+    while level + 1 < len(steps) and steps[level + 1][0] not in costly:
+        level += 1
+    return level or len(steps) - 1
 
 
 # --------------------------------------------------------------------------- regimes
@@ -592,7 +623,9 @@ def decide(
     at_risk = bool(risky) or obs.alert is not None
     why = _why(worst, obs.alert)
 
-    # A controller that knows nothing safe yet starts protected, before traffic can find it out.
+    # A controller that knows nothing safe yet starts protected, before traffic can find it out:
+    # every rung that costs no bulk work; the fast loop takes the others if it must.
+    start = free_level(steps, rungs)
     if (
         state.regime is None
         and state.level == 0
@@ -600,10 +633,10 @@ def decide(
         and top > 0
         and state.last_step_at == -math.inf
     ):
-        new = replace(state, level=top, last_step_at=now)
+        new = replace(state, level=start, last_step_at=now)
         return Decision(
-            "regime", new, steps[top][1], known_safe=True, rung=steps[top][0],
-            reason="starting with nothing known safe: every protective step, released as the SLAs allow",
+            "regime", new, steps[start][1], known_safe=True, rung=steps[start][0],
+            reason="starting with nothing known safe: every protective step that costs no bulk work",
         )  # fmt: skip
 
     # A new regime, held long enough: its incumbent if known, else the most protective known safe.
@@ -616,29 +649,27 @@ def decide(
         known = obs.known.get(state.seen_regime)
         if known is None and obs.known and state.level > 0:
             # A new regime never lowers the protection that runs: it starts from there.
-            new = replace(state, regime=state.seen_regime, calm_since=None, headroom_since=None)
+            new = replace(state, regime=state.seen_regime, calm_since=None)
             return Decision(
                 "regime", new,
                 reason=f"regime {state.seen_regime}: new; keeping the {state.level} protective rungs that run",
             )  # fmt: skip
-        start = known or most_protective(obs.known)
-        new = replace(
-            state, regime=state.seen_regime, level=0, calm_since=None, headroom_since=None, last_step_at=now
-        )
-        if start is None:  # nothing known safe anywhere yet: the top of the ladder, released from there
-            new = replace(new, level=top)
+        safe = known or most_protective(obs.known)
+        new = replace(state, regime=state.seen_regime, level=0, calm_since=None, last_step_at=now)
+        if safe is None:  # nothing known safe anywhere yet: the free rungs, as at the start
+            new = replace(new, level=max(start, state.level))
             return Decision(
-                "regime", new, steps[top][1], known_safe=True, rung=steps[top][0],
-                reason=f"regime {state.seen_regime}: new, and nothing known safe yet: every protective step",
+                "regime", new, steps[new.level][1], known_safe=True, rung=steps[new.level][0],
+                reason=f"regime {state.seen_regime}: new, and nothing known safe yet: every protective step that costs no bulk work",
             )  # fmt: skip
-        new = replace(new, incumbent=dict(start.knobs), incumbent_goodput=start.goodput)
+        new = replace(new, incumbent=dict(safe.knobs), incumbent_goodput=safe.goodput)
         seen = "seen before: its incumbent" if known else "new: the most protective configuration known safe"
         return Decision(
-            "regime", new, dict(start.knobs), known_safe=True, reason=f"regime {state.seen_regime} ({seen})"
+            "regime", new, dict(safe.knobs), known_safe=True, reason=f"regime {state.seen_regime} ({seen})"
         )
 
     if at_risk:
-        state = replace(state, calm_since=None, headroom_since=None)
+        state = replace(state, calm_since=None)
         if state.candidate is not None:  # abandon within the tick: the incumbent comes back
             c = state.candidate
             tabu = {**state.tabu, fingerprint(c.knobs): now + cfg.tabu_s}
@@ -661,16 +692,16 @@ def decide(
             )  # fmt: skip
         # Even a panic waits for the last step to settle: a reload costs CPU for a few seconds,
         # and a breach it causes is no reason for another reload.
-        settled = now - state.last_step_at >= cfg.step_cooldown_s
+        cooled = now - state.last_step_at >= cfg.step_cooldown_s
         panic = worst is not None and worst.ratio >= cfg.panic_at
-        if panic and state.level < top and settled:
+        if panic and state.level < top and cooled:
             rung, knobs = steps[top]
             new = replace(state, level=top, last_step_at=now)
             return Decision(
                 "panic", new, knobs, known_safe=True, model=_model(worst), rung=rung,
                 reason=f"{why}: every protective step at once",
             )  # fmt: skip
-        if state.level < top and settled:
+        if state.level < top and cooled:
             rung, knobs = steps[state.level + 1]
             new = replace(state, level=state.level + 1, last_step_at=now)
             desc = next(r.describe for r in rungs if r.name == rung)
@@ -679,19 +710,16 @@ def decide(
             "hold", state, model=_model(worst), reason=f"{why}: waiting for the last step to show"
         )
 
-    ratio = 0.0 if worst is None else worst.ratio
-    calm_since = state.calm_since if ratio < cfg.release_below else None
-    calm_since = now if calm_since is None and ratio < cfg.release_below else calm_since
-    headroom_since = state.headroom_since if ratio < cfg.explore_below else None
-    headroom_since = now if headroom_since is None and ratio < cfg.explore_below else headroom_since
-    state = replace(state, calm_since=calm_since, headroom_since=headroom_since)
+    settled = max((r.settled_ratio for r in obs.readings.values()), default=0.0)
+    calm_since = now if state.calm_since is None else state.calm_since
+    state = replace(state, calm_since=calm_since)
 
     if state.candidate is not None:
         c = state.candidate
         if now - c.started_at < cfg.trial_s:
             return Decision("hold", state, reason=f"trying {c.what}")
         fp = fingerprint(c.knobs)
-        if obs.goodput >= c.baseline_goodput * (1 + cfg.adopt_gain) and ratio < cfg.explore_below:
+        if obs.goodput >= c.baseline_goodput * (1 + cfg.adopt_gain) and settled < cfg.explore_below:
             new = replace(
                 state,
                 incumbent=dict(c.knobs),
@@ -711,9 +739,9 @@ def decide(
 
     if (
         state.level > 0
-        and calm_since is not None
         and now - calm_since >= cfg.release_after_s
         and now - state.last_step_at >= cfg.release_after_s
+        and settled < cfg.release_below
     ):
         rung, _ = steps[state.level]
         _, knobs = steps[state.level - 1]
@@ -722,15 +750,15 @@ def decide(
         kept = steps[state.level][1] if state.regime is not None and state.regime not in obs.known else None
         return Decision(
             "release", new, knobs, known_safe=True, rung=rung, kept=kept,
-            reason=f"every SLA under {cfg.release_below:.0%} of target for {cfg.release_after_s:.0f} s: {rung} released",
+            reason=f"every SLA under {cfg.release_below:.0%} of target over {cfg.release_after_s:.0f} s, none at risk: {rung} released",
         )  # fmt: skip
 
     if (
         state.level == 0
         and state.regime is not None
-        and headroom_since is not None
-        and now - headroom_since >= cfg.explore_calm_s
+        and now - calm_since >= cfg.explore_calm_s
         and now - state.last_step_at >= cfg.explore_calm_s
+        and settled < cfg.explore_below
     ):
         ranked = rank_neighbours(spec, state.incumbent, obs.history, state.tabu, now, obs.goodput)
         if ranked:

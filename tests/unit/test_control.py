@@ -18,6 +18,7 @@ from domain.control import (
     Trial,
     decide,
     fingerprint,
+    free_level,
     ladder,
     levels,
     model_target,
@@ -132,12 +133,12 @@ def test_an_alert_is_a_breach() -> None:
 @pytest.mark.parametrize(
     ("chat", "calm_since", "last_step_at", "kind"),
     [
-        # 100 / 200 = 0.5 < 0.6 for 30 s, last step 30 s ago: release one rung
+        # 100 / 200 = 0.5 < 0.75 over 30 s, none at risk, last step 30 s ago: release one rung
         (100.0, 70.0, 70.0, "release"),
         # calm only 10 s: hold
         (100.0, 90.0, 70.0, "hold"),
-        # 0.65 is under protect_at but over release_below (hysteresis): never released
-        (130.0, 50.0, 50.0, "hold"),
+        # 0.8 is under protect_at but over release_below (hysteresis): never released
+        (160.0, 50.0, 50.0, "hold"),
         # calm 30 s but the last step was 5 s ago: hold
         (100.0, 70.0, 95.0, "hold"),
     ],
@@ -239,7 +240,7 @@ def test_ranking_uses_the_regimes_history_and_drops_what_failed() -> None:
 
 
 def test_explores_only_with_headroom_and_abandons_on_the_first_bad_window() -> None:
-    calm = settled(headroom_since=0.0, calm_since=0.0)
+    calm = settled(calm_since=0.0)
     assert decide(SPEC, obs(150.0), calm, 100.0, CFG).kind == "hold"  # 0.75: no headroom to explore
     d = decide(SPEC, obs(100.0, 5.0), calm, 100.0, CFG)
     assert d.kind == "explore" and d.state.candidate is not None and not d.known_safe
@@ -252,7 +253,7 @@ def test_explores_only_with_headroom_and_abandons_on_the_first_bad_window() -> N
 
 @pytest.mark.parametrize(("goodput", "kind"), [(90.0, "adopt"), (82.0, "reject")])
 def test_a_trial_is_adopted_only_for_a_real_gain(goodput: float, kind: str) -> None:
-    explore = decide(SPEC, obs(100.0, 5.0, goodput=80.0), settled(headroom_since=0.0), 100.0, CFG)
+    explore = decide(SPEC, obs(100.0, 5.0, goodput=80.0), settled(calm_since=0.0), 100.0, CFG)
     assert explore.kind == "explore"
     end = 100.0 + CFG.warmup_s + CFG.trial_s
     d = decide(SPEC, obs(100.0, 5.0, goodput=goodput), explore.state, end, CFG)
@@ -267,9 +268,31 @@ def test_a_trial_is_adopted_only_for_a_real_gain(goodput: float, kind: str) -> N
 def test_knowing_nothing_safe_it_starts_protected() -> None:
     fresh = State(incumbent=START)
     d = decide(SPEC, obs(regime=None), fresh, 100.0, CFG)
-    assert d.kind == "regime" and d.known_safe and d.target == levels(SPEC, START, ladder())[-1][1]
+    # The rungs that cost no bulk work: off the tokens, a spare guard instance, bulk in the background.
+    steps = levels(SPEC, START, ladder())
+    assert free_level(steps, ladder()) == 3 and d.state.level == 3
+    assert d.kind == "regime" and d.known_safe and d.target == steps[3][1]
     known = {"a": Known(START, 80.0)}
     assert decide(SPEC, obs(regime=None, known=known), fresh, 100.0, CFG).kind == "hold"
+
+
+def test_releases_and_exploring_read_the_settled_figure() -> None:
+    # The guard's 3 s p99 at 10 ms (0.5) but 16 ms over 30 s (0.8 >= 0.75): not released...
+    noisy = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
+                         "safety-guard": Reading("safety-guard", 20.0, 10.0, settled_ms=16.0)}, REGIME, 80.0)  # fmt: skip
+    assert (
+        decide(SPEC, noisy, settled(level=3, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind == "hold"
+    )
+    # ...and a 3 s p99 at 16 ms (0.8, not at risk) with 10 ms over 30 s (0.5) is.
+    steady = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
+                          "safety-guard": Reading("safety-guard", 20.0, 16.0, settled_ms=10.0)}, REGIME, 80.0)  # fmt: skip
+    assert (
+        decide(SPEC, steady, settled(level=3, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind
+        == "release"
+    )
+    assert (
+        decide(SPEC, noisy, settled(calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind == "hold"
+    )  # no exploring
 
 
 def test_readings_ratio() -> None:

@@ -72,9 +72,11 @@ def test_knowing_nothing_safe_it_starts_protected_through_the_proposal_path(stor
     with store.session() as session:
         pending = configs.pending_knobs(session)
         journal = records.actions(session)
-    # Every protective step at once: nobody on the rate limiter's tokens, bulk at one instance.
-    assert pending["embeddings"].instances == 1 and pending["embeddings"].resources == {}
+    # Every protective step that costs no bulk work: nobody on the rate limiter's tokens, a spare
+    # guard instance, bulk compute at the lowest priority; bulk keeps its instances.
+    assert pending["embeddings"].resources == {} and pending["embeddings"].compute_priority == "min"
     assert pending["safety-guard"].resources == {} and pending["safety-guard"].instances == 2
+    assert "embeddings" in pending and pending["embeddings"].instances == 2
     assert [a.kind for a in journal] == ["regime"] and "nothing known safe" in journal[0].reason
 
 
@@ -104,7 +106,11 @@ def test_advisory_mode_journals_what_it_would_do_and_changes_nothing(store: Stor
     with store.session() as session:
         assert configs.pending_knobs(session) == {}
         (entry,) = records.actions(session)
-    assert entry.mode == "advisory" and not entry.applied and entry.changes["embeddings"]["instances"] == 1
+    assert (
+        entry.mode == "advisory"
+        and not entry.applied
+        and entry.changes["embeddings"]["compute_priority"] == "min"
+    )
 
 
 @pytest.mark.parametrize(("mode", "busy"), [("off", None), ("on", "tuning run 3")])
