@@ -262,7 +262,11 @@ def figures(run: Run, spec: FleetSpec, phases: list[Phase]) -> dict[str, Any]:
         "exploring_s": sum(b - a for a, b in run.exploring),
         "bulk_goodput": sum(r.items for r in run.records if r.model in bulk and r.error is None) / total_s,
         "phases": per_phase,
+        "missed_at": {m: [round(r.started + r.latency - t0, 1) for r in run.records
+                          if r.model == m and value_ms(r, spec) > (spec.model(m).sla.target_ms or 0)]  # type: ignore[union-attr]
+                      for m in crit},
         "actions": len(run.actions),
+        "journal": [{**a, "at": round(a["at"] - t0, 1)} for a in run.actions],
         "actions_by_kind": {k: sum(a["kind"] == k for a in run.actions) for k in sorted({a["kind"] for a in run.actions})},
     }  # fmt: skip
 

@@ -200,7 +200,7 @@ class Controller:
             agg = aggregate([r for r in rows if r.end >= now - self.cfg.short_s])
             calm = aggregate([r for r in rows if r.end >= now - self.cfg.release_after_s])
             readings[m.name] = Reading(
-                m.name, sla.target_ms, sla.value_of(p99_ms=agg.p99_ms, ttft_p99_ms=agg.ttft_p99_ms),
+                m.name, sla.target_ms, sla.value_of(p99_ms=agg.p95_ms, ttft_p99_ms=agg.ttft_p95_ms),
                 pending.get(m.name, 0.0), sum(agg.failures.values()),
                 settled_ms=sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms),
             )  # fmt: skip
@@ -208,9 +208,10 @@ class Controller:
         for name, rows in recent.items():
             agg = aggregate([r for r in rows if r.end >= now - REGIME_WINDOW_S])
             rate[name] = agg.request_rate
-            # Little's law over the requests served: a client's backlog, whatever the knobs.
+            # Little's law over the requests served (their mean time in the server): a client's
+            # backlog, whatever the knobs.
             served = agg.success / agg.seconds if agg.seconds > 0 else 0.0
-            inflight[name] = served * (agg.p50_ms or 0.0) / 1000.0
+            inflight[name] = served * (agg.avg_request_ms or agg.p50_ms or 0.0) / 1000.0
         bulk = [m.name for m in self.spec.models if m.role == "bulk"]
         goodput = sum(
             aggregate([r for r in recent.get(name, []) if r.end >= now - self.cfg.trial_s]).inference_rate

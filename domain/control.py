@@ -95,12 +95,14 @@ class Reading:
     model: str
     target_ms: float
     value_ms: float | None
-    """The SLA's figure (TTFT or latency p99); None without traffic."""
+    """The fast figure: the SLA metric's (TTFT or latency) p95 over the short window; None without
+    traffic. Not its p99: over 3 s, a few dozen requests, a p99 is their slowest one, and one
+    slow request is no reason for a protective step; many are."""
     pending: float = 0.0
     failures: float = 0.0
     settled_ms: float | None = None
-    """The SLA's figure over the release window (`release_after_s`): the steadier view releases and
-    exploration wait for (a 3 s p99 of a few dozen requests is their slowest one). None: the short
+    """The SLA's own figure (the p99) over the release window (`release_after_s`): a breach of it
+    is at risk too, and releases and exploration wait for it to have headroom. None: the fast
     figure stands for it."""
 
     @property
@@ -618,8 +620,11 @@ def decide(
         state = replace(state, last_step_at=max(state.last_step_at, now))
     steps = levels(spec, state.incumbent, rungs)
     top = len(steps) - 1
-    risky = [r for r in obs.readings.values() if r.ratio >= cfg.protect_at or r.pending >= cfg.pending_at]
-    worst = max(risky or obs.readings.values(), key=lambda r: r.ratio, default=None)
+    risky = [
+        r for r in obs.readings.values()
+        if r.ratio >= cfg.protect_at or r.settled_ratio >= 1.0 or r.pending >= cfg.pending_at
+    ]  # fmt: skip
+    worst = max(risky or obs.readings.values(), key=lambda r: max(r.ratio, r.settled_ratio), default=None)
     at_risk = bool(risky) or obs.alert is not None
     why = _why(worst, obs.alert)
 
@@ -792,4 +797,5 @@ def _why(worst: Reading | None, alert: str | None) -> str:
     if worst.failures > 0:
         return f"{worst.model}: {worst.failures:g} failed requests"
     value = "-" if worst.value_ms is None else f"{worst.value_ms:.0f} ms"
-    return f"{worst.model} at {value} of {worst.target_ms:.0f} ms, {worst.pending:g} pending"
+    settled = "" if worst.settled_ms is None else f", p99 over 30 s {worst.settled_ms:.0f} ms"
+    return f"{worst.model} at {value} (p95, 3 s{settled}) of {worst.target_ms:.0f} ms, {worst.pending:g} pending"

@@ -209,11 +209,16 @@ class Aggregate:
     request_rate: float = 0.0
     inference_rate: float = 0.0
     avg_queue_ms: float | None = None
+    avg_request_ms: float | None = None
+    """Triton's mean time in the server per successful request (what Little's law wants)."""
     p50_ms: float | None = None
     p99_ms: float | None = None
     """Over all the windows: exact from their summed histograms where they have them, else the
     worst window's (Triton's summary)."""
+    p95_ms: float | None = None
+    """From the histograms; the p99 where there are none (a summary has no p95)."""
     ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
     ttft_p99_ms: float | None = None
     p99_beyond_buckets: bool = False
     """p99_ms is the highest finite bucket bound, a floor: the p99 request took longer."""
@@ -229,8 +234,8 @@ class Aggregate:
 
 
 AGGREGATE_FIELDS = (
-    "start end requests success failures inference_rate avg_queue_ms p50_ms p99_ms ttft_p50_ms ttft_p99_ms "
-    "latency_buckets ttft_buckets reset spans_reconfiguration pending"
+    "start end requests success failures inference_rate avg_queue_ms avg_request_ms p50_ms p99_ms ttft_p50_ms "
+    "ttft_p99_ms latency_buckets ttft_buckets reset spans_reconfiguration pending"
 ).split()
 """What `aggregate` reads of a window (the store loads only these columns for it)."""
 
@@ -246,6 +251,7 @@ def aggregate(rows: Sequence[Any]) -> Aggregate:
             failures[k] = failures.get(k, 0.0) + v
     success = sum(r.success for r in rows)
     queue = [(r.avg_queue_ms, r.success) for r in rows if r.avg_queue_ms is not None and r.success > 0]
+    request = [(r.avg_request_ms, r.success) for r in rows if r.avg_request_ms is not None and r.success > 0]
     return Aggregate(
         windows=len(rows),
         seconds=seconds,
@@ -257,9 +263,12 @@ def aggregate(rows: Sequence[Any]) -> Aggregate:
         if seconds > 0
         else 0.0,
         avg_queue_ms=sum(q * n for q, n in queue) / sum(n for _, n in queue) if queue else None,
+        avg_request_ms=sum(q * n for q, n in request) / sum(n for _, n in request) if request else None,
         p50_ms=_quantile(0.5, rows, "latency_buckets", "p50_ms"),
+        p95_ms=_quantile(0.95, rows, "latency_buckets", "p99_ms"),
         p99_ms=_quantile(0.99, rows, "latency_buckets", "p99_ms"),
         ttft_p50_ms=_quantile(0.5, rows, "ttft_buckets", "ttft_p50_ms"),
+        ttft_p95_ms=_quantile(0.95, rows, "ttft_buckets", "ttft_p99_ms"),
         ttft_p99_ms=_quantile(0.99, rows, "ttft_buckets", "ttft_p99_ms"),
         p99_beyond_buckets=beyond_buckets(0.99, summed_buckets(r.latency_buckets for r in rows).buckets),
         resets=sum(r.reset for r in rows),

@@ -327,3 +327,17 @@ def test_with_enough_history_a_model_of_it_picks_the_neighbour() -> None:
     )  # the same history, the same order
     # Too little history: no model, the nearest-trials rule alone.
     assert model_target(SPEC, incumbent, 75.0, history[:3]) is None
+
+
+@pytest.mark.parametrize(
+    ("fast", "settled_p99", "kind"),
+    [
+        (10.0, 16.0, "hold"),  # p95 over 3 s at 0.5, p99 over 30 s at 0.8: one slow request is no risk
+        (10.0, 21.0, "protect"),  # but the SLA's own p99 over 30 s broken is
+        (18.0, 12.0, "protect"),  # and so is the 3 s p95 at 0.9: many requests slowed down at once
+    ],
+)
+def test_at_risk_on_the_fast_p95_or_the_settled_p99(fast: float, settled_p99: float, kind: str) -> None:
+    o = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
+                     "safety-guard": Reading("safety-guard", 20.0, fast, settled_ms=settled_p99)}, REGIME, 80.0)  # fmt: skip
+    assert decide(SPEC, o, settled(last_step_at=0.0), 100.0, CFG).kind == kind

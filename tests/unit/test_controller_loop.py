@@ -94,7 +94,7 @@ def test_a_broken_guard_sla_is_protected_at_once(store: Store) -> None:
         (journal,) = records.actions(session)
     assert pending["embeddings"].resources == {} and pending["safety-guard"].instances == 2
     assert journal.kind == "panic" and journal.applied and journal.before_ratio == 2.0
-    assert "safety-guard at 40 ms of 20 ms" in journal.reason
+    assert "safety-guard at 40 ms (p95, 3 s" in journal.reason
 
 
 def test_advisory_mode_journals_what_it_would_do_and_changes_nothing(store: Store) -> None:
