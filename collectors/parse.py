@@ -123,6 +123,12 @@ def parse(text: str) -> Scrape:
     return Scrape(dict(models), devices)
 
 
+def _finite(name: str, labels: dict[str, str], value: float) -> float:
+    if not math.isfinite(value):
+        raise ParseError(f"{_sample(name, labels)} is {value}: a gauge is finite", "bad_value")
+    return value
+
+
 def _count(name: str, labels: dict[str, str], value: float) -> float:
     """A counter's (or a histogram's) value, refused unless finite and not negative: NaN would
     reach the store as NULL, infinity as an infinite rate, a negative value as a false reset."""
@@ -144,7 +150,10 @@ def _model_sample(m: ModelSample, name: str, labels: dict[str, str], value: floa
         reason = labels.get("reason", "OTHER")
         m.failures[reason] = m.failures.get(reason, 0.0) + _count(name, labels, value)
     elif name == "nv_inference_pending_request_count":
-        m.pending += _count(name, labels, value)
+        # A gauge, and Triton 2.51's can fall below zero (seen at -1 for a bulk model under load,
+        # docs/triton.md): that is its bookkeeping, not a hostile page, so it reads as nothing
+        # waiting instead of blinding the whole server. NaN and infinity are still refused.
+        m.pending += max(_finite(name, labels, value), 0.0)
     elif name in SUMMARIES and "quantile" in labels:
         if not math.isnan(value):  # NaN: no observation in the summary's age window, left out
             if math.isinf(value) or value < 0:

@@ -53,7 +53,10 @@ def histogram_quantile(q: float, h: Histogram) -> float | None:
 def beyond_buckets(q: float, buckets: Mapping[Any, float] | None) -> bool:
     """Whether the q-quantile of these buckets (floats or their JSON spelling) lies past the
     highest finite bound, so that `histogram_quantile` reports that bound as a floor."""
-    h = summed_buckets([buckets])
+    return _beyond(q, summed_buckets([buckets]))
+
+
+def _beyond(q: float, h: Histogram) -> bool:
     finite = [le for le in h.buckets if not math.isinf(le)]
     if h.count <= 0 or not finite:
         return h.count > 0
@@ -252,6 +255,8 @@ def aggregate(rows: Sequence[Any]) -> Aggregate:
     success = sum(r.success for r in rows)
     queue = [(r.avg_queue_ms, r.success) for r in rows if r.avg_queue_ms is not None and r.success > 0]
     request = [(r.avg_request_ms, r.success) for r in rows if r.avg_request_ms is not None and r.success > 0]
+    latency = summed_buckets(r.latency_buckets for r in rows)
+    ttft = summed_buckets(r.ttft_buckets for r in rows)
     return Aggregate(
         windows=len(rows),
         seconds=seconds,
@@ -264,13 +269,13 @@ def aggregate(rows: Sequence[Any]) -> Aggregate:
         else 0.0,
         avg_queue_ms=sum(q * n for q, n in queue) / sum(n for _, n in queue) if queue else None,
         avg_request_ms=sum(q * n for q, n in request) / sum(n for _, n in request) if request else None,
-        p50_ms=_quantile(0.5, rows, "latency_buckets", "p50_ms"),
-        p95_ms=_quantile(0.95, rows, "latency_buckets", "p99_ms"),
-        p99_ms=_quantile(0.99, rows, "latency_buckets", "p99_ms"),
-        ttft_p50_ms=_quantile(0.5, rows, "ttft_buckets", "ttft_p50_ms"),
-        ttft_p95_ms=_quantile(0.95, rows, "ttft_buckets", "ttft_p99_ms"),
-        ttft_p99_ms=_quantile(0.99, rows, "ttft_buckets", "ttft_p99_ms"),
-        p99_beyond_buckets=beyond_buckets(0.99, summed_buckets(r.latency_buckets for r in rows).buckets),
+        p50_ms=_quantile(0.5, latency, rows, "p50_ms"),
+        p95_ms=_quantile(0.95, latency, rows, "p99_ms"),
+        p99_ms=_quantile(0.99, latency, rows, "p99_ms"),
+        ttft_p50_ms=_quantile(0.5, ttft, rows, "ttft_p50_ms"),
+        ttft_p95_ms=_quantile(0.95, ttft, rows, "ttft_p99_ms"),
+        ttft_p99_ms=_quantile(0.99, ttft, rows, "ttft_p99_ms"),
+        p99_beyond_buckets=_beyond(0.99, latency),
         resets=sum(r.reset for r in rows),
         spans_reconfiguration=sum(r.spans_reconfiguration for r in rows),
         pending=rows[-1].pending,
@@ -279,8 +284,8 @@ def aggregate(rows: Sequence[Any]) -> Aggregate:
     )
 
 
-def _quantile(q: float, rows: Sequence[Any], buckets: str, fallback: str) -> float | None:
-    summed = summed_buckets(getattr(r, buckets) for r in rows)
+def _quantile(q: float, summed: Histogram, rows: Sequence[Any], fallback: str) -> float | None:
+    """From the windows' summed histogram; without one, the worst window's own figure."""
     if summed.count > 0:
         return histogram_quantile(q, summed)
     return _max(getattr(r, fallback) for r in rows)
@@ -312,7 +317,7 @@ def merge(rows: Sequence[ModelWindow]) -> ModelWindow:
         avg_batch=sum(b * n for b, n in batches) / sum(n for _, n in batches) if batches else None,
         avg_queue_ms=agg.avg_queue_ms,
         p50_ms=agg.p50_ms,
-        p90_ms=_quantile(0.9, rows, "latency_buckets", "p90_ms"),
+        p90_ms=_quantile(0.9, summed_buckets(r.latency_buckets for r in rows), rows, "p90_ms"),
         p99_ms=agg.p99_ms,
         latency_buckets=summed_buckets(r.latency_buckets for r in rows).buckets,
         ttft_buckets=summed_buckets(r.ttft_buckets for r in rows).buckets,

@@ -280,6 +280,12 @@ def test_parse_refuses_a_page_with_its_reason(page: str, reason: str) -> None:
     assert err.value.reason == reason
 
 
+def test_a_negative_pending_gauge_reads_as_nothing_waiting() -> None:
+    # Triton 2.51 reported -1 for a bulk model under load: its bookkeeping, not a hostile page.
+    scrape = parse('nv_inference_pending_request_count{model="m",version="1"} -1\nnv_cpu_utilization 0.5\n')
+    assert scrape.models["m"].pending == 0.0
+
+
 def test_nan_quantiles_and_nan_device_gauges_are_still_left_out() -> None:
     scrape = parse(
         'nv_inference_request_summary_us{model="m",quantile="0.5"} NaN\nnv_gpu_power_usage{gpu_uuid="g"} NaN\n'
