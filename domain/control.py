@@ -698,6 +698,11 @@ def decide(
         # Even a panic waits for the last step to settle: a reload costs CPU for a few seconds,
         # and a breach it causes is no reason for another reload.
         cooled = now - state.last_step_at >= cfg.step_cooldown_s
+        # A breach only the 30 s figure shows is judged on a 30 s figure all after the last step:
+        # one taken since is still working its way into it.
+        fast = any(r.ratio >= cfg.protect_at or r.pending >= cfg.pending_at for r in risky) or obs.alert
+        if not fast:
+            cooled = now - state.last_step_at >= cfg.release_after_s
         panic = worst is not None and worst.ratio >= cfg.panic_at
         if panic and state.level < top and cooled:
             rung, knobs = steps[top]
@@ -798,4 +803,6 @@ def _why(worst: Reading | None, alert: str | None) -> str:
         return f"{worst.model}: {worst.failures:g} failed requests"
     value = "-" if worst.value_ms is None else f"{worst.value_ms:.0f} ms"
     settled = "" if worst.settled_ms is None else f", p99 over 30 s {worst.settled_ms:.0f} ms"
-    return f"{worst.model} at {value} (p95, 3 s{settled}) of {worst.target_ms:.0f} ms, {worst.pending:g} pending"
+    return (
+        f"{worst.model} at {value} (p95, 3 s{settled}) of {worst.target_ms:.0f} ms, {worst.pending:g} pending"
+    )

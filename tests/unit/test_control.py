@@ -341,3 +341,12 @@ def test_at_risk_on_the_fast_p95_or_the_settled_p99(fast: float, settled_p99: fl
     o = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
                      "safety-guard": Reading("safety-guard", 20.0, fast, settled_ms=settled_p99)}, REGIME, 80.0)  # fmt: skip
     assert decide(SPEC, o, settled(last_step_at=0.0), 100.0, CFG).kind == kind
+
+
+def test_a_breach_only_the_settled_figure_shows_waits_for_a_window_after_the_last_step() -> None:
+    o = Observation({"chat-llm": Reading("chat-llm", 200.0, 40.0, settled_ms=210.0),
+                     "safety-guard": Reading("safety-guard", 20.0, 5.0)}, REGIME, 80.0)  # fmt: skip
+    # 10 s after a step the 30 s p99 still holds the breach from before it: hold
+    assert decide(SPEC, o, settled(level=1, last_step_at=90.0), 100.0, CFG).kind == "hold"
+    # 30 s after, the whole window is the step's: it did not help, the next rung
+    assert decide(SPEC, o, settled(level=1, last_step_at=70.0), 100.0, CFG).kind == "protect"
