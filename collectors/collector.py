@@ -77,6 +77,8 @@ class Target:
     trace_dir: Path | None = None
     """Where the server writes a trace per request (servers slatune starts): read on every pass
     for each request's server-side latency, queue included (`collectors.trace`)."""
+    streaming: frozenset[str] = frozenset()
+    """The models that stream tokens: their traces give time to first token too."""
 
 
 class ScrapeFailed(Exception):
@@ -148,7 +150,9 @@ class Collector:
         self.deadline_s = deadline_s if deadline_s is not None else scrape_deadline(interval_s)
         self.max_page_bytes = max_page_bytes
         self._state = {t.server: _ServerState() for t in self.targets}
-        self._traces = {t.server: TraceReader(t.trace_dir) for t in self.targets if t.trace_dir is not None}
+        self._traces = {
+            t.server: TraceReader(t.trace_dir, t.streaming) for t in self.targets if t.trace_dir is not None
+        }
         # One event loop for the collector's life: the client's connections are kept between passes.
         self._loop = asyncio.new_event_loop()
         self._http = httpx.AsyncClient(
@@ -259,6 +263,9 @@ class Collector:
             if model in histograms:
                 h = histograms[model]
                 sample.latency["server"] = Histogram(dict(h.buckets), h.count, h.sum)
+            if model in reader.first_responses:
+                h = reader.first_responses[model]
+                sample.ttft["server"] = Histogram(dict(h.buckets), h.count, h.sum)
         return scrape
 
     def _assigned(self, target: Target, state: _ServerState, scrape: Scrape) -> Scrape:

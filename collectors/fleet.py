@@ -31,6 +31,7 @@ def fleet_collector(
             endpoints[s.name].metrics_url,
             frozenset(m.name for m in spec.models if m.server == s.name),
             _trace_dir(endpoints[s.name]),
+            frozenset(m.name for m in spec.models if m.server == s.name and m.streaming),
         )
         for s in spec.servers
     ]

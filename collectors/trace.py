@@ -71,11 +71,18 @@ PARTIAL_GRACE_S = 5.0
 """A file that does not parse may still be being written: it is retried for this long, then dropped."""
 
 
+FIRST_SENT = ("HTTP_SEND_END", "GRPC_SEND_END")
+"""A streamed request sends one response per token, each with its own send stamps: the first one's
+end, from arrival, is its time to first token as the server saw it, queue included."""
+
+
 @dataclass(frozen=True)
 class TracedRequest:
     model: str
     latency_ms: float
     queue_ms: float | None
+    first_response_ms: float | None = None
+    """From arrival to the end of the first response's send (None without a send stamp)."""
 
 
 def trace_latencies(records: Iterable[Mapping[str, Any]]) -> list[TracedRequest]:
@@ -84,7 +91,7 @@ def trace_latencies(records: Iterable[Mapping[str, Any]]) -> list[TracedRequest]
     end (a child trace, a request cut off) gives nothing."""
     traces: dict[Any, dict[str, Any]] = {}
     for r in records:
-        t = traces.setdefault(r.get("id"), {"stamps": {}})
+        t = traces.setdefault(r.get("id"), {"stamps": {}, "first": None})
         if "model_name" in r:
             t["model"] = str(r["model_name"])
         if "parent_id" in r:
@@ -97,6 +104,8 @@ def trace_latencies(records: Iterable[Mapping[str, Any]]) -> list[TracedRequest]
                 stamps[name] = (
                     max(stamps.get(name, ns), ns) if name in DONE else min(stamps.get(name, ns), ns)
                 )
+                if name in FIRST_SENT:
+                    t["first"] = ns if t["first"] is None else min(t["first"], ns)
     out = []
     for t in traces.values():
         stamps = t["stamps"]
@@ -109,7 +118,8 @@ def trace_latencies(records: Iterable[Mapping[str, Any]]) -> list[TracedRequest]
         queue = None
         if "QUEUE_START" in stamps and "COMPUTE_START" in stamps:
             queue = max(stamps["COMPUTE_START"] - stamps["QUEUE_START"], 0) / 1e6
-        out.append(TracedRequest(t["model"], (max(ends) - start) / 1e6, queue))
+        first = None if t["first"] is None else max(t["first"] - start, 0) / 1e6
+        out.append(TracedRequest(t["model"], (max(ends) - start) / 1e6, queue, first))
     return out
 
 
@@ -129,8 +139,12 @@ class TraceReader:
     """One server's trace directory: read, counted into cumulative histograms, deleted."""
 
     directory: Path
+    streaming: frozenset[str] = frozenset()
+    """The models that stream: their first response is timed too (`first_responses`)."""
     histograms: dict[str, Histogram] = field(default_factory=dict)
     """Per model, every traced request since the reader began (never reset: a window is the increase)."""
+    first_responses: dict[str, Histogram] = field(default_factory=dict)
+    """Per streaming model, every traced request's time to first response, likewise."""
     read_files: int = 0
     dropped_files: int = 0
     """Files that never parsed (kept `PARTIAL_GRACE_S`, then removed)."""
@@ -156,6 +170,8 @@ class TraceReader:
                 continue
             for req in trace_latencies(r for r in records if isinstance(r, dict)):
                 observe(self.histograms.setdefault(req.model, Histogram()), req.latency_ms)
+                if req.model in self.streaming and req.first_response_ms is not None:
+                    observe(self.first_responses.setdefault(req.model, Histogram()), req.first_response_ms)
             path.unlink(missing_ok=True)
             self.read_files += 1
         return self.histograms

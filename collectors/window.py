@@ -12,7 +12,10 @@ from collectors.parse import DeviceSample, ModelSample
 from domain.windows import DeviceWindow, Histogram, ModelWindow, histogram_quantile, summed_buckets
 
 # Preference order for time to first token: Triton's own, then client-stamped, then model-side.
-TTFT_SOURCES = ("triton", "client", "model")
+TTFT_SOURCES = ("server", "triton", "client", "model")
+"""Where a window's time to first token comes from, first found first: the trace (every request,
+from arrival, queue included), Triton's own first-response histogram (2.52 on), the built-in
+chat model's histograms (from the client's send stamp, or from pick-up)."""
 
 
 def increase(prev: float | None, cur: float) -> tuple[float, bool]:

@@ -75,6 +75,18 @@ def test_a_streamed_request_ends_with_its_last_response() -> None:
         records.append({"id": 3, "timestamps": [{"name": "GRPC_SEND_END", "ns": i * 10 * MS}]})
     (req,) = trace_latencies(records)
     assert req.latency_ms == pytest.approx(40.0)
+    assert req.first_response_ms == pytest.approx(10.0)  # its time to first token, queue included
+
+
+def test_the_reader_times_first_tokens_of_streaming_models_only(tmp_path: Path) -> None:
+    records = trace(3, "chat", {"GRPC_WAITREAD_END": 0, "REQUEST_START": MS})
+    records += [{"id": 3, "timestamps": [{"name": "GRPC_SEND_END", "ns": i * 10 * MS}]} for i in (1, 2)]
+    (tmp_path / "trace.json.0").write_text(json.dumps(records))
+    (tmp_path / "trace.json.1").write_text(json.dumps(trace(1, "guard", HTTP)))
+    reader = TraceReader(tmp_path, streaming=frozenset({"chat"}))
+    reader.read()
+    assert reader.first_responses["chat"].count == 1 and reader.first_responses["chat"].buckets[10.0] == 1
+    assert "guard" not in reader.first_responses  # not streaming: its first response is its last
 
 
 def test_traces_without_model_arrival_or_end_and_child_traces_give_nothing() -> None:
