@@ -27,39 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from domain.windows import Histogram
+from runtime.demo_models.support import LATENCY_BUCKETS_MS as BUILTIN_BUCKETS_MS
 from runtime.server import TRACE_FILE
 
 log = logging.getLogger("slatune.collectors.trace")
 
-# Millisecond bounds, the same as the built-in models' histograms (runtime/demo_models/support.py):
-# past any client timeout in use (30 s), then +Inf.
-LATENCY_BUCKETS_MS = (
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    50.0,
-    75.0,
-    100.0,
-    150.0,
-    200.0,
-    250.0,
-    300.0,
-    400.0,
-    500.0,
-    750.0,
-    1000.0,
-    2000.0,
-    5000.0,
-    10000.0,
-    20000.0,
-    30000.0,
-    60000.0,
-    float("inf"),
-)
+# Millisecond bounds, the built-in models' own (runtime/demo_models/support.py): past any client
+# timeout in use (30 s), then +Inf.
+LATENCY_BUCKETS_MS = (*(float(b) for b in BUILTIN_BUCKETS_MS), float("inf"))
 # Arrival: the frontend began reading the request (HTTP), or had read it (gRPC: its WAITREAD_START
 # is when the handler began waiting, before the request came). REQUEST_START where neither is.
 ARRIVAL = ("HTTP_RECV_START", "GRPC_WAITREAD_END", "REQUEST_START")

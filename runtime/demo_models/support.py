@@ -68,15 +68,29 @@ def split_responses(pb_utils: Any, counts: list[int], name: str, values: np.ndar
 LATENCY_BUCKETS_MS = [
     1,
     2,
+    3,
+    4,
     5,
+    6,
+    7,
+    8,
+    9,
     10,
-    15,
+    12,
+    14,
+    16,
+    18,
     20,
+    25,
     30,
+    40,
     50,
+    60,
     75,
     100,
+    125,
     150,
+    175,
     200,
     250,
     300,
@@ -84,7 +98,9 @@ LATENCY_BUCKETS_MS = [
     500,
     750,
     1000,
+    1500,
     2000,
+    3000,
     5000,
     10000,
     20000,
@@ -92,8 +108,10 @@ LATENCY_BUCKETS_MS = [
     60000,
 ]
 """Past any timeout a client uses (perf_analyzer's and slatune's load generator's reach 30 s), so
-that a quantile lands in +Inf only for requests slower than any client waits for. The same bounds
-as the trace histograms (collectors/trace.py)."""
+that a quantile lands in +Inf only for requests slower than any client waits for; a millisecond
+apart up to 10 ms and no more than a quarter apart above, so that a quantile interpolated inside
+a bucket is off by little, with a bound at every SLA target in the fleets (20, 200 ms). The same
+bounds as the trace histograms (collectors/trace.py)."""
 MAX_CLOCK_SKEW_NS = 600 * 10**9
 
 
