@@ -55,8 +55,10 @@ def _latency(
         resets.append(was_reset)
         if h.count > 0:
             increases[source] = h
-    if "server" in increases:
-        return increases["server"], "server"
+    if "server" in cur.latency:
+        # A traced model's windows take the trace alone: a request whose trace file comes a pass
+        # after the page counted it is in the next window, never timed by another source.
+        return increases.get("server"), "server" if "server" in increases else None
     if "client" in increases and "model" in increases:
         both = summed_buckets([increases["client"].buckets, increases["model"].buckets])
         return both, "client+model"
@@ -99,7 +101,8 @@ def model_window(
     ttft_p50 = ttft_p99 = None
     ttft_source = None
     ttft_hist = Histogram()
-    for source in TTFT_SOURCES:
+    # A traced streaming model's first tokens come from the trace alone (as its latency does).
+    for source in ("server",) if "server" in cur.ttft else TTFT_SOURCES:
         if source in cur.ttft:
             h, was_reset = histogram_increase(p.ttft.get(source) if prev else None, cur.ttft[source])
             resets.append(was_reset)

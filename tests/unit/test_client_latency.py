@@ -223,3 +223,22 @@ def test_the_summary_of_windows_carries_the_queue_as_it_is_now() -> None:
     assert (agg.pending, agg.queue_wait_ms, agg.oldest_waiting_s) == (3, math.inf, pytest.approx(3.0))
     moving = aggregate([w(0, 10, 0), w(1, 10, 5)])
     assert (moving.pending, moving.queue_wait_ms, moving.oldest_waiting_s) == (5, pytest.approx(500.0), 0.0)
+
+
+def test_a_traced_model_is_timed_by_its_trace_alone() -> None:
+    from collectors.parse import ModelSample
+    from collectors.window import model_window
+
+    prev, cur = ModelSample(), ModelSample()
+    prev.latency = {
+        "server": Histogram({5.0: 3.0, math.inf: 3.0}, 3.0),
+        "model": Histogram({5.0: 3.0, math.inf: 3.0}, 3.0),
+    }
+    # The page counted a request whose trace file comes next pass: the model's own histogram has it.
+    cur.success = prev.success + 1
+    cur.latency = {
+        "server": Histogram({5.0: 3.0, math.inf: 3.0}, 3.0),
+        "model": Histogram({5.0: 4.0, math.inf: 4.0}, 4.0),
+    }
+    w = model_window("m", prev, cur, 0.0, 1.0)
+    assert w.latency_source is None and w.p99_ms is None  # not timed by another source
