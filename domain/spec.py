@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from os import walk
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -53,6 +53,8 @@ KNOB_NAMES = (
 steps); `compute_priority` by its place in `COMPUTE_PRIORITIES`. Resources and preferred batch
 sizes are handled apart."""
 ComputePriority = Literal["max", "default", "min"]
+INT32_MAX = 2**31 - 1
+"""Triton keeps batch sizes as int32."""
 COMPUTE_PRIORITIES: tuple[ComputePriority, ...] = ("max", "default", "min")
 """Triton's `optimization.priority` values in the order that leaves the model less of the device:
 a bound `[default, min]` lets a knob move between those two."""
@@ -86,10 +88,12 @@ class Knobs(_Strict):
     (min) stream priority; on the CPU, Triton's mapping is nice 0 (max) and nice 19 (min), which
     slatune's built-in models apply to their instances' processes. `min` lets bulk work fill what
     latency-critical models leave without holding them up. Changing it reloads the model."""
-    max_batch_size: NonNegativeInt = 0
+    max_batch_size: NonNegativeInt = Field(default=0, le=INT32_MAX)
     """The largest batch Triton forms, and the largest request it accepts (a client batch above it
     fails); 0: the model's own config. Changing it reloads the model."""
-    preferred_batch_sizes: tuple[PositiveInt, ...] = ()
+    preferred_batch_sizes: tuple[Annotated[PositiveInt, Field(le=INT32_MAX)], ...] = Field(
+        default=(), max_length=16
+    )
     """Dynamic batching's preferred batch sizes (each at most `max_batch_size`): the batcher sends a
     batch at once when it reaches one, rather than waiting out the queue delay for a bigger one."""
 

@@ -154,6 +154,19 @@ def test_every_mutation_needs_the_token(api: Api, method: str, path: str, body: 
             "body.knobs.resources.compute",
         ),
         ("/models/embeddings/config", {}, 422, "body.knobs"),
+        # the built-in embedder runs max batch 64: a preferred size above it
+        (
+            "/models/embeddings/config",
+            {"knobs": {"preferred_batch_sizes": [8, 128]}},
+            422,
+            "body.knobs.preferred_batch_sizes",
+        ),
+        (
+            "/models/embeddings/config",
+            {"knobs": {"compute_priority": "lowest"}},
+            422,
+            "body.knobs.compute_priority",
+        ),
         ("/models/nope/config", {"knobs": {}}, 404, "path.model"),
         ("/models/embeddings/config/rollback", {"version": 99999}, 404, "body.version"),
         ("/tuning", {"budget": 1}, 422, "body.budget"),

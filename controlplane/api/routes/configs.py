@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
+from pydantic import ValidationError
 
 from controlplane.api.deps import ApiError, Authorized, IdPath, PlaneDep, SessionDep, known_model
 from controlplane.api.proposals import propose_one, version_out
@@ -51,7 +52,13 @@ def propose(model: str, body: ProposalIn, plane: PlaneDep, response: Response) -
     patch = body.knobs.model_dump(exclude_none=True)
     if "resources" in patch:  # merged: naming one resource keeps the others; a count of 0 drops one
         patch["resources"] = {**current.resources, **patch["resources"]}
-    target = Knobs.model_validate({**current.model_dump(), **patch})
+    try:
+        target = Knobs.model_validate({**current.model_dump(), **patch})
+    except ValidationError as exc:  # knobs that contradict each other (a preferred batch over the max)
+        first = exc.errors()[0]
+        # The one rule across knobs: preferred batch sizes at most the max batch size.
+        where = ".".join(str(p) for p in first["loc"]) or "preferred_batch_sizes"
+        raise ApiError(422, f"{model}: {first['msg']}", f"body.knobs.{where}".rstrip(".")) from None
     with plane.store.session() as session:  # committed before the reconciler is nudged
         out = propose_one(
             plane, session, model, target, reason=body.reason or "proposed through the API",
