@@ -376,6 +376,10 @@ class _Client:
     def stopped(self) -> bool:
         return self.stop.is_set() or os.getppid() != self.parent
 
+    def exhausted(self) -> bool:
+        """The run's request budget (max_requests, shared by every client) is spent: the run ends."""
+        return bool(self.budget.value <= 0)
+
     def take(self, deadline: float) -> bool:
         if self.stopped() or time.monotonic() >= deadline:
             return False
@@ -408,9 +412,9 @@ class _Client:
                         wrng = np.random.default_rng(self.seed * 1000 + p * 10_000 + i * 100 + w + 1)
                         tasks.append(asyncio.create_task(self._closed_loop(client, load, wrng, deadline)))
                 await asyncio.gather(*tasks)
-                while not self.stopped() and time.monotonic() < deadline:  # this model idles this phase
-                    await asyncio.sleep(min(0.1, deadline - time.monotonic()))
-                if self.stopped():
+                while not (self.stopped() or self.exhausted()) and time.monotonic() < deadline:
+                    await asyncio.sleep(min(0.1, deadline - time.monotonic()))  # idle this phase
+                if self.stopped() or self.exhausted():
                     break
                 start = deadline
             if in_flight:
