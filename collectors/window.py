@@ -104,7 +104,9 @@ def model_window(
     # A traced streaming model's first tokens come from the trace alone (as its latency does).
     for source in ("server",) if "server" in cur.ttft else TTFT_SOURCES:
         if source in cur.ttft:
-            h, was_reset = histogram_increase(p.ttft.get(source) if prev else None, cur.ttft[source])
+            # As for latency: a histogram the previous scrape lacked started from zero.
+            before = p.ttft.get(source, Histogram()) if prev else None
+            h, was_reset = histogram_increase(before, cur.ttft[source])
             resets.append(was_reset)
             if h.count > 0 and ttft_source is None:
                 ttft_source, ttft_hist = source, h

@@ -242,3 +242,13 @@ def test_a_traced_model_is_timed_by_its_trace_alone() -> None:
     }
     w = model_window("m", prev, cur, 0.0, 1.0)
     assert w.latency_source is None and w.p99_ms is None  # not timed by another source
+
+
+def test_a_streaming_models_first_traced_tokens_are_counted_not_taken_as_a_baseline() -> None:
+    """The reader's first-token histogram appears with the first streamed request: the window that
+    sees it appear counts it from zero (it once dropped that window's requests)."""
+    prev, cur = ModelSample(), ModelSample(success=4)
+    cur.ttft = {"server": hist([120.0] * 4)}
+    w = model_window("chat", prev, cur, 0.0, 1.0)
+    assert w.ttft_source == "server" and w.ttft_buckets[math.inf] == 4
+    assert w.ttft_p99_ms is not None and 100 < w.ttft_p99_ms <= 125
