@@ -143,8 +143,9 @@ def set_knobs(cfg: mc.ModelConfig, knobs: Knobs, device: DeviceSpec, backend: st
         cfg.ClearField("optimization")
     batching = cfg.dynamic_batching
     batching.max_queue_delay_microseconds = knobs.max_queue_delay_us
-    del batching.preferred_batch_size[:]
-    batching.preferred_batch_size.extend(knobs.preferred_batch_sizes)
+    if knobs.preferred_batch_sizes != _preferred(cfg):  # Triton's own [max_batch_size] is none
+        del batching.preferred_batch_size[:]
+        batching.preferred_batch_size.extend(knobs.preferred_batch_sizes)
     policy = batching.default_queue_policy
     policy.max_queue_size = knobs.max_queue_size
     policy.default_timeout_microseconds = knobs.queue_timeout_us
