@@ -4,6 +4,7 @@ never a negative or doubled rate. Failures of a scrape are counted and collectio
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -59,6 +60,11 @@ def stored(store: Store, model: str) -> list[queries.MetricWindow]:
         return list(queries.windows(session, model))
 
 
+def traced(rows: list[queries.MetricWindow], field: str) -> float:
+    """How many requests the windows' histograms (cumulative buckets) timed in all."""
+    return sum(queries.buckets_from_json(getattr(r, field)).get(math.inf, 0.0) for r in rows)
+
+
 def test_stored_windows_count_what_was_sent(
     default_fleet: Fleet, store: Store, collecting: Collector
 ) -> None:
@@ -80,8 +86,11 @@ def test_stored_windows_count_what_was_sent(
         assert all(r.avg_queue_ms is not None and r.avg_queue_ms > 0 for r in busy)
         assert all(r.avg_compute_infer_ms is not None and r.avg_compute_infer_ms > 0 for r in busy)
         assert all(r.config_version_id is not None for r in rows)  # the startup version
-        # latency quantiles per window come from the server's trace (every request, queue included)
-        assert all(r.latency_source == "server" and r.p99_ms is not None and r.p99_ms > 0 for r in busy)
+        # latency quantiles come from the server's trace (every request, queue included); a request
+        # whose trace file lands a pass after the page counted it is timed in the next window
+        timed = [r for r in rows if r.latency_source is not None]
+        assert timed and all(r.latency_source == "server" and r.p99_ms and r.p99_ms > 0 for r in timed)
+        assert traced(timed, "latency_buckets") == sent, model  # each request timed once
     emb = stored(store, "embeddings")
     assert sum(r.inference_rate * (r.end - r.start) for r in emb) == pytest.approx(
         4 * report.models["embeddings"].sent
@@ -93,13 +102,21 @@ def test_stored_windows_count_what_was_sent(
     assert collecting.metrics.windows_written._value.get() >= len(emb)
 
 
-def test_chat_ttft_windows_come_from_the_models_histogram(
+def test_chat_ttft_windows_come_from_the_trace(
     default_fleet: Fleet, store: Store, collecting: Collector
 ) -> None:
+    """Every streamed request's first token is timed server side from its arrival (the trace),
+    once: the windows' first-token counts add up to what the client sent."""
     run = drive(default_fleet, [ModelLoad("chat-llm", rate=8.0, words=(8, 32), max_tokens=4)], count=16)
-    rows = [r for r in stored(store, "chat-llm") if r.requests > 0]
-    assert sum(r.requests for r in rows) == run.report().models["chat-llm"].sent
-    assert all(r.ttft_source == "client" and r.ttft_p99_ms is not None and r.ttft_p99_ms > 0 for r in rows)
+    sent = run.report().models["chat-llm"].sent
+    deadline = time.monotonic() + 10  # a streamed request's trace is written once its stream is done
+    while traced(stored(store, "chat-llm"), "ttft_buckets") < sent and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rows = stored(store, "chat-llm")
+    assert sum(r.requests for r in rows) == sent
+    timed = [r for r in rows if r.ttft_source is not None]
+    assert timed and all(r.ttft_source == "server" and r.ttft_p99_ms and r.ttft_p99_ms > 0 for r in timed)
+    assert traced(timed, "ttft_buckets") == sent  # each request's first token, once
 
 
 def test_a_live_reload_keeps_counting_without_negative_or_doubled_rates(
