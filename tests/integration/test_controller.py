@@ -4,7 +4,13 @@ see it. The fleet starts off the rate limiter's tokens: a reload while
 instances wait there can stall Triton 2.51 for about 40 s (docs/triton.md), which the controller's
 first rung avoids but this test does not set out to show. The controller may act before the
 clients' 5 s p99 shows the break: what the test asserts is that it acted on the risk the step made,
-how long the guard's clients saw their SLA broken, and that it held afterwards."""
+how long the guard's clients saw their SLA broken, and that it held afterwards.
+
+The guard's target is set from what its clients see before the step: at least the spec's 20 ms, and
+three times their quiet p99. On an idle 2-core host the quiet p99 was 8 ms and the step took it to
+42 ms (a 20 ms target, 25 at most, broken twice over); beside a CPU hog it was 45 ms quiet and 243
+ms in the step, the hog stalling the clients themselves (a fixed 50 ms target was either never
+broken, idle, or at the edge of the quiet load, beside the hog)."""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from domain.windows import aggregate
 from runtime.load import LoadRun, ModelLoad, Phase, targets_for
 from store import control as records
 from store import queries
+from store.configs import set_sla
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +40,7 @@ BULK = (
     ModelLoad("embeddings", concurrency=4, batch=8, words=(16, 96)),
     ModelLoad("reranker", concurrency=2, batch=4, words=(16, 96)),
 )
-GUARD_TARGET_MS = 50.0
+QUIET_P99_TIMES = 3.0
 RECOVERY_BOUND_S = 30.0
 """From the controller's first protective step to the guard's p99 back under target, as its clients
 saw it; `benchmarks.shift` measures the figure (10 s is its goal), this bound holds beside a CPU hog."""
@@ -41,16 +48,12 @@ saw it; `benchmarks.shift` measures the figure (10 s is its goal), this bound ho
 
 def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tmp_path: Path) -> None:
     base = resolve_spec("default")
-    # The guard's SLA at 50 ms, not 20: beside a CPU hog the guard's own clients stall (the hog
-    # takes their core): at the top of the ladder the server's p99 was 14 ms and theirs 30 ms.
     spec = base.model_copy(
-        update={"models": [m.model_copy(update={
-            "knobs": m.knobs.model_copy(update={"resources": {}}),
-            "sla": m.sla.model_copy(update={"target_ms": GUARD_TARGET_MS}) if m.name == "safety-guard" else m.sla,
-        }) for m in base.models]}
+        update={"models": [m.model_copy(update={"knobs": m.knobs.model_copy(update={"resources": {}})})
+                           for m in base.models]}
     )  # fmt: skip
-    guard = spec.model("safety-guard").sla
-    assert guard is not None
+    spec_sla = spec.model("safety-guard").sla
+    assert spec_sla is not None
     cfg = ControlConfig()
     settings = Settings(data_dir=tmp_path / "data", controller_mode="advisory")
     with startup.running(settings, spec, resume=False) as system:
@@ -58,6 +61,11 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
         targets = targets_for(spec, lambda s: system.fleet.endpoints(s).grpc)
         load = LoadRun([], targets, duration_s=1, seed=3, phases=[Phase("quiet", 20, QUIET)]).start()
         load.join()
+        quiet = [r.latency * 1000 for r in load.records if r.model == "safety-guard" and r.error is None]
+        target = max(spec_sla.target_ms, QUIET_P99_TIMES * percentile(quiet[len(quiet) // 4 :], 99))
+        guard = spec_sla.model_copy(update={"target_ms": round(target, 1)})
+        with system.store.session() as session:
+            set_sla(session, "safety-guard", guard)
         # The quiet regime as the controller classified it: the spec's knobs are known safe there.
         assert controller.state is not None and controller.state.regime is not None, controller.status(50)
         with system.store.session() as session:
@@ -102,7 +110,8 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
     )
     assert back is not None, f"the guard's p99 never came back under {guard.target_ms} ms: {status}"
     print(
-        f"\nfirst protective step {acted_at - started:.1f} s after the bulk step "
+        f"\nthe guard's target {guard.target_ms} ms (its clients' quiet p99 times {QUIET_P99_TIMES:g}, "
+        f"at least {spec_sla.target_ms:g}); first protective step {acted_at - started:.1f} s after the bulk step "
         f"(guard at {first['before_ratio'] or 0:.2f} of target); its clients' 5 s p99 over target in "
         f"{len(over)} of {len(seconds)} s, back under {max(back - acted_at, 0):.0f} s after the step"
     )
