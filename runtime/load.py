@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
@@ -68,8 +69,9 @@ class Phase:
 
 
 SHED_BACKOFF_S = 0.25
-"""A closed-loop (bulk) client whose request was shed (queue full) waits this long before the next:
-back-pressure, not a retry storm."""
+"""A closed-loop (bulk) client whose request was shed (queue full), or that found the server
+unreachable (it is being restarted), waits this long before the next: back-pressure, not a retry
+storm (one that spun on a restarting server counted 46,000 failures in a few seconds)."""
 
 
 @dataclass(frozen=True)
@@ -465,7 +467,7 @@ class _Client:
         deadline: float,
     ) -> None:
         while self.take(deadline):
-            if await self._one(client, load, rng) == "queue-full":
+            if await self._one(client, load, rng) in ("queue-full", "unavailable"):  # back-pressure
                 await asyncio.sleep(min(SHED_BACKOFF_S, max(deadline - time.monotonic(), 0)))
 
     async def _one(
@@ -492,6 +494,9 @@ class _Client:
             self.errors.setdefault(error, str(exc.message() or exc)[:300])
         except TimeoutError:
             error = "client-timeout"
+        except grpc.aio.AioRpcError as exc:  # a stream's own error (a server gone, a deadline)
+            error = failure_reason(f"{exc.code().name} {exc.details()}")
+            self.errors.setdefault(error, str(exc.details())[:300])
         items = 1 if target.streaming else load.batch
         self.pending.append((load.model, started, time.monotonic() - started, ttft, items, error))
         return error
