@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator, Mapping
@@ -49,6 +50,9 @@ db_app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # A log (make demo > file, CI), not a screen: rich's 80 columns cut every cell of the live table.
+    console.width = 140
 log = logging.getLogger("slatune.cli")
 
 SpecOpt = Annotated[
