@@ -71,7 +71,7 @@ class Phase:
 SHED_BACKOFF_S = 0.25
 """A closed-loop (bulk) client whose request was shed (queue full), or that found the server
 unreachable (it is being restarted), waits this long before the next: back-pressure, not a retry
-storm (one that spun on a restarting server counted 46,000 failures in a few seconds)."""
+storm (bulk clients that spun on a restarting server counted 46,131 failures while it was down)."""
 
 
 @dataclass(frozen=True)
@@ -494,9 +494,6 @@ class _Client:
             self.errors.setdefault(error, str(exc.message() or exc)[:300])
         except TimeoutError:
             error = "client-timeout"
-        except grpc.aio.AioRpcError as exc:  # a stream's own error (a server gone, a deadline)
-            error = failure_reason(f"{exc.code().name} {exc.details()}")
-            self.errors.setdefault(error, str(exc.details())[:300])
         items = 1 if target.streaming else load.batch
         self.pending.append((load.model, started, time.monotonic() - started, ttft, items, error))
         return error
@@ -513,14 +510,17 @@ class _Client:
 
         ttft: float | None = None
         stream = client.stream_infer(one_request(), stream_timeout=self.timeout_s)
-        async for result, error in stream:
-            if error is not None:
-                raise error
-            if ttft is None:
-                ttft = time.monotonic() - started
-            params = result.get_response().parameters
-            if "triton_final_response" in params and params["triton_final_response"].bool_param:
-                break
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    raise error
+                if ttft is None:
+                    ttft = time.monotonic() - started
+                params = result.get_response().parameters
+                if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                    break
+        except grpc.aio.AioRpcError as exc:  # the stream itself failed (a server gone, a deadline)
+            raise InferenceServerException(f"{exc.code().name} {exc.details()}", exc.code().name) from exc
         if ttft is None:
             raise InferenceServerException("stream ended without a response")
         return ttft

@@ -1,5 +1,5 @@
-"""The load generator's pure parts: failure reasons, loopback-only targets, what a load may ask.
-Its statistics are tested in test_stats.py."""
+"""The load generator: failure reasons, loopback-only targets, what a load may ask, and how its
+clients meet an unreachable server. Its statistics are tested in test_stats.py."""
 
 from __future__ import annotations
 
@@ -41,3 +41,22 @@ def test_non_loopback_refused(target: str) -> None:
 def test_bad_model_load(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="m:"):
         ModelLoad("m", **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_unreachable_server_is_a_failure_by_reason_and_bulk_clients_back_off() -> None:
+    """Nothing listens on port 1: a streamed chat request fails as `unavailable` (not as an
+    unretrieved task exception), and a bulk client waits SHED_BACKOFF_S between tries instead of
+    spinning (it once counted 46,131 failures against a restarting server)."""
+    from domain.spec import resolve_spec
+    from runtime.load import SHED_BACKOFF_S, LoadRun, targets_for
+
+    spec = resolve_spec("default")
+    run = LoadRun(
+        [ModelLoad("chat-llm", rate=5.0, words=(8, 16), max_tokens=2), ModelLoad("embeddings", concurrency=1)],
+        targets_for(spec, lambda s: "127.0.0.1:1"), duration_s=2.0, seed=1,
+    ).start()  # fmt: skip
+    report = run.join()
+    chat, bulk = report.models["chat-llm"], report.models["embeddings"]
+    assert chat.sent > 0 and chat.failed == {"unavailable": chat.sent}
+    assert bulk.failed == {"unavailable": bulk.sent}
+    assert 1 <= bulk.sent <= 2.0 / SHED_BACKOFF_S + 1
