@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from os import walk
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+_M = TypeVar("_M", bound=BaseModel)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_SPEC_BYTES = 1 << 20
 """A spec file's size limit, checked before its YAML is parsed (a 10 MB spec took a minute and
@@ -60,13 +61,13 @@ COMPUTE_PRIORITIES: tuple[ComputePriority, ...] = ("max", "default", "min")
 a bound `[default, min]` lets a knob move between those two."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # NaN passes no bound (every comparison is false) and YAML writes it .nan: refuse it, and
     # infinity, as "a finite number" rather than with a bound's misleading reason.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class Knobs(_Strict):
+class Knobs(Strict):
     """The scheduling knobs of one model: what the tuner moves and `apply` changes live."""
 
     max_queue_delay_us: NonNegativeInt = 0
@@ -137,7 +138,7 @@ class Knobs(_Strict):
         return self.with_values({"max_batch_size": running.max_batch_size})
 
 
-class IntRange(_Strict):
+class IntRange(Strict):
     """An inclusive range, written `[low, high]` in YAML."""
 
     low: int
@@ -164,7 +165,7 @@ class IntRange(_Strict):
         return isinstance(value, int) and self.low <= value <= self.high
 
 
-class Bounds(_Strict):
+class Bounds(Strict):
     """Where the tuner may move each knob. A knob without bounds stays at its starting value."""
 
     max_queue_delay_us: IntRange | None = None
@@ -195,7 +196,7 @@ MAX_SLO_WINDOW_S = 86_400.0
 """An SLA judged over more than a day is not a rolling latency target any more."""
 
 
-class Sla(_Strict):
+class Sla(Strict):
     metric: Literal["ttft_p99", "latency_p99"]
     """ttft_p99: time to first token (streaming models); latency_p99: whole-request latency."""
     target_ms: PositiveFloat
@@ -217,7 +218,7 @@ class Sla(_Strict):
         return None
 
 
-class Source(_Strict):
+class Source(Strict):
     """Where a model comes from: exactly one of a built-in demo model, a user's model repository
     (the folder holding `<model name>/config.pbtxt` and its version folders), or a TensorRT-LLM
     engine directory."""
@@ -234,7 +235,7 @@ class Source(_Strict):
         return self
 
 
-class DeviceSpec(_Strict):
+class DeviceSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     kind: Literal["cpu", "gpu"]
     memory_gb: PositiveFloat
@@ -243,7 +244,7 @@ class DeviceSpec(_Strict):
     """The GPU's index on its host (kind gpu only)."""
 
 
-class ServerSpec(_Strict):
+class ServerSpec(Strict):
     """A Triton server: started by slatune (ports optional, picked free on 127.0.0.1), or an
     existing one to attach to by URL (it must run with --model-control-mode=explicit)."""
 
@@ -271,11 +272,12 @@ class ServerSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelTemplate(Strict):
+    """A model without its place: what the packing planner takes, and what it places by adding the
+    server and the device (`ModelSpec`)."""
+
     name: str = Field(pattern=NAME_PATTERN)
     role: Role
-    server: str
-    device: str
     source: Source
     backend: Literal["python", "tensorrtllm"] = "python"
     streaming: bool = False
@@ -288,7 +290,12 @@ class ModelSpec(_Strict):
     """Extra config.pbtxt `parameters` (demo model sizes, TensorRT-LLM batching settings)."""
 
 
-class FleetSpec(_Strict):
+class ModelSpec(ModelTemplate):
+    server: str
+    device: str
+
+
+class FleetSpec(Strict):
     name: str = Field(default="fleet", pattern=NAME_PATTERN)
     tritonserver: Path | None = None
     """The tritonserver binary; default: the one bundled with nvidia-pytriton."""
@@ -345,7 +352,7 @@ class FleetSpec(_Strict):
         return out
 
 
-def model_problems(m: ModelSpec, device: DeviceSpec | None) -> list[tuple[str, str]]:
+def model_problems(m: ModelTemplate, device: DeviceSpec | None) -> list[tuple[str, str]]:
     """Problems of one model on its own: backend/source fit, SLA, knobs within bounds."""
     out: list[tuple[str, str]] = []
     if m.backend == "tensorrtllm" and m.source.engine_dir is None:
@@ -465,13 +472,18 @@ def _loc(loc: tuple[int | str, ...], data: Any) -> str:
     return out or "(top level)"
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> FleetSpec:
-    """Validate a spec already read into Python objects; raise SpecError listing every problem."""
+def validated(cls: type[_M], data: Any, source: str) -> _M:
+    """`cls` validated from `data`, or SpecError naming every bad field by its path."""
     try:
-        spec = FleetSpec.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
         problems = [(_loc(e["loc"], data), e["msg"]) for e in exc.errors()]
         raise SpecError(source, problems) from None
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> FleetSpec:
+    """Validate a spec already read into Python objects; raise SpecError listing every problem."""
+    spec = validated(FleetSpec, data, source)
     problems = spec.problems()
     if problems:
         # Name models by their index and name, as field errors do.
@@ -491,6 +503,16 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> FleetSpec:
     read exists (see `source_problems`); without, the spec is checked as data only (a template for
     another host, as the embedded gpu-trtllm fleet is)."""
     path = Path(path)
+    data = read_yaml_mapping(path, "devices, servers, models")
+    spec = _resolve_paths(parse_spec(data, str(path)), path.parent)
+    if check_files and (problems := source_problems(spec)):
+        raise SpecError(str(path), problems)
+    return spec
+
+
+def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
+    """A YAML file of at most MAX_SPEC_BYTES holding a mapping (of the `expected` keys), read with a
+    safe loader and refused when its aliases expand past MAX_SPEC_VALUES; SpecError otherwise."""
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_SPEC_BYTES + 1)  # never more, whatever the file is
@@ -503,28 +525,27 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> FleetSpec:
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [("(yaml)", str(exc))]) from None
     if not isinstance(data, dict):
-        raise SpecError(str(path), [("(top level)", "expected a mapping with devices, servers, models")])
+        raise SpecError(str(path), [("(top level)", f"expected a mapping with {expected}")])
     if _expands_past(data, MAX_SPEC_VALUES):
         raise SpecError(
             str(path),
             [("(top level)", f"expands to over {MAX_SPEC_VALUES} values (YAML aliases count at each use)")],
         )
-    spec = _resolve_paths(parse_spec(data, str(path)), path.parent)
-    if check_files and (problems := source_problems(spec)):
-        raise SpecError(str(path), problems)
-    return spec
+    return data
 
 
 def _resolve_paths(spec: FleetSpec, base: Path) -> FleetSpec:
-    models = []
-    for m in spec.models:
-        src = m.source
-        if src.repository is not None and not src.repository.is_absolute():
-            src = src.model_copy(update={"repository": (base / src.repository).resolve()})
-        if src.engine_dir is not None and not src.engine_dir.is_absolute():
-            src = src.model_copy(update={"engine_dir": (base / src.engine_dir).resolve()})
-        models.append(m.model_copy(update={"source": src}))
+    models = [m.model_copy(update={"source": resolved_source(m.source, base)}) for m in spec.models]
     return spec.model_copy(update={"models": models})
+
+
+def resolved_source(src: Source, base: Path) -> Source:
+    """`src` with relative repository and engine paths taken from the folder `base`."""
+    if src.repository is not None and not src.repository.is_absolute():
+        src = src.model_copy(update={"repository": (base / src.repository).resolve()})
+    if src.engine_dir is not None and not src.engine_dir.is_absolute():
+        src = src.model_copy(update={"engine_dir": (base / src.engine_dir).resolve()})
+    return src
 
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
