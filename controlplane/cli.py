@@ -14,6 +14,7 @@ from typing import Annotated
 
 import optuna
 import typer
+import yaml
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from rich.console import Console, Group, RenderableType
@@ -29,11 +30,16 @@ from domain.slo import SloStatus
 from domain.spec import FleetSpec, Knobs, Sla, SpecError, resolve_spec
 from domain.stats import LoadReport, ModelStats, format_ms
 from domain.windows import ModelWindow
+from packing.inventory import Inventory, resolve_inventory
+from packing.planner import Plan as PlanResult
+from packing.planner import PlanError, fleet_spec, plan_json, server_name
+from packing.planner import plan as make_plan
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadRun, ModelLoad, demo_mix, demo_trace, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
 from store import control as control_records
+from store import packing as packing_records
 from store.db import Store, StoreError
 from store.models import TuningRun
 
@@ -609,6 +615,99 @@ DbUrlOpt = Annotated[
     str | None,
     typer.Option("--database-url", help="Override SLATUNE_DATABASE_URL (e.g. postgresql+psycopg://...)."),
 ]
+
+
+@app.command()
+def plan(
+    inventory: Annotated[
+        str, typer.Argument(help="Inventory: a YAML path, or `seed` (the seed documents' five models).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the planned fleet spec (all servers) and one spec per server into this folder."
+        ),
+    ] = None,
+    time_limit: Annotated[float, typer.Option(help="Seconds the solver may spend.", min=0.1)] = 2.0,
+    learned: Annotated[
+        bool,
+        typer.Option(
+            help="Respect the co-location rules learned live (from the store; see /api/v1/colocation-rules)."
+        ),
+    ] = True,
+    database_url: DbUrlOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the plan as JSON instead of tables.")
+    ] = False,
+) -> None:
+    """Place an inventory's models on the fewest devices (OR-Tools CP-SAT), then balance the headroom.
+
+    Prints the placement, the devices used against the memory lower bound and against one device
+    per model, each device's memory, and the reasoning: which rule forced which split. Exits 2
+    naming the model and the rule when no placement exists. With --out, writes fleet specs that
+    `slatune up --spec` runs: one fleet of one server per device, tuned and collected as one."""
+    with failing_with(2, SpecError):
+        inv = resolve_inventory(inventory)
+    rules = []
+    if learned:
+        with failing_with(1, StoreError):
+            store = _store(database_url)
+            store.require_head()
+            with store.session() as session:
+                rules = packing_records.learned_rules(session)
+    with failing_with(2, PlanError):
+        result = make_plan(inv, rules, time_limit_s=time_limit)
+    if json_out:
+        console.print_json(json.dumps(plan_json(result)))
+    else:
+        _print_plan(inv, result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        written = [_write_spec(out / f"{inv.name}.yaml", fleet_spec(inv, result))]
+        if len(result.devices) > 1:
+            written += [
+                _write_spec(out / f"{inv.name}-{server_name(d.name)}.yaml", fleet_spec(inv, result, [d]))
+                for d in result.devices
+            ]
+        for path in written:
+            console.print(f"wrote {path}")
+        console.print(f"run it with: slatune up --spec {written[0]}")
+
+
+def _print_plan(inv: Inventory, result: PlanResult) -> None:
+    table = Table(title=f"plan for {inv.name!r}: {len(inv.models)} models")
+    for col in ("model", "role", "device", "server", "instances", "GB"):
+        table.add_column(col)
+    for m in inv.models:
+        where = result.placement[m.name]
+        table.add_row(
+            m.name, m.role, where, server_name(where), str(result.instances[m.name]), f"{m.reserved_gb:g}"
+        )
+    console.print(table)
+    devices = Table(title="devices")
+    for col in ("device", "class", "memory used", "headroom", "models"):
+        devices.add_column(col)
+    for d in result.devices:
+        used = result.memory_used_gb[d.name]
+        devices.add_row(
+            d.name, d.pool, f"{used:g} of {d.memory_gb:g} GB", f"{d.memory_gb - used:g} GB",
+            ", ".join(result.models_on(d.name)),
+        )  # fmt: skip
+    console.print(devices)
+    proof = "optimal" if result.optimal else f"no placement uses fewer than {result.proven_bound}"
+    console.print(
+        f"[bold]{len(result.devices)} device(s)[/bold] ({proof}); lower bound by memory {result.lower_bound}; "
+        f"one per model {result.naive}; solved in {result.solve_s:.2f} s"
+    )
+    console.print("why:")
+    for line in result.reasons:
+        console.print(f"  - {line}", markup=False, highlight=False)
+
+
+def _write_spec(path: Path, spec: FleetSpec) -> Path:
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 @db_app.command("upgrade")

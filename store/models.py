@@ -279,3 +279,24 @@ class ControllerTrial(Base):
     knobs: Mapped[dict[str, Any]] = mapped_column(JSON)
     safe: Mapped[bool] = mapped_column(Boolean)
     goodput: Mapped[float] = mapped_column(Float)
+
+
+class ColocationRule(Base):
+    """Two models measured unable to share a device while an SLA held, or told so by a person: the
+    packing planner keeps them apart (`packing.planner.LearnedRule`)."""
+
+    __tablename__ = "colocation_rules"
+    __table_args__ = (UniqueConstraint("model_a", "model_b"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_a: Mapped[str] = mapped_column(String(128))
+    """The pair in name order, so that one pair is one row."""
+    model_b: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    """controller (measured live), tuner (a study that found no safe configuration), person."""
+    summary: Mapped[str] = mapped_column(Text)
+    """The evidence in a sentence: what was measured, where, and what had been tried."""
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The figures behind it (SLA, attainment, window, the protection in force)."""
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
