@@ -18,7 +18,18 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.api.deps import ApiError, bearer_ok, unauthorized
-from controlplane.api.routes import alerts, configs, controller, fleet, metrics, ops, slas, slos, tuning
+from controlplane.api.routes import (
+    alerts,
+    configs,
+    controller,
+    fleet,
+    metrics,
+    ops,
+    packing,
+    slas,
+    slos,
+    tuning,
+)
 from controlplane.api.schemas import ErrorOut
 from controlplane.plane import ControlPlane
 from controlplane.telemetry import ControlPlaneMetrics
@@ -93,6 +104,7 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
         tuning.router,
         controller.router,
         alerts.router,
+        packing.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, responses=too_large)

@@ -62,6 +62,10 @@ class DeviceOut(BaseModel):
     memory_gb: float
     used_gb: float
     """Memory the models' instances hold at the knobs they run with."""
+    models: list[str] = []
+    """The placement: the models on this device..."""
+    servers: list[str] = []
+    """...and the servers that run them."""
 
 
 class VersionOut(BaseModel):

@@ -128,6 +128,8 @@ MUTATIONS = [
     ("post", f"{V1}/tuning", {"budget": 2}),
     ("post", f"{V1}/tuning/1/stop", None),
     ("post", f"{V1}/alerts", {"alerts": []}),
+    ("post", f"{V1}/colocation-rules", {"model_a": "a", "model_b": "b", "summary": "x"}),
+    ("delete", f"{V1}/colocation-rules/1", None),
 ]
 
 
@@ -223,7 +225,9 @@ def test_fleet_devices_metrics_and_health(api: Api) -> None:
     fleet = api.client.get(f"{V1}/fleet").json()
     assert fleet["models"] == ["chat-llm", "embeddings", "reranker", "safety-guard"]
     assert fleet["servers"][0]["managed"] and fleet["servers"][0]["grpc"].startswith("127.0.0.1:")
-    assert api.client.get(f"{V1}/devices").json()[0]["memory_gb"] == 80
+    device = api.client.get(f"{V1}/devices").json()[0]
+    assert device["memory_gb"] == 80 and device["servers"] == ["triton0"]
+    assert device["models"] == ["chat-llm", "embeddings", "reranker", "safety-guard"]  # the placement
     deadline = time.monotonic() + 10
     while not api.client.get(f"{V1}/models/chat-llm/windows?limit=5").json() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -512,3 +516,30 @@ def test_an_unreachable_server_is_retried_with_backoff_until_it_is_back(api: Api
     assert api.fleet.restarts("triton0") == 1
     metrics = api.client.get("/metrics").text
     assert 'slatune_reconcile_failures_total{kind="temporary",model="embeddings"}' in metrics
+
+
+def test_colocation_rules_are_added_listed_and_forgotten(api: Api) -> None:
+    body = {
+        "model_a": "safety-guard",
+        "model_b": "embeddings",
+        "summary": "guard p99 31 ms against 20 beside it",
+    }
+    added = api.client.post(f"{V1}/colocation-rules", json=body)
+    assert added.status_code == 201, added.text
+    rule = added.json()
+    # one pair is one row, in name order, whoever was named first
+    assert (rule["model_a"], rule["model_b"], rule["source"]) == ("embeddings", "safety-guard", "person")
+    again = api.client.post(
+        f"{V1}/colocation-rules", json={**body, "model_a": "embeddings", "model_b": "safety-guard"}
+    )
+    assert again.json()["id"] == rule["id"]
+    listed = api.client.get(f"{V1}/colocation-rules").json()
+    assert [r["id"] for r in listed] == [rule["id"]] and listed[0]["summary"] == body["summary"]
+    same = api.client.post(f"{V1}/colocation-rules", json={**body, "model_b": "safety-guard"})
+    assert same.status_code == 422 and same.json()["field"] == "model_b"
+    bad = api.client.post(f"{V1}/colocation-rules", json={**body, "model_a": "no spaces"})
+    assert bad.status_code == 422 and bad.json()["field"] == "body.model_a"
+    assert api.client.delete(f"{V1}/colocation-rules/{rule['id']}").status_code == 204
+    assert api.client.get(f"{V1}/colocation-rules").json() == []
+    gone = api.client.delete(f"{V1}/colocation-rules/{rule['id']}")
+    assert gone.status_code == 404 and gone.json()["field"] == "rule_id"

@@ -31,11 +31,23 @@ def _servers(plane: ControlPlane) -> list[ServerOut]:
 
 
 def _devices(plane: ControlPlane) -> list[DeviceOut]:
-    used = device_memory_used(plane.fleet.spec, plane.fleet.all_knobs())
-    return [
-        DeviceOut(name=d.name, kind=d.kind, memory_gb=d.memory_gb, used_gb=used[d.name])
-        for d in plane.fleet.spec.devices
-    ]
+    spec = plane.fleet.spec
+    used = device_memory_used(spec, plane.fleet.all_knobs())
+    out = []
+    for d in spec.devices:
+        here = [m for m in spec.models if m.device == d.name]
+        servers = sorted({m.server for m in here})
+        out.append(
+            DeviceOut(
+                name=d.name,
+                kind=d.kind,
+                memory_gb=d.memory_gb,
+                used_gb=used[d.name],
+                models=[m.name for m in here],
+                servers=servers,
+            )
+        )
+    return out
 
 
 @router.get("/fleet", response_model=FleetOut)
@@ -47,7 +59,8 @@ def fleet(plane: PlaneDep) -> FleetOut:
 
 @router.get("/devices", response_model=list[DeviceOut])
 def devices(plane: PlaneDep) -> list[DeviceOut]:
-    """Each device's memory: what the models' instances hold against its budget."""
+    """Each device: its memory (what the models' instances hold against its budget) and the
+    placement (its models and their servers)."""
     return _devices(plane)
 
 
