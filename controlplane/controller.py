@@ -42,6 +42,7 @@ from domain.spec import FleetSpec, Knobs, Sla
 from domain.windows import aggregate
 from store import configs, queries
 from store import control as records
+from store import packing as packing_records
 from store.db import Store
 
 log = logging.getLogger("slatune.controller")
@@ -258,6 +259,8 @@ class Controller:
                 changes=changes, applied=applied, refused=refused,
                 before_ratio=None if worst is None or worst == float("inf") else worst,
             )  # fmt: skip
+            if decision.cannot_share and self.mode == "on":  # measured with the protection really in force
+                self._learn_cannot_share(session, decision, obs, now)
             if decision.kind in ("protect", "panic") and applied:
                 self._effects.append((action.id, now + EFFECT_AFTER_S))
         if applied:
@@ -268,6 +271,22 @@ class Controller:
             log.info("controller: %s: %s", decision.kind, decision.reason)
         self.metrics.actions.labels(decision.kind, "yes" if applied else "no").inc()
         return Action(decision, applied, refused)
+
+    def _learn_cannot_share(self, session: Session, decision: Decision, obs: Observation, now: float) -> None:
+        model = decision.model or ""
+        reading = obs.readings.get(model)
+        evidence = {
+            "sla_target_ms": reading.target_ms if reading else None,
+            "p99_ms": reading.settled_ms if reading else None,
+            "p95_ms": reading.value_ms if reading else None,
+            "window": [now - self.cfg.release_after_s, now],
+            "regime": decision.state.regime,
+            "protective_rungs": [rung.name for rung in self._ladder()],
+        }
+        for bulk in decision.cannot_share:
+            packing_records.record_cannot_share(
+                session, model, bulk, source="controller", summary=decision.reason, evidence=evidence, now=now
+            )
 
     def _note_trial(
         self, session: Session, decision: Decision, obs: Observation, now: float, tried: Candidate | None

@@ -46,7 +46,17 @@ logging.getLogger("optuna.storages._in_memory").setLevel(logging.WARNING)
 Mode = Literal["off", "advisory", "on"]
 MODES: tuple[Mode, ...] = ("off", "advisory", "on")
 Kind = Literal[
-    "hold", "protect", "panic", "release", "floor", "regime", "explore", "abandon", "adopt", "reject"
+    "hold",
+    "protect",
+    "panic",
+    "release",
+    "floor",
+    "regime",
+    "explore",
+    "abandon",
+    "adopt",
+    "reject",
+    "interference",
 ]
 
 
@@ -86,6 +96,11 @@ class ControlConfig:
     """Add the bulk queue cap (`SHED`) as the last rung of the ladder."""
     regime_confirm_s: float = 5.0
     """A new regime key must hold this long before the regime changes (no flapping on one window)."""
+    interference_after_s: float = 60.0
+    """A latency-critical model whose SLA figure over the release window stays broken this long with
+    every protective step in force cannot share its device with the bulk models there: the
+    controller says so once a minute at most (an `interference` action), and the store keeps the
+    rule for the packing planner."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,8 @@ class State:
     candidate: Candidate | None = None
     tabu: Mapping[str, float] = field(default_factory=dict)
     """Neighbour fingerprint -> the time until which it is not tried again."""
+    interference_at: float = -math.inf
+    """When the controller last said a model cannot share its device."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,8 @@ class Decision:
     kept: Mapping[str, Knobs] | None = None
     """A configuration that held the regime's SLAs with headroom, for the store to keep when it knows
     none for the regime yet (not the incumbent: what ran before a release)."""
+    cannot_share: tuple[str, ...] = ()
+    """Bulk models `model` was measured unable to share its device with (an interference decision)."""
 
 
 # --------------------------------------------------------------------------- the ladder
@@ -716,6 +735,22 @@ def decide(
             new = replace(state, level=state.level + 1, last_step_at=now)
             desc = next(r.describe for r in rungs if r.name == rung)
             return Decision("protect", new, knobs, model=_model(worst), rung=rung, reason=f"{why}: {desc}")
+        if (
+            state.level == top
+            and worst is not None
+            and worst.settled_ratio >= 1.0
+            and now - state.last_step_at >= cfg.interference_after_s
+            and now - state.interference_at >= cfg.interference_after_s
+        ):
+            device = spec.model(worst.model).device
+            bulk = tuple(m.name for m in spec.models if m.role == "bulk" and m.device == device)
+            if bulk:
+                return Decision(
+                    "interference", replace(state, interference_at=now), model=worst.model,
+                    cannot_share=bulk,
+                    reason=f"{why} with every protective step in force for {now - state.last_step_at:.0f} s: "
+                    f"{worst.model} cannot share {device} with {', '.join(bulk)}",
+                )  # fmt: skip
         return Decision(
             "hold", state, model=_model(worst), reason=f"{why}: waiting for the last step to show"
         )

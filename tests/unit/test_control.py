@@ -350,3 +350,32 @@ def test_a_breach_only_the_settled_figure_shows_waits_for_a_window_after_the_las
     assert decide(SPEC, o, settled(level=1, last_step_at=90.0), 100.0, CFG).kind == "hold"
     # 30 s after, the whole window is the step's: it did not help, the next rung
     assert decide(SPEC, o, settled(level=1, last_step_at=70.0), 100.0, CFG).kind == "protect"
+
+
+@pytest.mark.parametrize(
+    ("p99", "level", "last_step_at", "interference_at", "kind"),
+    [
+        # every rung in force for 60 s, the guard's 30 s p99 25 ms over 20: it cannot share its device
+        (25.0, 5, 40.0, -math.inf, "interference"),
+        # ...said once a minute at most
+        (25.0, 5, 40.0, 70.0, "hold"),
+        # only 30 s since the last rung: the protection has not had its chance
+        (25.0, 5, 70.0, -math.inf, "hold"),
+        # a rung left to take: take it, do not give up on sharing
+        (25.0, 4, 40.0, -math.inf, "protect"),
+        # near the target (p95 at 90%) but not over it: no rule
+        (19.0, 5, 40.0, -math.inf, "hold"),
+    ],
+)
+def test_a_breach_the_whole_ladder_cannot_stop_is_interference(
+    p99: float, level: int, last_step_at: float, interference_at: float, kind: str
+) -> None:
+    guard = Reading("safety-guard", 20.0, 18.0, settled_ms=p99)
+    o = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0), "safety-guard": guard}, REGIME, 80.0)
+    state = settled(level=level, last_step_at=last_step_at, interference_at=interference_at)
+    d = decide(SPEC, o, state, 100.0, CFG)
+    assert d.kind == kind
+    if kind == "interference":
+        assert d.model == "safety-guard" and d.cannot_share == ("embeddings", "reranker")
+        assert "safety-guard cannot share dev0 with embeddings, reranker" in d.reason
+        assert d.target is None and d.state.interference_at == 100.0
