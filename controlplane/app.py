@@ -22,6 +22,7 @@ from controlplane.api.routes import (
     alerts,
     configs,
     controller,
+    diagnosis,
     fleet,
     metrics,
     ops,
@@ -105,6 +106,7 @@ def create_app(plane: ControlPlane, token: str) -> FastAPI:
         controller.router,
         alerts.router,
         packing.router,
+        diagnosis.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, responses=too_large)

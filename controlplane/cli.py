@@ -23,9 +23,10 @@ from rich.table import Table
 from rich.text import Text
 
 from collectors.fleet import fleet_collector
-from controlplane import startup
+from controlplane import diagnosis, startup
 from controlplane.plane import ControlPlane, ModelSummary
 from controlplane.settings import Settings, get_settings
+from domain.diagnosis import top_per_subject
 from domain.slo import SloStatus
 from domain.spec import FleetSpec, Knobs, Sla, SpecError, resolve_spec
 from domain.stats import LoadReport, ModelStats, format_ms
@@ -38,6 +39,7 @@ from runtime.fleet import Fleet, read_state
 from runtime.load import LoadRun, ModelLoad, demo_mix, demo_trace, targets_for
 from runtime.render import render, to_pbtxt, write_model
 from runtime.server import ServerError
+from store import configs
 from store import control as control_records
 from store import packing as packing_records
 from store.db import Store, StoreError
@@ -551,11 +553,19 @@ def up(
     console.print("slatune stopped")
 
 
+def _diagnosis_lines(plane: ControlPlane, most: int = 3) -> list[str]:
+    """The top finding per model or device, the most severe few (`slatune diagnose` has them all)."""
+    found = diagnosis.findings(plane.store, plane.fleet.spec, plane.fleet.all_knobs(), plane.clock(), 30.0)
+    top = list(top_per_subject(found).values())[:most]
+    return [f"diagnosis: {f.subject}: {f.summary} -> {f.action}" for f in top]
+
+
 def _view(plane: ControlPlane, title: str, run_id: int | None) -> RenderableType:
     """The live table, the controller's line and the tuning line; when the store cannot be read, a
     line that says so. The fleet keeps serving either way: nothing a view reads may stop it."""
     try:
         lines = [_controller_line(plane)] + ([_tuning_line(plane, run_id)] if run_id is not None else [])
+        lines += _diagnosis_lines(plane)
         return Group(summary_table(plane, title), Text("\n".join(lines)))
     except Exception as exc:
         loops = f"collector {plane.collector.heartbeat.status() if plane.collector else 'not running'}; "
@@ -774,6 +784,39 @@ def collect(
         pass
     finally:
         collector.close()
+
+
+@app.command()
+def diagnose(
+    data_dir: DataDirOpt = None,
+    database_url: DbUrlOpt = None,
+    seconds: Annotated[float, typer.Option(help="Read the windows of the last SECONDS.", min=1)] = 60.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """What an expert would say of the running fleet's recent windows, each finding with its
+    evidence and the action that follows: too few instances (queue time high while the device has
+    headroom), a mistuned batching window (batches of one under load, or a queue delay with full
+    batches), interference (a latency-critical model's compute rising with the bulk work beside
+    it), an idle or nearly empty device (a packing opportunity). Reads the store the running
+    fleet's collectors write (`slatune up`, or `slatune collect`)."""
+    with failing_with(1, ServerError, StoreError):
+        running = read_state(_fleet_dir(data_dir))
+        store = _store(database_url)
+        store.require_head()
+        with store.session() as session:
+            applied = {name: Knobs.model_validate(v.knobs) for name, v in configs.applied(session).items()}
+    knobs = {m.name: applied.get(m.name, m.knobs) for m in running.spec.models}
+    found = diagnosis.findings(store, running.spec, knobs, time.time(), seconds)
+    if json_out:
+        console.print_json(
+            json.dumps([{**vars(f), "evidence": dict(f.evidence)} for f in found]), default=str
+        )
+        return
+    if not found:
+        console.print(f"[green]nothing to say over the last {seconds:g} s[/green]: no rule fired")
+    for f in found:
+        console.print(f"[bold]{f.subject}[/bold] ({f.kind}): {f.summary}", highlight=False)
+        console.print(f"  -> {f.action}", markup=False, highlight=False)
 
 
 def windows_table(windows: list[ModelWindow], failed: Mapping[str, str]) -> Table:

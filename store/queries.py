@@ -292,3 +292,36 @@ def downsample(session: Session, older_than: float, bucket_s: float = 60.0) -> i
 
 def window_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(MetricWindow)) or 0)
+
+
+DIAGNOSIS_FIELDS = (
+    "start end requests success inference_rate avg_batch avg_queue_ms avg_compute_input_ms "
+    "avg_compute_infer_ms avg_compute_output_ms p99_ms pending"
+).split()
+"""What `domain.diagnosis` reads of a window."""
+
+
+def diagnosis_windows(session: Session, since: float) -> dict[str, list[Any]]:
+    """Every model's windows that ended at or after `since`, oldest first, as rows of
+    DIAGNOSIS_FIELDS."""
+    q = (
+        select(Model.name, *(getattr(MetricWindow, c) for c in DIAGNOSIS_FIELDS))
+        .join(Model, Model.id == MetricWindow.model_id)
+        .where(MetricWindow.end >= since)
+        .order_by(MetricWindow.end)
+    )
+    out: dict[str, list[Any]] = {}
+    for row in session.execute(q):
+        out.setdefault(row.name, []).append(row)
+    return out
+
+
+def server_utilization(session: Session, since: float) -> dict[str, float]:
+    """Per server, the mean utilization of the devices it reported since `since` (0..1)."""
+    q = (
+        select(Server.name, func.avg(DeviceWindowRow.utilization))
+        .join(Server, Server.id == DeviceWindowRow.server_id)
+        .where(DeviceWindowRow.end >= since, DeviceWindowRow.utilization.is_not(None))
+        .group_by(Server.name)
+    )
+    return {name: float(u) for name, u in session.execute(q) if u is not None}

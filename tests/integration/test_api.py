@@ -543,3 +543,25 @@ def test_colocation_rules_are_added_listed_and_forgotten(api: Api) -> None:
     assert api.client.get(f"{V1}/colocation-rules").json() == []
     gone = api.client.delete(f"{V1}/colocation-rules/{rule['id']}")
     assert gone.status_code == 404 and gone.json()["field"] == "rule_id"
+
+
+def test_the_diagnosis_names_batches_of_one_under_load(api: Api) -> None:
+    # The embedder at 25 requests/s of one item each, with no queue delay (the default fleet's
+    # knobs): every request runs as a batch of its own, which is what the rule is for.
+    from runtime.load import LoadRun, ModelLoad, targets_for
+
+    assert api.fleet.knobs("embeddings").max_queue_delay_us == 0
+    targets = targets_for(api.fleet.spec, lambda s: api.fleet.endpoints(s).grpc)
+    began = time.time()
+    report = LoadRun([ModelLoad("embeddings", rate=25.0, words=(4, 8))], targets, duration_s=6.0, seed=9).run()
+    assert report.failed == 0, report.errors
+    time.sleep(1.5)  # the last windows reach the store
+    seconds = time.time() - began
+    found = api.client.get(f"{V1}/diagnosis", params={"seconds": seconds}).json()
+    batching = [f for f in found if f["kind"] == "batching-window" and f["subject"] == "embeddings"]
+    assert batching, found
+    assert batching[0]["evidence"]["avg_batch"] < 1.3 and batching[0]["evidence"]["request_rate"] >= 5
+    assert "max_queue_delay_us" in batching[0]["action"]
+    assert batching[0]["window"][1] - batching[0]["window"][0] == pytest.approx(seconds)
+    bad = api.client.get(f"{V1}/diagnosis", params={"seconds": 0})
+    assert bad.status_code == 422 and bad.json()["field"] == "query.seconds"

@@ -74,6 +74,15 @@ def test_fleet_up_load_and_collect(tmp_path: Path) -> None:
             rows = queries.windows(session, "safety-guard")
         store.dispose()
         assert sum(r.requests for r in rows) == report["models"]["safety-guard"]["sent"]
+        diagnosed = subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", "diagnose", "--seconds", "60", "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert diagnosed.returncode == 0, diagnosed.stdout + diagnosed.stderr
+        findings = json.loads(diagnosed.stdout)
+        assert all({"kind", "subject", "summary", "action", "evidence"} <= set(f) for f in findings)
+        # dev0 holds 59 of 80 GB at the default fleet's knobs: not a nearly empty device
+        assert not any(f["kind"] == "small-device" for f in findings), findings
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)
