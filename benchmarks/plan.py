@@ -13,6 +13,7 @@ needing a whole device; 80 GB devices.
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from pathlib import Path
@@ -65,6 +66,9 @@ def main(
     time_limit: Annotated[float, typer.Option(help="The planner's time limit per inventory (s).")] = 2.0,
     out: Annotated[Path, typer.Option()] = Path("docs/benchmarks/plan.json"),
     doc: Annotated[bool, typer.Option(help="Rewrite the section of docs/benchmarks.md.")] = True,
+    previous: Annotated[
+        Path | None, typer.Option(help="An earlier run's JSON, whose figures the doc shows beside these.")
+    ] = None,
 ) -> None:
     """Plan the seed inventory and random ones; write docs/benchmarks/plan.json and the doc's section."""
     seed_inv = resolve_inventory("seed")
@@ -140,7 +144,7 @@ proved in its time, whichever is higher).
 
 Goal (optimal, or within one device of the bound, in under 2 s for 200 models):
 {"met" if goal else "missed"} on every inventory above.
-"""
+{_previous(previous)}"""
     report.write(
         out,
         "Packing planner",
@@ -149,6 +153,19 @@ Goal (optimal, or within one device of the bound, in under 2 s for 200 models):
         "python -m benchmarks.plan",
         **({} if doc else {"doc": Path("/dev/null")}),
     )
+
+
+def _previous(path: Path | None) -> str:
+    """The earlier run's figures per size, so that the doc shows the benchmark reproduces."""
+    if path is None:
+        return ""
+    earlier = json.loads(path.read_text())
+    parts = [
+        f"{n} models: {v['devices']} devices (proven bound {v['proven_bound']}), "
+        f"solve max {v['solve_s_max']:.2f} s, {v['optimal_runs']} of {len(v['runs'])} optimal"
+        for n, v in earlier["sizes"].items()
+    ]
+    return f"\nThe run before ({earlier['measured_at']}, `{path}`): " + "; ".join(parts) + ".\n"
 
 
 if __name__ == "__main__":
