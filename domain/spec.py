@@ -24,6 +24,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -242,6 +243,23 @@ class DeviceSpec(Strict):
     """The memory budget models on this device may use, instances x memory per instance."""
     index: NonNegativeInt = 0
     """The GPU's index on its host (kind gpu only)."""
+    cores: list[NonNegativeInt] | None = Field(default=None, min_length=1, max_length=4096)
+    """Kind cpu only: the host cores (as numbered by the kernel) this device is. A server slatune
+    starts is pinned to the cores of its models' devices (its python backend stubs inherit the
+    pinning), so devices are apart for real: one device's load does not take another's cores.
+    Without cores a cpu device shares the whole host. Whether the cores exist is checked when the
+    server starts, on the host it starts on."""
+
+    @field_validator("cores")
+    @classmethod
+    def _cpu_cores(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return value
+        if info.data.get("kind", "cpu") != "cpu":  # a bad kind is named by its own error
+            raise ValueError(f"cores are for kind cpu, not {info.data['kind']}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"core(s) {sorted({c for c in value if value.count(c) > 1})} listed twice")
+        return sorted(value)
 
 
 class ServerSpec(Strict):
@@ -322,6 +340,15 @@ class FleetSpec(Strict):
     def models_on(self, server: str) -> list[ModelSpec]:
         return [m for m in self.models if m.server == server]
 
+    def server_cores(self, server: str) -> list[int] | None:
+        """The host cores a server slatune starts is pinned to: the union of the cores of its
+        models' devices; None (not pinned) when none of those devices names cores."""
+        devices = {d.name: d for d in self.devices}
+        cores = {
+            c for m in self.models_on(server) if (d := devices.get(m.device)) and d.cores for c in d.cores
+        }
+        return sorted(cores) or None
+
     def problems(self) -> list[tuple[str, str]]:
         """Every cross-field problem as (field path, reason); empty when the spec is sound."""
         out: list[tuple[str, str]] = []
@@ -336,6 +363,7 @@ class FleetSpec(Strict):
                 if counts[name] > 1:
                     out.append((f"{kind}[{i}].name", f"duplicate name {name!r}"))
         out += _port_problems(self.servers)
+        out += _core_problems(self.devices)
         devices = {d.name: d for d in self.devices}
         servers = {s.name: s for s in self.servers}
         for i, m in enumerate(self.models):
@@ -347,9 +375,30 @@ class FleetSpec(Strict):
             out += [(f"{at}.{path}", why) for path, why in model_problems(m, devices.get(m.device))]
             if m.server in servers:
                 out += [(f"{at}.{path}", why) for path, why in knob_problems(servers[m.server], m.knobs)]
+            if m.server in servers and m.device in devices:
+                out += [
+                    (f"{at}.device", why)
+                    for why in self._pinning_problems(servers[m.server], devices[m.device])
+                ]
         knobs = {m.name: m.knobs for m in self.models}
         out += [("devices", why) for why in memory_problems(self, knobs)]
         return out
+
+    def _pinning_problems(self, server: ServerSpec, device: DeviceSpec) -> list[str]:
+        """Why a model of `server` cannot sit on `device` as far as cores go: a server slatune
+        attached to cannot be pinned, and a pinned server would hold a cpu device without cores
+        (meant to share the whole host) to its other devices' cores."""
+        if server.attached and device.cores:
+            why = f"server {server.name!r} is attached to, not started by slatune: it cannot be pinned"
+            return [f"device {device.name!r} has cores, but {why}"]
+        pinned = None if server.attached else self.server_cores(server.name)
+        if device.kind == "cpu" and device.cores is None and pinned:
+            fix = f"give {device.name!r} cores, or serve this model from another server"
+            return [
+                f"device {device.name!r} names no cores, but server {server.name!r} is pinned to "
+                f"cores {pinned} of its other devices: {fix}"
+            ]
+        return []
 
 
 def model_problems(m: ModelTemplate, device: DeviceSpec | None) -> list[tuple[str, str]]:
@@ -427,6 +476,20 @@ def device_memory_used(spec: FleetSpec, knobs: Mapping[str, Knobs]) -> dict[str,
     for m in spec.models:
         used[m.device] += knobs[m.name].instances * m.memory_gb_per_instance
     return dict(used)
+
+
+def _core_problems(devices: Iterable[DeviceSpec]) -> list[tuple[str, str]]:
+    """A core may be one device's only: devices apart share no core."""
+    owner: dict[int, str] = {}
+    out = []
+    for i, d in enumerate(devices):
+        shared = [c for c in d.cores or () if c in owner]
+        if shared:
+            others = ", ".join(sorted({repr(owner[c]) for c in shared}))
+            out.append((f"devices[{i}].cores", f"core(s) {shared} already belong to device(s) {others}"))
+        for c in d.cores or ():
+            owner.setdefault(c, d.name)
+    return out
 
 
 def _port_problems(servers: Iterable[ServerSpec]) -> list[tuple[str, str]]:
@@ -612,11 +675,12 @@ def _repository_problems(repo: Path, model: str, most: int = 3) -> list[str]:
     return out
 
 
-EMBEDDED_FLEETS = ("default", "large", "gpu-trtllm")
+EMBEDDED_FLEETS = ("default", "large", "two-server", "gpu-trtllm")
 
 
 def embedded_spec_path(name: str = "default") -> Path:
-    """Path of a spec shipped with slatune: default (one 80 GB device), large (two), gpu-trtllm."""
+    """Path of a spec shipped with slatune: default (one 80 GB device), large (two), two-server (two
+    one-core devices, a server each), gpu-trtllm."""
     if name not in EMBEDDED_FLEETS:
         raise SpecError(
             name, [("(name)", f"no embedded fleet {name!r} (have: {', '.join(EMBEDDED_FLEETS)})")]

@@ -360,3 +360,91 @@ def test_yaml_aliases_cannot_blow_a_small_spec_up(tmp_path: Path) -> None:
         load_spec(spec_file)
     assert time.perf_counter() - began < 1
     assert err.value.problems[0][0] == "(top level)" and "expands to over" in err.value.problems[0][1]
+
+
+# ----------------------------------------------------------------- cpu devices as sets of cores
+
+
+def two_server_data() -> dict[str, Any]:
+    return yaml.safe_load(embedded_spec_path("two-server").read_text())
+
+
+def test_two_server_fleet_is_the_team_on_two_one_core_devices_a_server_each() -> None:
+    spec = resolve_spec("two-server")
+    assert [(d.name, d.memory_gb, d.cores) for d in spec.devices] == [("dev0", 80, [0]), ("dev1", 80, [1])]
+    assert {m.name: m.server for m in spec.models} == {
+        "chat-llm": "triton0", "safety-guard": "triton0", "embeddings": "triton1", "reranker": "triton1",
+    }  # fmt: skip
+    assert {s.name: spec.server_cores(s.name) for s in spec.servers} == {"triton0": [0], "triton1": [1]}
+
+
+def test_a_fleet_without_cores_pins_nothing() -> None:
+    for name in ("default", "large"):
+        spec = resolve_spec(name)
+        assert all(d.cores is None for d in spec.devices)
+        assert [spec.server_cores(s.name) for s in spec.servers] == [None]
+
+
+def test_a_server_is_pinned_to_the_union_of_its_devices_cores(tmp_path: Path) -> None:
+    data = two_server_data()
+    data["devices"][1]["cores"] = [3, 2]  # written in any order
+    for m in data["models"]:
+        m["server"] = "triton0"  # one server over both devices
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    spec = load_spec(spec_file)
+    assert spec.device("dev1").cores == [2, 3]
+    assert spec.server_cores("triton0") == [0, 2, 3] and spec.server_cores("triton1") is None
+
+
+# (what is broken, the field path the error must name, words the reason must contain)
+BAD_CORES = [
+    (["devices", 0], {"name": "gpu0", "kind": "gpu", "memory_gb": 80, "cores": [0]},
+     "devices[0](gpu0).cores", "cores are for kind cpu, not gpu"),
+    (["devices", 0, "cores"], [0, 2, 0], "devices[0](dev0).cores", "core(s) [0] listed twice"),
+    (["devices", 0, "cores"], [-1], "devices[0](dev0).cores[0]", "greater than or equal to 0"),
+    (["devices", 0, "cores"], [], "devices[0](dev0).cores", "at least 1 item"),
+    (["devices", 1, "cores"], [1, 0], "devices[1].cores", "core(s) [0] already belong to device(s) 'dev0'"),
+    # a pinned server would hold a device meant to share the whole host to its other device's core
+    (["devices", 1, "cores"], _DELETE, "models[2](embeddings).device", "device 'dev1' names no cores"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "field", "reason"), BAD_CORES)
+def test_bad_cores_name_the_field(
+    tmp_path: Path, path: list[Any], value: Any, field: str, reason: str
+) -> None:
+    data = two_server_data()
+    if field.startswith("models[2]"):
+        data["models"][2]["server"] = "triton0"  # embeddings on dev1 (no cores), served beside dev0's
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    problems = dict(err.value.problems)
+    assert field in problems, err.value
+    assert reason in problems[field], err.value
+
+
+def test_an_attached_server_cannot_be_pinned(tmp_path: Path) -> None:
+    data = two_server_data()
+    data["servers"][1] = {
+        "name": "triton1", "http_url": "http://127.0.0.1:8000", "grpc_url": "127.0.0.1:8001",
+        "metrics_url": "http://127.0.0.1:8002/metrics",
+    }  # fmt: skip
+    spec_file = tmp_path / "fleet.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file)
+    problems = dict(err.value.problems)
+    assert "cannot be pinned" in problems["models[2](embeddings).device"], err.value
+    del data["devices"][1]["cores"]  # the attached server's device shares the host: fine
+    spec_file.write_text(yaml.safe_dump(data))
+    assert load_spec(spec_file).server_cores("triton1") is None
