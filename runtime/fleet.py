@@ -178,6 +178,7 @@ class Fleet:
             s.rate_limit_resources,
             env,
             trace_dir=self.work_dir / "traces" / s.name,
+            cores=self.spec.server_cores(s.name),
         )
         self._servers[s.name] = _Server(s, process.endpoints, process)
         process.start(timeout)

@@ -20,7 +20,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +177,35 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _child_setup(cores: frozenset[int] | None) -> Callable[[], None]:
+    """What the child runs before exec: die with its parent and, when given `cores`, run on those
+    alone. Affinity is inherited by every process the server starts (its python backend stubs), so
+    the whole server, model instances included, stays on its devices' cores."""
+
+    def setup() -> None:
+        _die_with_parent()
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
+    return setup
+
+
+def host_cores() -> frozenset[int]:
+    """The cores this process may run on (and so may pin a server to)."""
+    return frozenset(os.sched_getaffinity(0))
+
+
+def _ranges(cores: Iterable[int]) -> str:
+    """`0-3,6` for cores 0, 1, 2, 3, 6."""
+    out: list[str] = []
+    for c in sorted(cores):
+        if out and out[-1].split("-")[-1] == str(c - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
 class TritonProcess:
     """A tritonserver in its own process group, logging to a file."""
 
@@ -191,8 +220,12 @@ class TritonProcess:
         rate_limit_resources: Mapping[str, int],
         env: Mapping[str, str],
         trace_dir: Path | None = None,
+        cores: Iterable[int] | None = None,
     ) -> None:
+        """`cores`: the host cores the server (and every process it starts) is pinned to; None
+        leaves it free to run anywhere."""
         self.name = name
+        self.cores = None if cores is None else frozenset(cores)
         self.trace_dir = trace_dir
         self.binary = binary
         self.repository = repository
@@ -245,12 +278,19 @@ class TritonProcess:
                     f"server {self.name!r}: {field} {port} is already in use on {LOOPBACK}; "
                     "choose another port in the spec, or leave it out to have a free one picked"
                 )
+        if self.cores is not None and not self.cores <= (available := host_cores()):
+            raise ServerError(
+                f"server {self.name!r} is to be pinned to cores {_ranges(self.cores)} (its devices' "
+                f"cores), but core(s) {_ranges(self.cores - available)} are not on this host (slatune "
+                f"may run on cores {_ranges(available)}): fix the devices' `cores` in the spec"
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.trace_dir is not None:
             self.trace_dir.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
         with open(self.log_path, "ab") as log:
-            log.write(f"\n==== slatune: starting {' '.join(self.command())}\n".encode())
+            pinned = "" if self.cores is None else f" (pinned to cores {_ranges(self.cores)})"
+            log.write(f"\n==== slatune: starting {' '.join(self.command())}{pinned}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 self.command(),
@@ -259,7 +299,7 @@ class TritonProcess:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_setup(self.cores),
             )
         deadline = began + timeout
         while time.monotonic() < deadline:
