@@ -56,6 +56,11 @@ def optional_int(pb_utils: Any, request: Any, name: str, default: int) -> int:
     return default if tensor is None else int(np.asarray(tensor.as_numpy()).reshape(-1)[0])
 
 
+def optional_float(pb_utils: Any, request: Any, name: str) -> float | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else float(np.asarray(tensor.as_numpy()).reshape(-1)[0])
+
+
 def split_responses(pb_utils: Any, counts: list[int], name: str, values: np.ndarray) -> list[Any]:
     """One response per request from a batch computed together: request i gets the next counts[i] rows."""
     out, start = [], 0
