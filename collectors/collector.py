@@ -392,10 +392,12 @@ class Collector:
                 with self.store.session() as session:
                     ids = queries.model_ids(session)
                     versions = queries.applied_versions(session)
+                    # Every server reports its host's CPU as device "cpu": the server tells them apart.
+                    server_id = queries.server_ids(session).get(key)  # none for NVML's ("")
                     written = 0
                     for b in batches:
                         written += queries.add_windows(session, ids, b.windows, versions, self.interval_s)
-                        queries.add_device_windows(session, b.devices)
+                        queries.add_device_windows(session, b.devices, server_id)
             except StoreUnavailable as exc:
                 self.metrics.store_failures.labels("unavailable").inc()
                 if self._store_ok:

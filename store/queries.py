@@ -94,6 +94,10 @@ def model_ids(session: Session) -> dict[str, int]:
     return {name: id_ for name, id_ in session.execute(select(Model.name, Model.id))}
 
 
+def server_ids(session: Session) -> dict[str, int]:
+    return {name: id_ for name, id_ in session.execute(select(Server.name, Server.id))}
+
+
 def models(session: Session, names: Iterable[str]) -> dict[str, Model]:
     """The named models' rows by name (those the store has)."""
     return {m.name: m for m in session.scalars(select(Model).where(Model.name.in_(list(names))))}
