@@ -11,6 +11,7 @@ back."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from domain.proposal import Guardrails
 from domain.spec import Knobs, embedded_spec_path, load_spec
 from runtime.fleet import Fleet
 from runtime.load import LoadRun, ModelLoad, targets_for
+from runtime.server import ServerError
 from store import queries
 from store.db import Store
 from store.models import ConfigVersion, DeviceWindowRow, MetricWindow
@@ -112,6 +114,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_cores_this_host_lacks_fail_the_start_naming_them(tmp_path: Path) -> None:
+    missing = max(os.sched_getaffinity(0)) + 1
+    data: dict[str, Any] = yaml.safe_load(embedded_spec_path("two-server").read_text())
+    data["devices"][1]["cores"] = [1, missing]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    fleet = Fleet(load_spec(path), tmp_path / "work")
+    with pytest.raises(ServerError, match=rf"server 'triton1' .* core\(s\) {missing} are not on this host"):
+        fleet.start()
+    assert fleet.pid("triton0") is None  # the server started before it is stopped again
+    assert not pids_running(str(tmp_path / "work"))
+
+
 def test_each_server_runs_on_its_devices_core_model_stubs_included(live: Live) -> None:
     for server, cores in SERVERS.items():
         pid = live.fleet.pid(server)
@@ -191,12 +206,29 @@ def test_one_study_tunes_models_on_both_servers_live(live: Live) -> None:
     assert {m: fleet.observed_knobs(m) for m in MODELS} == fleet.all_knobs()  # the record is what runs
 
 
-def test_stopping_the_fleet_stops_both_servers(live: Live) -> None:
+def test_each_models_traffic_reached_its_own_server(live: Live) -> None:
     live.load.stop()
     report = live.load.join(30)
-    for model, server in MODELS.items():  # each model's traffic reached its own server
+    for model, server in MODELS.items():
         stats = report.models[model]
         assert stats.ok > 0 and not stats.failed.get("unavailable"), (model, server, report.errors)
+
+
+def test_a_restarted_server_is_pinned_again(live: Live) -> None:
+    before = live.fleet.pid("triton1")
+    assert before is not None
+    os.killpg(before, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        live.fleet.restarts("triton1") == 1 and (pid := live.fleet.pid("triton1")) not in (None, before)
+    ):
+        time.sleep(0.2)
+    pid = live.fleet.pid("triton1")
+    assert pid is not None and pid != before, "triton1 was not restarted within 60 s"
+    assert os.sched_getaffinity(pid) == SERVERS["triton1"]
+
+
+def test_stopping_the_fleet_stops_both_servers(live: Live) -> None:
     groups = {s: process_group(pid) for s in SERVERS if (pid := live.fleet.pid(s)) is not None}
     assert set(groups) == set(SERVERS)
     live.fleet.stop()
