@@ -28,7 +28,7 @@ from controlplane.plane import ControlPlane, ModelSummary
 from controlplane.settings import Settings, get_settings
 from domain.diagnosis import top_per_subject
 from domain.slo import SloStatus
-from domain.spec import FleetSpec, Knobs, Sla, SpecError, resolve_spec
+from domain.spec import EMBEDDED_FLEETS, FleetSpec, Knobs, Sla, SpecError, resolve_spec
 from domain.stats import LoadReport, ModelStats, format_ms
 from domain.windows import ModelWindow
 from packing.inventory import Inventory, resolve_inventory
@@ -37,7 +37,7 @@ from packing.planner import PlanError, fleet_spec, plan_json, server_name
 from packing.planner import plan as make_plan
 from runtime.fleet import Fleet, read_state
 from runtime.load import LoadRun, ModelLoad, demo_mix, demo_trace, targets_for
-from runtime.render import render, to_pbtxt, write_model
+from runtime.render import render_models, to_pbtxt, write_model
 from runtime.server import ServerError
 from store import configs
 from store import control as control_records
@@ -66,7 +66,7 @@ log = logging.getLogger("slatune.cli")
 SpecOpt = Annotated[
     str | None,
     typer.Option(
-        "--spec", "-s", help="Fleet spec: a YAML path, or an embedded fleet (default, large, gpu-trtllm)."
+        "--spec", "-s", help=f"Fleet spec: a YAML path, or an embedded fleet ({', '.join(EMBEDDED_FLEETS)})."
     ),
 ]
 DataDirOpt = Annotated[
@@ -322,8 +322,9 @@ def fleet_render(
     """Write the model repositories (config.pbtxt per model) without starting anything. The
     sources need not exist here (render the gpu-trtllm fleet on a host without its engine)."""
     fs = _spec(spec, check_files=False)
+    configs = render_models(fs, fs.models)
     for m in fs.models:
-        cfg = render(m, m.knobs, fs.device(m.device))
+        cfg = configs[m.name]
         write_model(out / m.server, m, cfg)
         console.print(f"[bold]{out / m.server / m.name / 'config.pbtxt'}[/bold]")
         console.print(to_pbtxt(cfg), markup=False, highlight=False)

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -219,20 +220,53 @@ class Sla(Strict):
         return None
 
 
+class Step(Strict):
+    """One step of an ensemble: a model of the fleet, its inputs taken from the ensemble's tensors
+    and its outputs given to them."""
+
+    model: str
+    input_map: dict[str, str] = Field(min_length=1)
+    """The step model's input name -> the ensemble tensor it reads (an ensemble input, or an earlier
+    step's output)."""
+    output_map: dict[str, str] = Field(min_length=1)
+    """The step model's output name -> the ensemble tensor it writes."""
+
+
+class Ensemble(Strict):
+    """A pipeline Triton runs server-side (`platform: ensemble`): each step runs once its inputs are
+    ready, tensors pass in memory. The ensemble's inputs are the tensors no step writes; their types
+    and shapes, and the outputs', come from the step models' configs."""
+
+    steps: list[Step] = Field(min_length=1, max_length=16)
+    outputs: list[str] = Field(min_length=1)
+    """The tensors returned to the client."""
+
+    def inputs(self) -> list[str]:
+        written = {t for s in self.steps for t in s.output_map.values()}
+        seen: dict[str, None] = {}
+        for s in self.steps:
+            for t in s.input_map.values():
+                if t not in written:
+                    seen.setdefault(t)
+        return list(seen)
+
+
 class Source(Strict):
     """Where a model comes from: exactly one of a built-in demo model, a user's model repository
-    (the folder holding `<model name>/config.pbtxt` and its version folders), or a TensorRT-LLM
-    engine directory."""
+    (the folder holding `<model name>/config.pbtxt` and its version folders), a TensorRT-LLM
+    engine directory, or an ensemble of the fleet's models."""
 
     builtin: Literal["chat", "embedder", "reranker", "guard"] | None = None
     repository: Path | None = None
     engine_dir: Path | None = None
+    ensemble: Ensemble | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
-        given = [k for k in ("builtin", "repository", "engine_dir") if getattr(self, k) is not None]
+        kinds = ("builtin", "repository", "engine_dir", "ensemble")
+        given = [k for k in kinds if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of builtin, repository, engine_dir (got {given or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(kinds)} (got {given or 'none'})")
         return self
 
 
@@ -300,7 +334,8 @@ class ModelTemplate(Strict):
     backend: Literal["python", "tensorrtllm"] = "python"
     streaming: bool = False
     """Decoupled model that streams tokens (time to first token is its SLA metric)."""
-    memory_gb_per_instance: PositiveFloat
+    memory_gb_per_instance: NonNegativeFloat
+    """Greater than 0, but for an ensemble (0: its steps hold the memory)."""
     sla: Sla | None = None
     knobs: Knobs = Field(default_factory=Knobs)
     bounds: Bounds = Field(default_factory=Bounds)
@@ -380,8 +415,60 @@ class FleetSpec(Strict):
                     (f"{at}.device", why)
                     for why in self._pinning_problems(servers[m.server], devices[m.device])
                 ]
+        out += self._ensemble_problems()
         knobs = {m.name: m.knobs for m in self.models}
         out += [("devices", why) for why in memory_problems(self, knobs)]
+        return out
+
+    def _ensemble_problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        by_name = {m.name: m for m in self.models}
+        for i, m in enumerate(self.models):
+            ens = m.source.ensemble
+            if ens is None:
+                continue
+            at = f"models[{i}].source.ensemble"
+            written: set[str] = set()
+            streaming = False
+            for j, step in enumerate(ens.steps):
+                target = by_name.get(step.model)
+                if target is None:
+                    out.append((f"{at}.steps[{j}].model", f"unknown model {step.model!r}"))
+                    continue
+                if target.source.ensemble is not None:
+                    out.append((f"{at}.steps[{j}].model", f"{step.model!r} is an ensemble itself"))
+                if target.server != m.server:
+                    out.append(
+                        (
+                            f"{at}.steps[{j}].model",
+                            f"{step.model!r} runs on server {target.server!r}, the ensemble on {m.server!r}",
+                        )
+                    )
+                streaming |= target.streaming
+                later = {t for s in ens.steps[j:] for t in s.output_map.values()}
+                for name, tensor in step.input_map.items():
+                    if tensor in later - written:
+                        out.append(
+                            (
+                                f"{at}.steps[{j}].input_map.{name}",
+                                f"tensor {tensor!r} is written by this or a later step",
+                            )
+                        )
+                written |= set(step.output_map.values())
+            for k, tensor in enumerate(ens.outputs):
+                if tensor not in written:
+                    out.append((f"{at}.outputs[{k}]", f"no step writes tensor {tensor!r}"))
+            read = {t for s in ens.steps for t in s.input_map.values()} | set(ens.outputs)
+            for tensor in sorted(written - read):
+                out.append(
+                    (
+                        f"{at}",
+                        f"tensor {tensor!r} is written but never read (Triton refuses an unused tensor)",
+                    )
+                )
+            if streaming != m.streaming:
+                why = "a step streams, so the ensemble must" if streaming else "no step streams"
+                out.append((f"models[{i}].streaming", why))
         return out
 
     def _pinning_problems(self, server: ServerSpec, device: DeviceSpec) -> list[str]:
@@ -410,6 +497,15 @@ def model_problems(m: ModelTemplate, device: DeviceSpec | None) -> list[tuple[st
         out.append(("source", "engine_dir is for backend tensorrtllm"))
     if m.backend == "tensorrtllm" and device is not None and device.kind != "gpu":
         out.append(("backend", f"tensorrtllm needs a gpu device, {device.name!r} is {device.kind}"))
+    if m.source.ensemble is None and m.memory_gb_per_instance <= 0:
+        out.append(("memory_gb_per_instance", "Input should be greater than 0 (only an ensemble holds none)"))
+    if m.source.ensemble is not None:
+        if m.memory_gb_per_instance > 0:
+            out.append(
+                ("memory_gb_per_instance", "an ensemble holds no memory of its own (its steps do): give 0")
+            )
+        if m.knobs != Knobs() or m.bounds != Bounds():
+            out.append(("knobs", "an ensemble has no knobs of its own: tune its steps"))
     if m.role == "latency-critical" and m.sla is None:
         out.append(("sla", "a latency-critical model needs an SLA"))
     if m.sla is not None and (bad := m.sla.problem(m.streaming)) is not None:
@@ -675,7 +771,7 @@ def _repository_problems(repo: Path, model: str, most: int = 3) -> list[str]:
     return out
 
 
-EMBEDDED_FLEETS = ("default", "large", "two-server", "gpu-trtllm")
+EMBEDDED_FLEETS = ("default", "large", "two-server", "pipeline", "gpu-trtllm")
 
 
 def embedded_spec_path(name: str = "default") -> Path:

@@ -158,10 +158,10 @@ class Fleet:
         if repo.exists():
             shutil.rmtree(repo)
         repo.mkdir(parents=True)
+        configs = render.render_models(self.spec, self.spec.models_on(s.name), warmup=self.warmup)
         for m in self.spec.models_on(s.name):
-            config = render.render(m, m.knobs, self.spec.device(m.device), warmup=self.warmup)
-            render.write_model(repo, m, config)
-            self._applied[m.name] = config
+            render.write_model(repo, m, configs[m.name])
+            self._applied[m.name] = configs[m.name]
         picked = iter(free_ports(3))
         ports = Ports(
             http=s.http_port or next(picked),
@@ -347,6 +347,8 @@ class Fleet:
         bad field. Checks types and ranges, rate-limiter resources and the device memory budget."""
         spec = self.spec.model(model)
         current = self.knobs(model)
+        if spec.source.ensemble is not None and changes and current.with_values(changes) != current:
+            raise ReconfigurationError(f"{model}: an ensemble has no knobs of its own; tune its steps")
         unknown = sorted(set(changes) - set(Knobs.model_fields))
         if unknown:
             raise ReconfigurationError(

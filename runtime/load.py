@@ -31,7 +31,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from domain.spec import FleetSpec, Sla
+from domain.spec import FleetSpec, ModelSpec, Sla
 from domain.stats import LoadReport, ModelStats, Record, summarize
 from runtime.words import WORDS
 
@@ -114,8 +114,21 @@ def require_loopback(hostport: str) -> None:
 
 def targets_for(spec: FleetSpec, grpc_of_server: Callable[[str], str]) -> dict[str, Target]:
     return {
-        m.name: Target(grpc_of_server(m.server), m.source.builtin, m.streaming, m.sla) for m in spec.models
+        m.name: Target(grpc_of_server(m.server), client_kind(spec, m), m.streaming, m.sla)
+        for m in spec.models
     }
+
+
+def client_kind(spec: FleetSpec, model: ModelSpec) -> str | None:
+    """The built-in whose requests a client sends the model: its own, or for an ensemble the kind of
+    the step that reads most of the ensemble's inputs (chat for guard-then-chat: PROMPT and
+    MAX_TOKENS; reranker for embed-then-rerank: QUERY and DOCUMENT)."""
+    ens = model.source.ensemble
+    if ens is None:
+        return model.source.builtin
+    inputs = set(ens.inputs())
+    step = max(ens.steps, key=lambda s: len(inputs & set(s.input_map.values())))
+    return spec.model(step.model).source.builtin
 
 
 def _text(rng: np.random.Generator, words: tuple[int, int]) -> bytes:

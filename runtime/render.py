@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import serialize_byte_tensor
 
-from domain.spec import ComputePriority, DeviceSpec, Knobs, ModelSpec
+from domain.spec import ComputePriority, DeviceSpec, FleetSpec, Knobs, ModelSpec
 from runtime.words import WORDS
 
 ModelConfig = mc.ModelConfig
@@ -125,6 +126,62 @@ def render(model: ModelSpec, knobs: Knobs, device: DeviceSpec, *, warmup: bool =
     return cfg
 
 
+def render_models(
+    spec: FleetSpec, models: Sequence[ModelSpec], *, warmup: bool = True
+) -> dict[str, mc.ModelConfig]:
+    """The configs of `models` at their spec knobs: the ensembles' from their steps', after them."""
+    out = {
+        m.name: render(m, m.knobs, spec.device(m.device), warmup=warmup)
+        for m in models
+        if m.source.ensemble is None
+    }
+    for m in models:
+        if m.source.ensemble is not None:
+            steps = {s.model: out.get(s.model) or render(spec.model(s.model), spec.model(s.model).knobs,
+                     spec.device(spec.model(s.model).device)) for s in m.source.ensemble.steps}  # fmt: skip
+            out[m.name] = render_ensemble(m, steps)
+    return out
+
+
+def render_ensemble(model: ModelSpec, steps: Mapping[str, mc.ModelConfig]) -> mc.ModelConfig:
+    """The `platform: ensemble` config of `model` from its steps' configs (`steps`, by model name):
+    each ensemble input and output takes the type and shape of the step tensor it maps to; the
+    ensemble batches no more than its smallest step; it streams when a step does."""
+    ens = model.source.ensemble
+    assert ens is not None
+    cfg = mc.ModelConfig(name=model.name, platform="ensemble")
+    cfg.max_batch_size = min(steps[s.model].max_batch_size for s in ens.steps)
+    if any(steps[s.model].model_transaction_policy.decoupled for s in ens.steps):
+        cfg.model_transaction_policy.decoupled = True
+    for tensor in ens.inputs():
+        readers = [
+            (inp, name) for s in ens.steps for name, t in s.input_map.items() if t == tensor
+            for inp in steps[s.model].input if inp.name == name
+        ]  # fmt: skip
+        if not readers:
+            raise ValueError(f"ensemble {model.name!r}: no step model has the input that reads {tensor!r}")
+        first = readers[0][0]
+        cfg.input.add(
+            name=tensor,
+            data_type=first.data_type,
+            dims=first.dims,
+            optional=all(i.optional for i, _ in readers),
+        )
+    for tensor in ens.outputs:
+        writer = next(
+            out for s in ens.steps for name, t in s.output_map.items() if t == tensor
+            for out in steps[s.model].output if out.name == name
+        )  # fmt: skip
+        cfg.output.add(name=tensor, data_type=writer.data_type, dims=writer.dims)
+    for s in ens.steps:
+        step = cfg.ensemble_scheduling.step.add(model_name=s.model, model_version=-1)
+        for key, value in s.input_map.items():
+            step.input_map[key] = value
+        for key, value in s.output_map.items():
+            step.output_map[key] = value
+    return cfg
+
+
 PRIORITY: dict[ComputePriority, int] = {
     "default": mc.ModelOptimizationPolicy.PRIORITY_DEFAULT,
     "max": mc.ModelOptimizationPolicy.PRIORITY_MAX,
@@ -226,7 +283,7 @@ def write_model(repo: Path, model: ModelSpec, config: mc.ModelConfig) -> Path:
             link = target / entry.name
             if entry.name != "config.pbtxt" and not link.exists():
                 link.symlink_to(entry.resolve())
-    else:
+    else:  # an engine (the backend reads it from the config), or an ensemble: an empty version
         (target / "1").mkdir(exist_ok=True)
     return target
 

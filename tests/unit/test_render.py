@@ -179,3 +179,23 @@ def test_write_model_writes_the_warmup_files(tmp_path: Path) -> None:
     out = render.write_model(tmp_path, model, cfg)
     assert sorted(p.name for p in (out / "warmup").iterdir()) == ["document_1", "query_1"]
     assert (out / "1" / "model.py").is_file()
+
+
+def test_an_ensemble_renders_from_its_steps_configs() -> None:
+    spec = resolve_spec("pipeline")
+    configs = render.render_models(spec, spec.models)
+    chat = configs["chat-pipeline"]
+    assert chat.platform == "ensemble" and chat.model_transaction_policy.decoupled  # chat-llm streams
+    assert chat.max_batch_size == 8  # the smallest step's (chat-llm 8, guard 32)
+    inputs = {i.name: (i.data_type, list(i.dims), i.optional) for i in chat.input}
+    # PROMPT feeds the guard's TEXT and chat's PROMPT, both required; MAX_TOKENS only chat's optional one
+    assert inputs == {"PROMPT": (mc.TYPE_STRING, [1], False), "MAX_TOKENS": (mc.TYPE_INT32, [1], True)}
+    assert [(o.name, o.data_type) for o in chat.output] == [("TOKEN", mc.TYPE_INT32)]
+    steps = chat.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["safety-guard", "chat-llm"]
+    assert dict(steps[1].input_map) == {"PROMPT": "PROMPT", "MAX_TOKENS": "MAX_TOKENS", "GATE": "verdict"}
+    retrieval = configs["retrieval"]
+    assert not retrieval.model_transaction_policy.decoupled and retrieval.max_batch_size == 32
+    assert [(o.name, list(o.dims)) for o in retrieval.output] == [("SCORE", [1])]
+    # Round trip: what is written is what Triton parses.
+    assert render.parse_pbtxt(render.to_pbtxt(chat)) == chat

@@ -20,6 +20,7 @@ from domain.spec import (
     device_memory_used,
     embedded_spec_path,
     load_spec,
+    parse_spec,
     resolve_spec,
 )
 
@@ -448,3 +449,62 @@ def test_an_attached_server_cannot_be_pinned(tmp_path: Path) -> None:
     del data["devices"][1]["cores"]  # the attached server's device shares the host: fine
     spec_file.write_text(yaml.safe_dump(data))
     assert load_spec(spec_file).server_cores("triton1") is None
+
+
+def _pipeline_data() -> dict[str, Any]:
+    import yaml
+
+    from domain.spec import embedded_spec_path
+
+    return yaml.safe_load(embedded_spec_path("pipeline").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "why"),
+    [
+        (
+            lambda s: s["steps"][0].update(model="nope"),
+            "source.ensemble.steps[0].model",
+            "unknown model 'nope'",
+        ),
+        (lambda s: s["steps"][1]["input_map"].update(GATE="later"), "", "written but never read"),
+        (
+            lambda s: s.update(outputs=["nothing"]),
+            "source.ensemble.outputs[0]",
+            "no step writes tensor 'nothing'",
+        ),
+        (
+            lambda s: s["steps"].reverse(),
+            "source.ensemble.steps[0].input_map.GATE",
+            "written by this or a later step",
+        ),
+    ],
+)
+def test_a_bad_ensemble_names_the_field(change: Any, path: str, why: str) -> None:
+    data = _pipeline_data()
+    pipeline = next(m for m in data["models"] if m["name"] == "chat-pipeline")
+    change(pipeline["source"]["ensemble"])
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    assert any(
+        p.startswith("models[4](chat-pipeline)") and p.endswith(path) and why in w
+        for p, w in err.value.problems
+    ), err.value.problems
+
+
+def test_an_ensemble_holds_no_memory_and_no_knobs_and_streams_with_its_steps() -> None:
+    data = _pipeline_data()
+    pipeline = next(m for m in data["models"] if m["name"] == "chat-pipeline")
+    pipeline.update(memory_gb_per_instance=1, knobs={"instances": 2}, streaming=False)
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    whys = {p.split(").", 1)[1]: w for p, w in err.value.problems}
+    assert "holds no memory" in whys["memory_gb_per_instance"]
+    assert "no knobs of its own" in whys["knobs"]
+    assert "a step streams" in whys["streaming"]
+    plain = _pipeline_data()
+    plain["models"][0]["memory_gb_per_instance"] = 0
+    with pytest.raises(
+        SpecError, match=r"models\[0\]\(safety-guard\).memory_gb_per_instance: Input should be greater than 0"
+    ):
+        parse_spec(plain)
