@@ -1,8 +1,10 @@
 """One fleet, two started servers: the embedded two-server fleet brought up as `slatune up` brings
-a fleet up (store, fleet, collectors, reconciler), under bounded mixed load. Each server runs on
-its device's core, model stubs included; one collector stores windows for the models of both,
-timed by each server's own traces; one tuning study changes knobs on both servers, applied live
-and read back from each Triton; stopping the fleet stops both servers.
+a fleet up (store, fleet, collectors, reconciler), under bounded mixed load (in requests and in
+time). Each server runs on its device's core, model stubs included, also after a restart; cores
+the host lacks fail the start. One collector stores windows for the models of both, timed by each
+server's own traces, and the API's summary shows them all; one tuning study changes knobs on both
+servers, applied live and read back from each Triton; each model's traffic reaches its own server;
+stopping the fleet stops both servers.
 
 The SLAs are relaxed: this is about the multi-server path, not about how close a 2-core host runs
 to the demo's targets, and a trial that broke an SLA would be restored before it could be read
@@ -21,8 +23,10 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
+from fastapi.testclient import TestClient
 
 from controlplane import startup
+from controlplane.app import create_app
 from controlplane.settings import Settings
 from domain.proposal import Guardrails
 from domain.spec import Knobs, embedded_spec_path, load_spec
@@ -46,7 +50,7 @@ pytestmark = [
 SERVERS = {"triton0": {0}, "triton1": {1}}
 MODELS = {"chat-llm": "triton0", "safety-guard": "triton0", "embeddings": "triton1", "reranker": "triton1"}
 LOADS = [  # lighter than the demo mix: clients, collector and tests share the host's two cores
-    ModelLoad("chat-llm", rate=1.5, words=(16, 48), max_tokens=8),
+    ModelLoad("chat-llm", rate=2.0, words=(16, 48), max_tokens=8),
     ModelLoad("safety-guard", rate=5.0, words=(16, 48)),
     ModelLoad("embeddings", concurrency=1, batch=8, words=(16, 64)),
     ModelLoad("reranker", concurrency=1, batch=4, words=(16, 64)),
@@ -161,9 +165,9 @@ def test_one_collector_stores_windows_of_every_model_on_both_servers(live: Live)
         ids = queries.server_ids(session)
         reporting = {r.server_id for r in session.query(DeviceWindowRow).filter_by(device="cpu")}
     assert {ids[s] for s in SERVERS} <= reporting  # both servers' device windows, told apart
-    summary = live.system.plane.summaries(30.0)
-    assert set(summary) == set(MODELS)
-    assert all(s.request_rate > 0 for s in summary.values()), summary
+    with TestClient(create_app(live.system.plane, "test-token-0123456789")) as api:
+        summary = api.get("/api/v1/summary", params={"window_s": 30}).json()
+    assert {s["model"]: s["request_rate"] > 0 for s in summary} == dict.fromkeys(MODELS, True), summary
 
 
 def test_one_study_tunes_models_on_both_servers_live(live: Live) -> None:
@@ -209,9 +213,9 @@ def test_one_study_tunes_models_on_both_servers_live(live: Live) -> None:
 def test_each_models_traffic_reached_its_own_server(live: Live) -> None:
     live.load.stop()
     report = live.load.join(30)
-    for model, server in MODELS.items():
+    for model, server in MODELS.items():  # sent to another server, every request would fail
         stats = report.models[model]
-        assert stats.ok > 0 and not stats.failed.get("unavailable"), (model, server, report.errors)
+        assert stats.sent > 0 and stats.ok >= 0.9 * stats.sent, (model, server, stats, report.errors)
 
 
 def test_a_restarted_server_is_pinned_again(live: Live) -> None:
