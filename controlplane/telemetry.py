@@ -63,3 +63,10 @@ class ControlPlaneMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=r,
         )
+
+    def known_models(self, models: list[str]) -> None:
+        """Export each model's failure counters at 0 from the start, so a rate over them (the
+        reconciler-failing alert) has a series to read before the first failure."""
+        for model in models:
+            for kind in ("temporary", "permanent"):
+                self.reconcile_failures.labels(model, kind)
