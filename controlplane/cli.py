@@ -845,6 +845,91 @@ def windows_table(windows: list[ModelWindow], failed: Mapping[str, str]) -> Tabl
     return t
 
 
+# -------------------------------------------------- dashboards and Prometheus (dashboards/, issue 11)
+dashboards_app = typer.Typer(
+    help="slatune's Grafana dashboards (built in dashboards/).", no_args_is_help=True
+)
+app.add_typer(dashboards_app, name="dashboards")
+prometheus_app = typer.Typer(
+    help="Prometheus and Alertmanager for the fleet and slatune.", no_args_is_help=True
+)
+app.add_typer(prometheus_app, name="prometheus")
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    url: Annotated[str, typer.Option(help="Grafana's URL, e.g. http://127.0.0.1:3000.")],
+    token: Annotated[
+        str, typer.Option(envvar="GRAFANA_TOKEN", help="A service account token (env GRAFANA_TOKEN).")
+    ],
+    prometheus_url: Annotated[
+        str, typer.Option(help="The URL Grafana reaches Prometheus at (the datasource's).")
+    ] = "http://127.0.0.1:9090",
+) -> None:
+    """Create or update the slatune folder, its Prometheus datasource and the dashboards, each by
+    uid; what is already there as slatune would write it is left alone (pushing twice changes nothing)."""
+    from grafana_client.client import GrafanaException
+
+    from dashboards.build import render
+    from dashboards.push import connect, push
+
+    with failing_with(1, GrafanaException):
+        result = push(connect(url, token), prometheus_url, render())
+    for verb, items in (
+        ("created", result.created),
+        ("updated", result.updated),
+        ("unchanged", result.unchanged),
+    ):
+        for item in items:
+            console.print(f"{verb}: {item}")
+    console.print(
+        "no change" if not result.changed else f"{len(result.created) + len(result.updated)} change(s)"
+    )
+
+
+@prometheus_app.command("config")
+def prometheus_config(
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write prometheus.yml, the rules and alertmanager.yml.")
+    ],
+    spec: SpecOpt = None,
+    data_dir: DataDirOpt = None,
+    slatune_url: Annotated[
+        str | None,
+        typer.Option(help="slatune's API as Prometheus and Alertmanager reach it (default: the settings')."),
+    ] = None,
+    alertmanager: Annotated[
+        str | None, typer.Option(help="host:port of the Alertmanager Prometheus sends to.")
+    ] = None,
+    scrape_interval: Annotated[str, typer.Option(help="Prometheus's scrape interval.")] = "15s",
+    evaluation_interval: Annotated[str, typer.Option(help="Prometheus's rule evaluation interval.")] = "15s",
+) -> None:
+    """Write a Prometheus configuration scraping every server of the running fleet (or of --spec, when
+    its servers' metrics ports or URLs are in it) and slatune's /metrics, slatune's rules, and an
+    Alertmanager route to slatune's webhook with the API's bearer token (read from a file)."""
+    from dashboards import prometheus as promcfg
+
+    settings = Settings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
+    with failing_with(2, ValueError, ServerError):
+        if spec is not None:
+            fs, running = _spec(spec, check_files=False), None
+        else:
+            state = read_state(settings.fleet_dir)
+            fs, running = state.spec, {n: e.metrics_url for n, e in state.endpoints.items()}
+        servers = promcfg.metrics_urls(fs, running)
+    from_env = settings.api_token is not None and bool(settings.api_token.get_secret_value())
+    token = settings.token()  # generated into the data directory once, where none is set
+    written = promcfg.write(
+        out, servers, slatune_url or f"http://{settings.api_host}:{settings.api_port}",
+        token=token, token_file=None if from_env else (settings.data_dir / "api-token").resolve(),
+        alertmanager=alertmanager, scrape_interval=scrape_interval, evaluation_interval=evaluation_interval,
+    )  # fmt: skip
+    console.print(f"scraping {len(servers)} server(s): {', '.join(sorted(servers))}, and slatune")
+    for path in (written.prometheus, written.rules, written.alertmanager):
+        console.print(f"wrote {path}")
+    console.print(f"Alertmanager reads the webhook's token from {written.token_file}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
