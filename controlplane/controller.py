@@ -33,6 +33,7 @@ from domain.control import (
     Rung,
     State,
     decide,
+    gating_step,
     ladder,
     regime_key,
 )
@@ -223,7 +224,16 @@ class Controller:
             alert = self._alert[0]
         previous = self.state.seen_regime if self.state else None
         regime = regime_key(self.spec, rate, inflight, previous, list(known))
-        return Observation(readings, regime, goodput, known, history, alert, applying)
+        queue = {
+            name: aggregate([r for r in rows if r.end >= now - self.cfg.short_s]).avg_queue_ms
+            for name, rows in recent.items()
+        }
+        gating = {
+            name: step
+            for name, r in readings.items()
+            if (step := gating_step(self.spec, name, queue, r.target_ms)) is not None
+        }
+        return Observation(readings, regime, goodput, known, history, alert, applying, gating)
 
     def _act(self, decision: Decision, obs: Observation, now: float, tried: Candidate | None) -> Action:
         applied, refused, changes = False, None, {}

@@ -164,6 +164,8 @@ class Observation:
     """A firing alert about a latency-critical model (from Alertmanager): treated as a breach."""
     applying: bool = False
     """A configuration is recorded and not applied yet: the last step has not even started to show."""
+    gating: Mapping[str, str] = field(default_factory=dict)
+    """Per latency-critical pipeline, the step whose queue holds it up now (`gating_step`)."""
 
 
 @dataclass(frozen=True)
@@ -722,6 +724,18 @@ def decide(
         fast = any(r.ratio >= cfg.protect_at or r.pending >= cfg.pending_at for r in risky) or obs.alert
         if not fast:
             cooled = now - state.last_step_at >= cfg.release_after_s
+        gate = obs.gating.get(worst.model) if worst is not None else None
+        grown = _one_more_instance(spec, state.incumbent, gate) if gate and cooled else None
+        if grown is not None and gate is not None and worst is not None:
+            # A pipeline at risk: first the step that holds it up, not the bulk work beside it.
+            steps_now = levels(spec, grown, rungs)
+            level = min(state.level, len(steps_now) - 1)
+            new = replace(state, incumbent=grown, level=level, last_step_at=now)
+            n = grown[gate].instances
+            return Decision(
+                "protect", new, steps_now[level][1], model=worst.model, rung="gating-step", keep=True,
+                reason=f"{why}: {gate} gates {worst.model} (the longest queue of its steps): {gate} instances {n - 1} -> {n}",
+            )  # fmt: skip
         panic = worst is not None and worst.ratio >= cfg.panic_at
         if panic and state.level < top and cooled:
             rung, knobs = steps[top]
@@ -817,6 +831,32 @@ def decide(
                 reason=f"every SLA under {cfg.explore_below:.0%} of target: trying {what}",
             )
     return Decision("hold", state, reason="every SLA holds")
+
+
+def gating_step(
+    spec: FleetSpec, pipeline: str, queue_ms: Mapping[str, float | None], target_ms: float
+) -> str | None:
+    """The step of `pipeline` with the longest queue, if that queue is a tenth of its target or more."""
+    ens = spec.model(pipeline).source.ensemble
+    if ens is None:
+        return None
+    waits = [(queue_ms.get(s.model) or 0.0, s.model) for s in ens.steps]
+    wait, step = max(waits)
+    return step if wait >= 0.1 * target_ms else None
+
+
+def _one_more_instance(
+    spec: FleetSpec, knobs: Mapping[str, Knobs], model: str | None
+) -> dict[str, Knobs] | None:
+    """`knobs` with one more instance of `model`, if its bounds and its device's memory allow."""
+    if model is None:
+        return None
+    rng = spec.model(model).bounds.instances
+    have = knobs[model].instances
+    if rng is None or have + 1 > rng.high:
+        return None
+    out = {**knobs, model: knobs[model].with_values({"instances": have + 1})}
+    return None if memory_problems(spec, out) else out
 
 
 def _regime_seen(state: State, regime: str | None, now: float) -> State:

@@ -21,7 +21,14 @@ from typing import Literal, Protocol
 
 from domain.spec import FleetSpec, Knobs
 
-Kind = Literal["too-few-instances", "batching-window", "interference", "idle-device", "small-device"]
+Kind = Literal[
+    "pipeline-serialized",
+    "too-few-instances",
+    "batching-window",
+    "interference",
+    "idle-device",
+    "small-device",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class Thresholds:
     idle_below: float = 0.2
     small_share: float = 0.25
     """A device whose models use under this share of its memory is a packing opportunity."""
+    gating_share: float = 0.2
+    """A pipeline step whose queue is this share of the pipeline's time in the server gates it."""
     min_windows: int = 3
 
 
@@ -68,6 +77,8 @@ class Look:
     target_ms: float | None = None
     p99_ms: float | None = None
     windows: int = 0
+    avg_request_ms: float | None = None
+    """Triton's mean time in the server per request (a pipeline's: end to end)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,51 @@ def too_few_instances(
         {"avg_queue_ms": look.avg_queue_ms, "avg_compute_ms": look.avg_compute_ms,
          "instances": look.knobs.instances, "device_utilization": utilization},
         severity=ratio * _weight(look),
+    )  # fmt: skip
+
+
+def pipeline_serialized(
+    spec: FleetSpec, pipeline: Look, steps: Sequence[Look], t: Thresholds
+) -> Finding | None:
+    """The step whose queue holds the pipeline up: its queue long against its own compute and a
+    large share of the pipeline's time in the server, the pipeline far slower than its steps'
+    compute together. One instance per step is the classic cause: a request's step cannot overlap
+    another's, and the device idles while the endpoint is slow."""
+    if pipeline.windows < t.min_windows or pipeline.avg_request_ms is None or not steps:
+        return None
+    gating = max(steps, key=lambda s: s.avg_queue_ms or 0.0)
+    queue, compute = gating.avg_queue_ms or 0.0, gating.avg_compute_ms or 0.0
+    total_compute = sum(s.avg_compute_ms or 0.0 for s in steps)
+    if queue < t.queue_min_ms or queue < t.queue_over_compute * compute:
+        return None
+    if queue < t.gating_share * pipeline.avg_request_ms or pipeline.avg_request_ms < 2 * total_compute:
+        return None
+    bounds = spec.model(gating.model).bounds.instances
+    most = bounds.high if bounds is not None else gating.knobs.instances
+    n = gating.knobs.instances
+    action = (
+        f"raise {gating.model}'s instances {n} -> {n + 1}: the step that gates {pipeline.model}"
+        if n < most
+        else f"{gating.model} is at its instance bound ({most}): widen it, or give it a device of its own"
+    )
+    evidence: dict[str, float | str | None] = {
+        "gating_step": gating.model,
+        "pipeline_avg_ms": pipeline.avg_request_ms,
+        "pipeline_p99_ms": pipeline.p99_ms,
+        "sla_target_ms": pipeline.target_ms,
+        "steps_compute_ms": total_compute,
+    }
+    for s in steps:
+        evidence[f"{s.model}.queue_ms"] = s.avg_queue_ms
+        evidence[f"{s.model}.compute_ms"] = s.avg_compute_ms
+        evidence[f"{s.model}.instances"] = s.knobs.instances
+    return Finding(
+        "pipeline-serialized", pipeline.model,
+        f"{pipeline.model} waits in {gating.model}'s queue: {queue:.1f} ms of its {pipeline.avg_request_ms:.1f} ms "
+        f"in the server, against {total_compute:.1f} ms of compute in all its steps; {gating.model} runs "
+        f"{n} instance(s)",
+        action, evidence,
+        severity=queue / max(compute, 1e-3) * 3.0,
     )  # fmt: skip
 
 
@@ -247,7 +303,15 @@ def diagnose(
     `compute_series` and `bulk_series` (from `series`): per latency-critical model, its compute ms
     per window and the bulk items per second on its device in the same windows."""
     out: list[Finding] = []
+    for m in spec.models:
+        if m.source.ensemble is not None and m.name in looks:
+            steps = [looks[s.model] for s in m.source.ensemble.steps if s.model in looks]
+            found = pipeline_serialized(spec, looks[m.name], steps, t)
+            if found:
+                out.append(found)
     for look in looks.values():
+        if spec.model(look.model).source.ensemble is not None:
+            continue  # a pipeline's queue and compute are its steps'
         out += [
             f
             for f in (
@@ -288,6 +352,7 @@ class WindowLike(Protocol):
     avg_compute_output_ms: float | None
     p99_ms: float | None
     pending: float
+    avg_request_ms: float | None
 
 
 def compute_ms(w: WindowLike) -> float | None:
@@ -323,6 +388,7 @@ def look_of(spec: FleetSpec, model: str, windows: Sequence[WindowLike], knobs: K
         target_ms=m.sla.target_ms if m.sla else None,
         p99_ms=max((w.p99_ms for w in busy if w.p99_ms is not None), default=None),
         windows=len(busy),
+        avg_request_ms=_mean([(w.avg_request_ms, w.success) for w in busy]),
     )
 
 

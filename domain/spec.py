@@ -416,6 +416,12 @@ class FleetSpec(Strict):
                     for why in self._pinning_problems(servers[m.server], devices[m.device])
                 ]
         out += self._ensemble_problems()
+        steps = {s.model for m in self.models if m.source.ensemble and m.sla for s in m.source.ensemble.steps}
+        for i, m in enumerate(self.models):
+            if m.role == "latency-critical" and m.sla is None and m.source.ensemble is None and m.name not in steps:
+                out.append(
+                    (f"models[{i}].sla", "a latency-critical model needs an SLA (or to be a step of a pipeline that has one)")
+                )
         knobs = {m.name: m.knobs for m in self.models}
         out += [("devices", why) for why in memory_problems(self, knobs)]
         return out
@@ -506,7 +512,7 @@ def model_problems(m: ModelTemplate, device: DeviceSpec | None) -> list[tuple[st
             )
         if m.knobs != Knobs() or m.bounds != Bounds():
             out.append(("knobs", "an ensemble has no knobs of its own: tune its steps"))
-    if m.role == "latency-critical" and m.sla is None:
+    if m.role == "latency-critical" and m.sla is None and m.source.ensemble is not None:
         out.append(("sla", "a latency-critical model needs an SLA"))
     if m.sla is not None and (bad := m.sla.problem(m.streaming)) is not None:
         out.append((f"sla.{bad[0]}", bad[1]))

@@ -106,6 +106,8 @@ class Inventory(Strict):
         for i, m in enumerate(self.models):
             at = f"models[{i}]({m.name})"
             out += [(f"{at}.{path}", why) for path, why in model_problems(m, None)]
+            if m.role == "latency-critical" and m.sla is None:
+                out.append((f"{at}.sla", "a latency-critical model needs an SLA"))
             rule = m.placement
             if rule.device_class is not None and rule.device_class not in pools:
                 out.append(

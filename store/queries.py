@@ -300,7 +300,7 @@ def window_count(session: Session) -> int:
 
 DIAGNOSIS_FIELDS = (
     "start end requests success inference_rate avg_batch avg_queue_ms avg_compute_input_ms "
-    "avg_compute_infer_ms avg_compute_output_ms p99_ms pending"
+    "avg_compute_infer_ms avg_compute_output_ms p99_ms pending avg_request_ms"
 ).split()
 """What `domain.diagnosis` reads of a window."""
 

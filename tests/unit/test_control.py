@@ -4,6 +4,7 @@ the floor a release finds, regime keys, neighbours and their ranking, exploring 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -379,3 +380,45 @@ def test_a_breach_the_whole_ladder_cannot_stop_is_interference(
         assert d.model == "safety-guard" and d.cannot_share == ("embeddings", "reranker")
         assert "safety-guard cannot share dev0 with embeddings, reranker" in d.reason
         assert d.target is None and d.state.interference_at == 100.0
+
+
+PIPE = resolve_spec("pipeline")
+PIPE_START = {m.name: m.knobs for m in PIPE.models}
+
+
+@pytest.mark.parametrize(
+    ("queues", "gate"),
+    [
+        # the guard waits 180 ms of a 250 ms target: it gates the chat pipeline
+        ({"safety-guard": 180.0, "chat-llm": 8.0}, "safety-guard"),
+        # the longest queue is 20 ms, under a tenth of 250: nothing gates it
+        ({"safety-guard": 20.0, "chat-llm": 8.0}, None),
+        # no window for a step yet counts as no queue
+        ({"chat-llm": 40.0}, "chat-llm"),
+    ],
+)
+def test_gating_step(queues: dict[str, float], gate: str | None) -> None:
+    from domain.control import gating_step
+
+    assert gating_step(PIPE, "chat-pipeline", queues, 250.0) == gate
+    assert gating_step(PIPE, "safety-guard", queues, 250.0) is None  # not a pipeline
+
+
+def test_a_pipeline_at_risk_gets_an_instance_on_the_step_that_gates_it_first() -> None:
+    readings = {
+        "chat-pipeline": Reading("chat-pipeline", 250.0, 400.0),
+        "retrieval": Reading("retrieval", 300.0, 50.0),
+    }
+    o = Observation(readings, "r", 10.0, gating={"chat-pipeline": "safety-guard"})
+    state = State(incumbent=PIPE_START, regime="r", seen_regime="r", seen_since=0.0)
+    d = decide(PIPE, o, state, 100.0, CFG)
+    # 400 / 250 = 1.6 would panic; the gating step comes first, at the protection level that runs
+    assert (d.kind, d.rung, d.model, d.keep) == ("protect", "gating-step", "chat-pipeline", True)
+    assert d.target is not None and d.target["safety-guard"].instances == 2
+    assert d.state.incumbent["safety-guard"].instances == 2 and d.state.level == 0
+    assert "safety-guard gates chat-pipeline" in d.reason
+    # At its bound (chat-llm [1, 1]) the ladder takes over.
+    o2 = Observation(readings, "r", 10.0, gating={"chat-pipeline": "chat-llm"})
+    assert decide(PIPE, o2, state, 100.0, CFG).kind == "panic"
+    # Within the cooldown of the last step: wait.
+    assert decide(PIPE, o, replace(state, last_step_at=98.0), 100.0, CFG).kind == "hold"

@@ -15,6 +15,7 @@ from domain.diagnosis import (
     diagnose,
     interference,
     look_of,
+    pipeline_serialized,
     series,
     too_few_instances,
     top_per_subject,
@@ -153,6 +154,7 @@ class W:
     avg_compute_output_ms: float | None = None
     p99_ms: float | None = None
     pending: float = 0.0
+    avg_request_ms: float | None = None
 
 
 def test_looks_and_series_from_windows() -> None:
@@ -168,3 +170,44 @@ def test_looks_and_series_from_windows() -> None:
     compute, load = series(SPEC, {"safety-guard": [a, b, idle], "embeddings": bulk})
     assert compute["safety-guard"] == pytest.approx([3.2, 5.2]) and load["safety-guard"] == [100.0, 300.0]
     assert compute["chat-llm"] == [] and load["chat-llm"] == []
+
+
+PIPE = resolve_spec("pipeline")
+
+
+def pipe_look(model: str, **kw: object) -> Look:
+    m = PIPE.model(model)
+    base: dict[str, object] = dict(
+        model=model, role=m.role, device=m.device, seconds=30.0, request_rate=3.0, avg_queue_ms=0.5,
+        avg_compute_ms=5.0, avg_batch=1.0, pending=0.0, knobs=m.knobs, max_batch_size=8, windows=30,
+        target_ms=m.sla.target_ms if m.sla else None,
+    )  # fmt: skip
+    base.update(kw)
+    return Look(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("guard_queue", "pipeline_ms", "fires"),
+    [
+        # 180 ms in the guard's queue of a 690 ms pipeline whose steps compute 12 ms: the guard gates it
+        (180.0, 690.0, True),
+        # a 20 ms guard queue in a 690 ms pipeline: 3%, not what holds it up
+        (20.0, 690.0, False),
+        # 180 ms of queue, but the pipeline takes 20 ms: the numbers disagree, say nothing
+        (180.0, 20.0, False),
+    ],
+)
+def test_the_step_that_gates_a_pipeline_is_named(guard_queue: float, pipeline_ms: float, fires: bool) -> None:
+    pipeline = pipe_look("chat-pipeline", avg_request_ms=pipeline_ms, p99_ms=1400.0)
+    steps = [
+        pipe_look("safety-guard", avg_queue_ms=guard_queue, avg_compute_ms=7.0),
+        pipe_look("chat-llm", avg_queue_ms=8.0, avg_compute_ms=5.0),
+    ]
+    f = pipeline_serialized(PIPE, pipeline, steps, T)
+    assert (f is not None) == fires
+    if f is not None:
+        assert f.kind == "pipeline-serialized" and f.subject == "chat-pipeline"
+        assert f.evidence["gating_step"] == "safety-guard" and f.evidence["safety-guard.instances"] == 1
+        assert "raise safety-guard's instances 1 -> 2" in f.action
+        found = diagnose(PIPE, {p.model: p for p in (pipeline, *steps)}, {"dev0": 0.5}, {}, {})
+        assert found[0].kind == "pipeline-serialized"  # before the steps' own findings
