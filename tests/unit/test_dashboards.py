@@ -42,7 +42,9 @@ def test_the_committed_dashboards_and_rules_are_what_the_code_generates() -> Non
 
 
 def all_queries() -> list[tuple[str, str]]:
-    out = [(f"{stem}: {where}", expr) for stem, model in render().items() for where, expr in expressions(model)]
+    out = [
+        (f"{stem}: {where}", expr) for stem, model in render().items() for where, expr in expressions(model)
+    ]
     return out + [(f"rule {name}", expr) for name, expr in rule_expressions()]
 
 
@@ -60,17 +62,24 @@ def test_the_dashboards_cover_what_the_issue_asks() -> None:
         "nv_gpu_utilization", "nv_cpu_utilization", "nv_gpu_memory_used_bytes", "nv_cpu_memory_used_bytes",
         "slatune_sla_value_ms", "slatune_sla_target_ms", "slatune_device_memory_budget_bytes",
     } <= used["fleet-overview"]  # fmt: skip
-    assert {"slatune_slo_attainment", "slatune_slo_error_budget_remaining", "slatune:slo_burn_rate:rate1h"} <= used[
-        "slo"
-    ]
-    assert {"slatune_model_knob", "slatune_tuning_trial_objective", "slatune_controller_actions_total"} <= used[
-        "tuning"
-    ]
+    assert {
+        "slatune_slo_attainment",
+        "slatune_slo_error_budget_remaining",
+        "slatune:slo_burn_rate:rate1h",
+    } <= used["slo"]
+    assert {
+        "slatune_model_knob",
+        "slatune_tuning_trial_objective",
+        "slatune_controller_actions_total",
+    } <= used["tuning"]
     assert {"ALERTS", "slatune_alerts_received_total", "slatune_policy_decisions_total"} <= used["alerts"]
     uids = [m["uid"] for m in render().values()]
     assert len(set(uids)) == len(uids)
     annotations = render()["tuning"]["annotations"]["list"]
-    assert [a["titleFormat"] for a in annotations] == ["{{model}} reconfigured ({{path}})", "controller: {{kind}}"]
+    assert [a["titleFormat"] for a in annotations] == [
+        "{{model}} reconfigured ({{path}})",
+        "controller: {{kind}}",
+    ]
 
 
 def test_the_rules_hold_the_sre_workbook_burn_rate_pairs_and_the_operational_alerts() -> None:
@@ -107,7 +116,12 @@ def test_the_provisioning_files_name_the_datasource_and_folder_push_uses() -> No
         (
             Knobs(compute_priority="min", preferred_batch_sizes=(4, 8), resources={"compute": 2}),
             ("compute", "io"),
-            {"compute_priority": -1.0, "preferred_batch_size_max": 8.0, "resources.compute": 2.0, "resources.io": 0.0},
+            {
+                "compute_priority": -1.0,
+                "preferred_batch_size_max": 8.0,
+                "resources.compute": 2.0,
+                "resources.io": 0.0,
+            },
         ),
     ],
 )
@@ -133,7 +147,10 @@ def test_metrics_urls_come_from_the_running_fleet_else_the_spec_else_an_error_na
         "triton0": "http://127.0.0.1:18002/metrics",
         "prod": "https://10.0.0.5:8002/custom/metrics",
     }
-    assert metrics_urls(spec, {"triton0": "http://127.0.0.1:9/metrics"})["triton0"] == "http://127.0.0.1:9/metrics"
+    assert (
+        metrics_urls(spec, {"triton0": "http://127.0.0.1:9/metrics"})["triton0"]
+        == "http://127.0.0.1:9/metrics"
+    )
     with pytest.raises(ValueError, match="triton0"):
         metrics_urls(resolve_spec(None))
 
@@ -171,7 +188,9 @@ def test_prometheus_config_writes_scrape_jobs_rules_and_an_alertmanager_route_wi
 
 
 def test_prometheus_config_without_a_spec_or_running_fleet_says_so(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["prometheus", "config", "--out", str(tmp_path), "--data-dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["prometheus", "config", "--out", str(tmp_path), "--data-dir", str(tmp_path)]
+    )
     assert result.exit_code == 2
     assert "no running fleet" in result.output
 
