@@ -32,6 +32,7 @@ from typing import cast
 
 import httpx
 
+from collectors.cpustat import CoreTimes, read_core_times, utilization
 from collectors.nvml import NvmlCollector
 from collectors.parse import ParseError, Scrape, parse
 from collectors.selfmetrics import CollectorMetrics
@@ -79,6 +80,21 @@ class Target:
     for each request's server-side latency, queue included (`collectors.trace`)."""
     streaming: frozenset[str] = frozenset()
     """The models that stream tokens: their traces give time to first token too."""
+    cores: frozenset[int] | None = None
+    """The host cores the server is pinned to (a server slatune starts on cpu devices that are
+    sets of cores): its cpu device windows take those cores' utilization, not the host's."""
+
+
+def _on_own_cores(
+    devices: list[DeviceWindow],
+    before: dict[int, CoreTimes] | None,
+    after: dict[int, CoreTimes],
+    cores: frozenset[int],
+) -> list[DeviceWindow]:
+    """A pinned server's cpu device windows with its own cores' utilization since the last page
+    (Triton's figure is the whole host's): None without a reading to compare with."""
+    busy = None if before is None else utilization(before, after, cores)
+    return [replace(d, utilization=busy) if d.kind == "cpu" else d for d in devices]
 
 
 class ScrapeFailed(Exception):
@@ -100,6 +116,8 @@ class _ServerState:
     """Why the last scrape failed ("timeout: ..."); None when it succeeded or none was made."""
     ignored: set[str] = field(default_factory=set)
     """Unassigned models already logged (each is logged once)."""
+    cores_at_last: dict[int, CoreTimes] | None = None
+    """The host's per-core counters when the last page was read (pinned servers only)."""
 
 
 @dataclass
@@ -139,7 +157,9 @@ class Collector:
         max_page_bytes: int = MAX_PAGE_BYTES,
         buffer_s: float = BUFFER_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        core_times: Callable[[], dict[int, CoreTimes]] = read_core_times,
     ) -> None:
+        """`core_times` reads the host's per-core counters (for servers pinned to cores)."""
         self.store = store
         self.targets = list(targets)
         self.interval_s = interval_s
@@ -149,6 +169,7 @@ class Collector:
         self.max_backoff_s = max_backoff_s
         self.deadline_s = deadline_s if deadline_s is not None else scrape_deadline(interval_s)
         self.max_page_bytes = max_page_bytes
+        self.core_times = core_times
         self._state = {t.server: _ServerState() for t in self.targets}
         self._traces = {
             t.server: TraceReader(t.trace_dir, t.streaming) for t in self.targets if t.trace_dir is not None
@@ -228,6 +249,7 @@ class Collector:
             self._failed(target, state, self.clock(), page.reason, str(page), result)
             return
         text, now = page
+        cores_now = self.core_times() if target.cores else None
         try:
             scrape = self._assigned(target, state, self._traced(target, parse(text)))
             windows, devices = self._windows(state, scrape, now)
@@ -242,6 +264,9 @@ class Collector:
         if state.stale:
             log.warning("server %s reachable again after %d failed scrapes", target.server, state.failures)
         state.failures, state.stale, state.next_attempt, state.error = 0, False, 0.0, None
+        if target.cores and cores_now is not None:
+            devices = _on_own_cores(devices, state.cores_at_last, cores_now, target.cores)
+            state.cores_at_last = cores_now
         state.last, state.last_at = scrape, now
         result.windows += windows
         result.devices += devices

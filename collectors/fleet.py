@@ -32,6 +32,7 @@ def fleet_collector(
             frozenset(m.name for m in spec.models if m.server == s.name),
             _trace_dir(endpoints[s.name]),
             frozenset(m.name for m in spec.models if m.server == s.name and m.streaming),
+            _cores(spec, s.name),
         )
         for s in spec.servers
     ]
@@ -47,3 +48,8 @@ def fleet_collector(
 
 def _trace_dir(endpoints: Endpoints) -> Path | None:
     return None if endpoints.trace_dir is None else Path(endpoints.trace_dir)
+
+
+def _cores(spec: FleetSpec, server: str) -> frozenset[int] | None:
+    cores = None if spec.server(server).attached else spec.server_cores(server)
+    return None if cores is None else frozenset(cores)
