@@ -139,9 +139,12 @@ class ControlPlane:
         interrupted applies, then tuning runs whose process died), start the loops."""
         self.store.require_head()
         endpoints = {s.name: self.fleet.endpoints(s.name) for s in self.fleet.spec.servers}
+        collector_metrics = CollectorMetrics(self.registry)
+        for s in self.fleet.spec.servers:  # exported at 0 before the first failure, for dashboards and rates
+            collector_metrics.scrape_failures.labels(s.name, "unreachable")
         collector = fleet_collector(  # records the fleet's servers and models in the store
             self.store, self.fleet.spec, endpoints, interval_s=self.settings.scrape_interval_s,
-            metrics=CollectorMetrics(self.registry), retention_raw_s=self.settings.retention_raw_s,
+            metrics=collector_metrics, retention_raw_s=self.settings.retention_raw_s,
         )  # fmt: skip
         self.optuna_storage(self.settings.optuna_url)  # opened once, before threads race to create its tables
         self.reconciler.recover()

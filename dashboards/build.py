@@ -476,7 +476,7 @@ def tuning() -> db.Dashboard:
         series(
             "Rate-limiter resources",
             "instance_group.rate_limiter.resources each instance must hold (0: takes none).",
-            [(f'slatune_model_knob{{knob=~"resources\\\\..*", {M}}}', "{{model}} {{knob}}")],
+            [(f'slatune_model_knob{{knob=~"resources[.].*", {M}}}', "{{model}} {{knob}}")],
             width=6,
             height=6,
         )

@@ -60,4 +60,8 @@ def signals(expr: str) -> list[list[str]]:
                 return split(node.lhs)
         return [[node]]
 
-    return [[re.sub(r"\s+", " ", str(n)).strip() for n in group] for group in split(parse(expr))]
+    whole = parse(expr)
+    groups = split(whole)
+    if groups == [[whole]]:  # nothing to split: the expression as written, not as the parser prints it
+        return [[substitute(expr)]]
+    return [[re.sub(r"\s+", " ", str(n)).strip() for n in group] for group in groups]
