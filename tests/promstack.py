@@ -240,6 +240,39 @@ def start_prometheus(
     return _run("prometheus", workdir, config, command)
 
 
+def run_alertmanager(tmp: Path, config: Mapping[str, Any]) -> contextlib.AbstractContextManager[Service]:
+    """An Alertmanager with a whole configuration of the caller's (say, `slatune prometheus config`'s)."""
+    workdir = tmp / "alertmanager"
+    command = [
+        _binary(ALERTMANAGER_BINARY),
+        "--config.file={config}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address={LOOPBACK}:{{port}}",
+        f"--web.external-url=http://{LOOPBACK}:{{port}}",
+        "--cluster.listen-address=",
+    ]
+    return _run("alertmanager", workdir, config, command)
+
+
+def run_prometheus(
+    tmp: Path, config: Mapping[str, Any], files: Mapping[str, str] = {}
+) -> contextlib.AbstractContextManager[Service]:
+    """A Prometheus with a whole configuration of the caller's, `files` (name -> text: the rule files
+    it names) written beside it."""
+    workdir = tmp / "prometheus"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (workdir / name).write_text(text)
+    command = [
+        _binary(PROMETHEUS_BINARY),
+        "--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address={LOOPBACK}:{{port}}",
+        f"--web.external-url=http://{LOOPBACK}:{{port}}",
+    ]
+    return _run("prometheus", workdir, config, command)
+
+
 def post_alert(
     alertmanager_url: str,
     labels: Mapping[str, str],
