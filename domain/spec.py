@@ -418,9 +418,17 @@ class FleetSpec(Strict):
         out += self._ensemble_problems()
         steps = {s.model for m in self.models if m.source.ensemble and m.sla for s in m.source.ensemble.steps}
         for i, m in enumerate(self.models):
-            if m.role == "latency-critical" and m.sla is None and m.source.ensemble is None and m.name not in steps:
+            if (
+                m.role == "latency-critical"
+                and m.sla is None
+                and m.source.ensemble is None
+                and m.name not in steps
+            ):
                 out.append(
-                    (f"models[{i}].sla", "a latency-critical model needs an SLA (or to be a step of a pipeline that has one)")
+                    (
+                        f"models[{i}].sla",
+                        "a latency-critical model needs an SLA (or to be a step of a pipeline that has one)",
+                    )
                 )
         knobs = {m.name: m.knobs for m in self.models}
         out += [("devices", why) for why in memory_problems(self, knobs)]

@@ -553,7 +553,9 @@ def test_the_diagnosis_names_batches_of_one_under_load(api: Api) -> None:
     assert api.fleet.knobs("embeddings").max_queue_delay_us == 0
     targets = targets_for(api.fleet.spec, lambda s: api.fleet.endpoints(s).grpc)
     began = time.time()
-    report = LoadRun([ModelLoad("embeddings", rate=25.0, words=(4, 8))], targets, duration_s=6.0, seed=9).run()
+    report = LoadRun(
+        [ModelLoad("embeddings", rate=25.0, words=(4, 8))], targets, duration_s=6.0, seed=9
+    ).run()
     assert report.failed == 0, report.errors
     time.sleep(1.5)  # the last windows reach the store
     seconds = time.time() - began

@@ -486,10 +486,9 @@ def test_a_bad_ensemble_names_the_field(change: Any, path: str, why: str) -> Non
     change(pipeline["source"]["ensemble"])
     with pytest.raises(SpecError) as err:
         parse_spec(data)
-    assert any(
-        "](chat-pipeline)." in p and p.endswith(path) and why in w
-        for p, w in err.value.problems
-    ), err.value.problems
+    assert any("](chat-pipeline)." in p and p.endswith(path) and why in w for p, w in err.value.problems), (
+        err.value.problems
+    )
 
 
 def test_an_ensemble_holds_no_memory_and_no_knobs_and_streams_with_its_steps() -> None:
