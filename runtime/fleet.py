@@ -9,6 +9,7 @@ is restarted (by `runtime/supervisor.py`) with its last applied configuration.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -38,6 +39,7 @@ from runtime.server import (
 )
 from runtime.supervisor import Supervisor
 
+log = logging.getLogger("slatune.runtime.fleet")
 ApplyPath = Literal["unchanged", "in-place", "reload"]
 STATE_FILE = "fleet.json"
 
@@ -432,6 +434,121 @@ class Fleet:
             return ApplyResult(model, before, target, path, time.monotonic() - began)
         finally:
             self._locks[spec.server].release()
+
+    # ----------------------------------------------------------------- placement
+    def move(self, model: str, server: str, device: str, *, overlap_s: float = 0.0) -> MoveResult:
+        """Move `model` to `server` and `device` on the running fleet, one step at a time and never
+        below the capacity it had: load it on the target (at the knobs it runs with, warmed up),
+        serve it on both for `overlap_s` seconds, then unload it from the source.
+
+        Triton has no router between servers: a client addresses one server. While both serve, a
+        client (or the load balancer in front, which health-checks `/v2/models/<model>/ready`) must
+        switch to the target; a request sent to the source after the unload fails as an unknown
+        model. `overlap_s` is the time given to switch. The fleet's state file names the new server
+        as soon as the target serves. Both servers must be ones slatune started; a step of an
+        ensemble moves with its ensemble, not alone."""
+        began = time.monotonic()
+        spec_m = self.spec.model(model)
+        source = spec_m.server
+        if (source, spec_m.device) == (server, device):
+            raise ReconfigurationError(f"{model}: already on server {server!r}, device {device!r}")
+        if server not in self._servers:
+            raise ReconfigurationError(
+                f"{model}: unknown server {server!r} (have: {', '.join(self._servers)})"
+            )
+        if any(self._servers[s].process is None for s in (source, server)):
+            raise ReconfigurationError(f"{model}: slatune moves models only between servers it started")
+        if spec_m.source.ensemble is not None or any(
+            m.source.ensemble and any(st.model == model for st in m.source.ensemble.steps)
+            for m in self.spec.models
+        ):
+            raise ReconfigurationError(
+                f"{model}: an ensemble and its steps run on one server; move them together"
+            )
+        knobs = self.knobs(model)
+        moved = [
+            m.model_copy(update={"server": server, "device": device}) if m.name == model else m
+            for m in self.spec.models
+        ]
+        try:
+            new_spec = FleetSpec.model_validate(
+                {**self.spec.model_dump(), "models": [m.model_dump() for m in moved]}
+            )
+        except ValidationError as exc:
+            raise ReconfigurationError(f"{model}: {exc.errors()[0]['msg']}") from None
+        placed = new_spec.model(model)
+        problems = [why for _, why in new_spec.problems()]
+        problems += memory_problems(new_spec, {**self.all_knobs(), model: knobs})
+        if new_spec.server_cores(server) != self.spec.server_cores(server):
+            problems.append(
+                f"server {server!r} runs pinned to cores {self.spec.server_cores(server)}; device {device!r} "
+                f"would need {new_spec.server_cores(server)}: start the fleet with the new placement instead"
+            )
+        if problems:
+            raise ReconfigurationError(f"{model}: cannot move to {server}/{device}: " + "; ".join(problems))
+        locks = [self._locks[name] for name in sorted({source, server})]
+        for lock in locks:
+            if not lock.acquire(timeout=self.load_deadline_s):
+                for held in locks[: locks.index(lock)]:
+                    held.release()
+                raise ReconfigurationError(
+                    f"{model}: a server is busy (restarting or reconfiguring)", temporary=True
+                )
+        try:
+            config = render.render(placed, knobs, new_spec.device(device), warmup=self.warmup)
+            target = self._servers[server]
+            assert target.process is not None
+            render.write_model(target.process.repository, placed, config)
+            with self._client(server) as client:
+                try:
+                    client.load_model(
+                        model, config=render.to_json(config), client_timeout=self.load_deadline_s
+                    )
+                    self._observed(client, model)
+                except InferenceServerException as exc:
+                    shutil.rmtree(target.process.repository / model, ignore_errors=True)
+                    raise ReconfigurationError(
+                        f"{model}: {server!r} did not load it, it stays on {source!r}: {exc.message()}",
+                        temporary=exc.status() in _TEMPORARY_STATUSES,
+                    ) from None
+            serving = time.monotonic()
+            self.spec = new_spec
+            self._applied[model] = config
+            self._write_state()
+            if overlap_s > 0:
+                time.sleep(overlap_s)
+            src = self._servers[source]
+            assert src.process is not None
+            shutil.rmtree(
+                src.process.repository / model, ignore_errors=True
+            )  # a restart must not bring it back
+            with self._client(source) as client:
+                try:
+                    client.unload_model(model, client_timeout=self.load_deadline_s)
+                except InferenceServerException as exc:
+                    log.warning(
+                        "%s: unloading it from %s failed (%s); it stays loaded there",
+                        model,
+                        source,
+                        exc.message(),
+                    )
+            return MoveResult(model, source, server, spec_m.device, device, time.monotonic() - serving,
+                              time.monotonic() - began)  # fmt: skip
+        finally:
+            for lock in locks:
+                lock.release()
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    model: str
+    from_server: str
+    to_server: str
+    from_device: str
+    to_device: str
+    both_serving_s: float
+    """How long both servers served the model (the clients' time to switch)."""
+    seconds: float
 
 
 def _hostport(url: str) -> str:
