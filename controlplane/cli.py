@@ -541,7 +541,7 @@ def up(
                     duration = duration or 300.0
                     load = LoadRun(
                         [], targets_for(fs, lambda s: system.fleet.endpoints(s).grpc),
-                        duration_s=duration, max_requests=int(duration * 300), phases=demo_trace(duration),
+                        duration_s=duration, max_requests=int(duration * 300), phases=demo_trace(duration, fs),
                     ).start()  # fmt: skip
                 _watch(system.plane, duration, demo_load and one_shot, tune_budget, tune_window, load)
             finally:

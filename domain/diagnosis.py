@@ -54,7 +54,8 @@ class Thresholds:
     small_share: float = 0.25
     """A device whose models use under this share of its memory is a packing opportunity."""
     gating_share: float = 0.2
-    """A pipeline step whose queue is this share of the pipeline's time in the server gates it."""
+    """A pipeline step whose queue is this share of the pipeline's time in the server (or of its SLA
+    target, if shorter) gates it."""
     min_windows: int = 3
 
 
@@ -154,7 +155,10 @@ def pipeline_serialized(
     total_compute = sum(s.avg_compute_ms or 0.0 for s in steps)
     if queue < t.queue_min_ms or queue < t.queue_over_compute * compute:
         return None
-    if queue < t.gating_share * pipeline.avg_request_ms or pipeline.avg_request_ms < 2 * total_compute:
+    # Its share of the pipeline's time, or of the SLA target where that is shorter (a streaming
+    # pipeline's time in the server is its whole stream; its SLA is the first token).
+    span = min(pipeline.avg_request_ms, pipeline.target_ms or math.inf)
+    if queue < t.gating_share * span or pipeline.avg_request_ms < 2 * total_compute:
         return None
     bounds = spec.model(gating.model).bounds.instances
     most = bounds.high if bounds is not None else gating.knobs.instances

@@ -574,9 +574,31 @@ def shift_trace(phase_s: float) -> list[Phase]:
     ]
 
 
-def demo_trace(duration_s: float) -> list[Phase]:
+def pipeline_mix() -> list[ModelLoad]:
+    """The embedded pipeline fleet's demo traffic: chat users through guard-then-chat (4 tokens
+    each), retrieval users through embed-then-rerank, an indexing job and a batch rerank keeping one
+    request each in flight."""
+    return [
+        ModelLoad("chat-pipeline", rate=24.0, words=(16, 64), max_tokens=4),
+        ModelLoad("retrieval", rate=1.0, batch=1, words=(16, 64)),
+        ModelLoad("indexer", concurrency=1, batch=8, words=(16, 96)),
+        ModelLoad("batch-rerank", concurrency=1, batch=2, words=(16, 96)),
+    ]
+
+
+def demo_trace(duration_s: float, spec: FleetSpec | None = None) -> list[Phase]:
     """What `slatune up --demo-load` drives: the steady demo mix, a shift to twice the chat traffic
-    and twice the bulk backlog, and back."""
+    and twice the bulk backlog, and back (for the pipeline fleet: its mix, then twice the bulk
+    backlog, and back)."""
+    if spec is not None and {"chat-pipeline", "retrieval"} <= set(spec.model_names):
+        mix = pipeline_mix()
+        bulk_x2 = [ModelLoad(ld.model, concurrency=ld.concurrency * 2, batch=ld.batch, words=ld.words)
+                   if ld.concurrency else ld for ld in mix]  # fmt: skip
+        return [
+            Phase("steady", duration_s * 0.4, tuple(mix)),
+            Phase("bulk x2", duration_s * 0.3, tuple(bulk_x2)),
+            Phase("steady again", duration_s * 0.3, tuple(mix)),
+        ]
     steady = demo_mix()
     chat, guard, emb, rer = steady
     shifted = (

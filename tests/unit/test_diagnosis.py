@@ -195,6 +195,9 @@ def pipe_look(model: str, **kw: object) -> Look:
         (20.0, 690.0, False),
         # 180 ms of queue, but the pipeline takes 20 ms: the numbers disagree, say nothing
         (180.0, 20.0, False),
+        # a streaming pipeline's 900 ms in the server is its whole stream: 72 ms of queue is over a
+        # fifth of its 250 ms first-token target
+        (72.0, 900.0, True),
     ],
 )
 def test_the_step_that_gates_a_pipeline_is_named(guard_queue: float, pipeline_ms: float, fires: bool) -> None:

@@ -84,8 +84,9 @@ class TritonPythonModel:
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
                 continue
             if gate is not None and gate > self.refuse_above:
-                self.ttft.observe(request, picked_ns)
-                self._send(_Sequence(sender, request, picked_ns, [], 1), REFUSED)
+                # Refused: one token, sent by the generation loop like every other (two threads
+                # sending on the python backend's response senders at once crash the server).
+                self.arrivals.put(_Sequence(sender, request, picked_ns, None, 1))
                 continue
             ids = tokenize(prompt, self.vocab, self.max_prompt)
             self.arrivals.put(_Sequence(sender, request, picked_ns, ids, budget))
@@ -100,6 +101,10 @@ class TritonPythonModel:
                     seq = self.arrivals.get(timeout=0.05) if not live else self.arrivals.get_nowait()
                 except queue.Empty:
                     break
+                if seq.ids is None:  # refused by the guard before it
+                    self.ttft.observe(seq.request, seq.picked_ns)
+                    self._send(seq, REFUSED)
+                    continue
                 token, _, seq.caches = self.model.prefill(seq.ids, capacity=len(seq.ids) + seq.left)
                 self.ttft.observe(seq.request, seq.picked_ns)
                 self._send(seq, token)

@@ -24,6 +24,10 @@ class TritonPythonModel:
             layers=support.int_param(p, "layers", 1),
         )
         self.head = np.random.default_rng(18).standard_normal(d).astype(np.float32)
+        # Time each execution spends on a simulated accelerator, the host's cores free meanwhile (0:
+        # none). The pipeline fleet sets it so that, as on a GPU, a step is bound by its instances
+        # (one execution each at a time) rather than by the host's two cores.
+        self.device_s = float(p.get("device_ms", "0")) / 1000.0
         # Last: initializing at full speed shortens a reload (the serving version runs meanwhile).
         support.honour_compute_priority(args)
 
@@ -33,6 +37,8 @@ class TritonPythonModel:
         flat = [tokenize(t, self.vocab, self.max_tokens) for texts in per_request for t in texts]
         logits = self.encoder.pooled(*pad(flat)) @ self.head
         probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        if self.device_s > 0:
+            time.sleep(self.device_s)
         responses = support.split_responses(
             pb_utils, [len(t) for t in per_request], "UNSAFE_PROB", probs.reshape(-1, 1)
         )
