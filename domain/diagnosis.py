@@ -53,9 +53,9 @@ class Thresholds:
     idle_below: float = 0.2
     small_share: float = 0.25
     """A device whose models use under this share of its memory is a packing opportunity."""
-    gating_share: float = 0.2
+    gating_share: float = 0.1
     """A pipeline step whose queue is this share of the pipeline's time in the server (or of its SLA
-    target, if shorter) gates it."""
+    target, if shorter) gates it (the SLO controller's `gating_step` uses the same tenth)."""
     min_windows: int = 3
 
 
@@ -320,7 +320,8 @@ def diagnose(
             f
             for f in (
                 too_few_instances(look, utilization.get(look.device), spec, t),
-                batching_window(look, t),
+                # A streaming model batches in flight, inside its one execution: Triton's batches say nothing.
+                None if spec.model(look.model).streaming else batching_window(look, t),
             )
             if f
         ]
