@@ -66,6 +66,11 @@ class DeviceOut(BaseModel):
     """The placement: the models on this device..."""
     servers: list[str] = []
     """...and the servers that run them."""
+    utilization: float | None = None
+    """Busy share over the last 30 s (0..1), from its servers' device windows: the pinned cores'
+    share for a device of cores, the host's CPU otherwise, the GPU's with a GPU; None unknown."""
+    cores: list[int] | None = None
+    """The host cores of a CPU device that is a set of cores."""
 
 
 class VersionOut(BaseModel):

@@ -233,6 +233,8 @@ def test_fleet_devices_metrics_and_health(api: Api) -> None:
         time.sleep(0.5)
     windows = api.client.get(f"{V1}/models/chat-llm/windows?limit=5").json()
     assert 1 <= len(windows) <= 5 and windows == sorted(windows, key=lambda w: w["end"])
+    busy = api.client.get(f"{V1}/devices").json()[0]["utilization"]  # the server's device windows
+    assert busy is not None and 0.0 <= busy <= 1.0, busy
     r = api.client.get(f"{V1}/models/chat-llm/windows?start=100&end=50")
     assert r.status_code == 422 and r.json()["field"] == "query.end"
     summary = {s["model"]: s for s in api.client.get(f"{V1}/summary").json()}

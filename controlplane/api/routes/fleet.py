@@ -9,6 +9,7 @@ from controlplane.api.deps import PlaneDep, SessionDep, known_model
 from controlplane.api.proposals import version_out
 from controlplane.api.schemas import DeviceOut, ErrorOut, FleetOut, ModelOut, ServerOut
 from controlplane.plane import ControlPlane, slas_of
+from domain.diagnosis import device_utilization
 from domain.spec import device_memory_used
 from store import configs, queries
 
@@ -33,6 +34,9 @@ def _servers(plane: ControlPlane) -> list[ServerOut]:
 def _devices(plane: ControlPlane) -> list[DeviceOut]:
     spec = plane.fleet.spec
     used = device_memory_used(spec, plane.fleet.all_knobs())
+    with plane.store.session() as session:
+        per_server = queries.server_utilization(session, plane.clock() - UTILIZATION_S)
+    busy = device_utilization(spec, per_server)
     out = []
     for d in spec.devices:
         here = [m for m in spec.models if m.device == d.name]
@@ -45,9 +49,15 @@ def _devices(plane: ControlPlane) -> list[DeviceOut]:
                 used_gb=used[d.name],
                 models=[m.name for m in here],
                 servers=servers,
+                utilization=busy.get(d.name),
+                cores=d.cores,
             )
         )
     return out
+
+
+UTILIZATION_S = 30.0
+"""The span a device's utilization is averaged over."""
 
 
 @router.get("/fleet", response_model=FleetOut)
