@@ -122,6 +122,8 @@ def render(model: ModelSpec, knobs: Knobs, device: DeviceSpec, *, warmup: bool =
         del cfg.model_warmup[:]
     for key, value in model.parameters.items():
         cfg.parameters[key].string_value = value
+    if cfg.platform == "ensemble":  # a user's own ensemble: its steps carry the knobs
+        return cfg
     set_knobs(cfg, knobs, device, model.backend)
     return cfg
 

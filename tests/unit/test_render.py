@@ -138,6 +138,29 @@ def test_user_repository_source(tmp_path: Path) -> None:
     assert render.parse_pbtxt((out / "config.pbtxt").read_text()) == cfg
 
 
+def test_a_users_own_ensemble_from_a_repository_is_served_as_written(tmp_path: Path) -> None:
+    repo = tmp_path / "user-repo"
+    (repo / "pipe" / "1").mkdir(parents=True)
+    written = (
+        'platform: "ensemble"\nmax_batch_size: 4\ninput { name: "X" data_type: TYPE_STRING dims: [ 1 ] }\n'
+        'output { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }\n'
+        'ensemble_scheduling { step { model_name: "safety-guard" model_version: -1 '
+        'input_map { key: "TEXT" value: "X" } output_map { key: "UNSAFE_PROB" value: "Y" } } }\n'
+    )
+    (repo / "pipe" / "config.pbtxt").write_text(written)
+    model = ModelSpec(
+        name="pipe",
+        role="bulk",
+        server="s",
+        device="dev0",
+        source=Source(repository=repo),
+        memory_gb_per_instance=1,
+    )
+    cfg = render.render(model, Knobs(), CPU)
+    assert cfg.platform == "ensemble" and not cfg.instance_group and not cfg.HasField("dynamic_batching")
+    assert cfg.ensemble_scheduling.step[0].model_name == "safety-guard" and cfg.name == "pipe"
+
+
 def test_user_repository_without_the_model_says_where_it_looked(tmp_path: Path) -> None:
     model = ModelSpec(
         name="absent",
@@ -186,7 +209,7 @@ def test_an_ensemble_renders_from_its_steps_configs() -> None:
     configs = render.render_models(spec, spec.models)
     chat = configs["chat-pipeline"]
     assert chat.platform == "ensemble" and chat.model_transaction_policy.decoupled  # chat-llm streams
-    assert chat.max_batch_size == 8  # the smallest step's (chat-llm 8, guard 32)
+    assert chat.max_batch_size == 1  # the smallest step's (the pipeline fleet runs its guard one prompt at a time; chat 8)
     inputs = {i.name: (i.data_type, list(i.dims), i.optional) for i in chat.input}
     # PROMPT feeds the guard's TEXT and chat's PROMPT, both required; MAX_TOKENS only chat's optional one
     assert inputs == {"PROMPT": (mc.TYPE_STRING, [1], False), "MAX_TOKENS": (mc.TYPE_INT32, [1], True)}
