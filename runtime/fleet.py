@@ -349,7 +349,8 @@ class Fleet:
         bad field. Checks types and ranges, rate-limiter resources and the device memory budget."""
         spec = self.spec.model(model)
         current = self.knobs(model)
-        if spec.source.ensemble is not None and changes and current.with_values(changes) != current:
+        ensemble = spec.source.ensemble is not None or self._applied[model].platform == "ensemble"
+        if ensemble and changes and current.with_values(changes) != current:
             raise ReconfigurationError(f"{model}: an ensemble has no knobs of its own; tune its steps")
         unknown = sorted(set(changes) - set(Knobs.model_fields))
         if unknown:
