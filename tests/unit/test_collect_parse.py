@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.parse import ModelSample, ParseError, parse
+from collectors.parse import ModelSample, ParseError, _fast, parse, parse_full
 from collectors.window import histogram_increase, increase, model_window
 from domain.windows import Histogram, histogram_quantile
 
@@ -189,3 +189,57 @@ def test_window_latency_falls_back_to_the_summary() -> None:
     a, b = parse(page(10, 500)).models["m"], parse(page(20, 900)).models["m"]
     w = model_window("m", a, b, 0.0, 1.0)
     assert w.latency_source == "summary" and w.p99_ms == pytest.approx(1.2)
+
+
+# The fast path (`collectors.parse._fast`) against prometheus_client's parser (`parse_full`).
+def big_page(models: int = 30) -> str:
+    lines = PAGE.splitlines()
+    head = [ln for ln in lines if 'model="' not in ln]
+    body = [ln for ln in lines if 'model="embeddings"' in ln]
+    return (
+        "\n".join(head + [ln.replace('"embeddings"', f'"m{i}"') for i in range(models) for ln in body]) + "\n"
+    )
+
+
+@pytest.mark.parametrize("text", [PAGE, LATER, big_page(), page(10, 500), latency_page(3, 4)])
+def test_the_fast_path_reads_what_the_full_parser_reads(text: str) -> None:
+    fast = _fast(text)
+    assert fast is not None  # Triton's own pages take the fast path
+    assert fast == parse_full(text)
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        ('nv_inference_count{model="m5",version="1" 3', "malformed"),  # brace never closed
+        ('nv_inference_count{model="m5",version="1"} three', "malformed"),
+        ('nv_inference_count{model="m5",version="1"} NaN', "bad_value"),
+        ('nv_inference_count{model="m5",version="1"} -1', "bad_value"),
+        ('nv_inference_request_summary_us{model="m5",quantile="x"} 3', "bad_quantile"),
+        (
+            'nv_inference_compute_input_summary_us{model="m5",quantile="0.5" 3',
+            "malformed",
+        ),  # a family not read
+        ("garbage line", "malformed"),
+    ],
+)
+def test_one_broken_line_in_a_large_page_refuses_it_as_before(broken: str, reason: str) -> None:
+    lines = big_page().splitlines()
+    lines.insert(len(lines) // 2, broken)
+    with pytest.raises(ParseError) as err:
+        parse("\n".join(lines) + "\n")
+    assert err.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        'nv_inference_count{model="m",version="1"} 3 1700000000000\n',  # a timestamp
+        'nv_inference_count{model="m",version="1"}\t3\n',  # a tab
+        'nv_inference_count{model="a\\"b",version="1"} 3\n',  # an escaped quote
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 3\nnv_cpu_utilization 0.5\n",
+    ],
+)
+def test_valid_pages_the_fast_path_cannot_vouch_for_go_the_full_way(odd: str) -> None:
+    assert _fast(odd) is None
+    assert parse(odd) == parse_full(odd)
