@@ -1,7 +1,9 @@
 """The collector: scrape every server on an interval and store per-model and per-device windows.
 
 Parsing and window arithmetic are pure (`collectors.parse`, `collectors.window`, `domain.windows`);
-this module does the HTTP, keeps the previous scrape per server, and writes to the store.
+this module keeps the previous reading per server and writes to the store. The readings come from a
+source (`collectors.sources`): each server's own page (`PageSource`, the default, described below),
+or a Prometheus server that scrapes them (`collectors.prometheus.PrometheusSource`).
 
 Fail static: nothing one server or the store does stops the others from being collected.
 
@@ -24,18 +26,18 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import cast
 
 import httpx
 
 from collectors.cpustat import CoreTimes, read_core_times, utilization
 from collectors.nvml import NvmlCollector
-from collectors.parse import ParseError, Scrape, parse
+from collectors.parse import ParseError, Scrape
 from collectors.selfmetrics import CollectorMetrics
+from collectors.sources import PageSource, Reading, ScrapeFailed, Source
+from collectors.sources import Target as Target  # where callers have imported it from
 from collectors.trace import TraceReader
 from collectors.window import device_window, model_window
 from domain.health import Heartbeat, backoff_s
@@ -53,7 +55,7 @@ busy 2-core host, so a page just under the cap delays a pass by about 1.4 s, kee
 servers' windows within 3 intervals of 1 s; reading it costs 4 MiB of memory at most."""
 BUFFER_S = 600.0
 """How long a store outage may last before the oldest kept windows are dropped (and counted)."""
-STALE_REASONS = frozenset({"unreachable", "http_error", "timeout"})
+STALE_REASONS = frozenset({"unreachable", "http_error", "timeout", "no_data"})
 """Failures after which a server is marked stale and retried with backoff; after any other (a bad
 page) it is tried again on the next pass."""
 
@@ -68,23 +70,6 @@ def scrape_deadline(interval_s: float) -> float:
     return min(max(interval_s, 1.0), 2.0)
 
 
-@dataclass(frozen=True)
-class Target:
-    server: str
-    metrics_url: str
-    models: frozenset[str] | None = None
-    """The models the fleet gives this server: a model its page names beyond them gets no windows
-    from it. None takes every model on the page (a target built by hand)."""
-    trace_dir: Path | None = None
-    """Where the server writes a trace per request (servers slatune starts): read on every pass
-    for each request's server-side latency, queue included (`collectors.trace`)."""
-    streaming: frozenset[str] = frozenset()
-    """The models that stream tokens: their traces give time to first token too."""
-    cores: frozenset[int] | None = None
-    """The host cores the server is pinned to (a server slatune starts on cpu devices that are
-    sets of cores): its cpu device windows take those cores' utilization, not the host's."""
-
-
 def _on_own_cores(
     devices: list[DeviceWindow],
     before: dict[int, CoreTimes] | None,
@@ -95,14 +80,6 @@ def _on_own_cores(
     (Triton's figure is the whole host's): None without a reading to compare with."""
     busy = None if before is None else utilization(before, after, cores)
     return [replace(d, utilization=busy) if d.kind == "cpu" else d for d in devices]
-
-
-class ScrapeFailed(Exception):
-    """A scrape that brought no page to parse; `reason` is its metric label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 @dataclass
@@ -158,8 +135,11 @@ class Collector:
         buffer_s: float = BUFFER_S,
         transport: httpx.AsyncBaseTransport | None = None,
         core_times: Callable[[], dict[int, CoreTimes]] = read_core_times,
+        source: Source | None = None,
     ) -> None:
-        """`core_times` reads the host's per-core counters (for servers pinned to cores)."""
+        """`core_times` reads the host's per-core counters (for servers pinned to cores). `source`
+        gives the readings (default: each server's page, `PageSource`, under `deadline_s`,
+        `max_page_bytes` and `transport`)."""
         self.store = store
         self.targets = list(targets)
         self.interval_s = interval_s
@@ -174,13 +154,10 @@ class Collector:
         self._traces = {
             t.server: TraceReader(t.trace_dir, t.streaming) for t in self.targets if t.trace_dir is not None
         }
-        # One event loop for the collector's life: the client's connections are kept between passes.
+        # One event loop for the collector's life: the source's connections are kept between passes.
         self._loop = asyncio.new_event_loop()
-        self._http = httpx.AsyncClient(
-            timeout=self.deadline_s,  # per operation; the total deadline is `_scrape`'s own
-            trust_env=False,
-            headers={"accept-encoding": "identity"},  # the cap counts the bytes that get parsed
-            transport=transport,
+        self.source: Source = source or PageSource(
+            deadline_s=self.deadline_s, max_page_bytes=max_page_bytes, clock=clock, transport=transport
         )
         self._nvml_last: float | None = None
         self.retention_raw_s = retention_raw_s
@@ -195,7 +172,7 @@ class Collector:
 
     def close(self) -> None:
         if not self._loop.is_closed():
-            self._loop.run_until_complete(self._http.aclose())
+            self._loop.run_until_complete(self.source.aclose())
             self._loop.close()
 
     def stale(self) -> list[str]:
@@ -225,7 +202,7 @@ class Collector:
         result = TickResult()
         now = self.clock()
         due = [t for t in self.targets if now >= self._state[t.server].next_attempt]
-        pages = self._loop.run_until_complete(self._scrape_all(due)) if due else []
+        pages = self._loop.run_until_complete(self.source.read(due)) if due else []
         for target, page in zip(due, pages, strict=True):
             self._take(target, page, result)
         nvml: list[DeviceWindow] = []
@@ -242,16 +219,20 @@ class Collector:
         self._retention()
         return result
 
-    def _take(self, target: Target, page: tuple[str, float] | ScrapeFailed, result: TickResult) -> None:
-        """Turn one server's page into its windows, or count why it could not be."""
+    def _take(self, target: Target, page: Reading | ScrapeFailed, result: TickResult) -> None:
+        """Turn one server's reading into its windows, or count why it could not be."""
         state = self._state[target.server]
         if isinstance(page, ScrapeFailed):
             self._failed(target, state, self.clock(), page.reason, str(page), result)
             return
-        text, now = page
+        now = page.at
+        if state.last_at is not None and now <= state.last_at:
+            # Nothing newer than the last reading (a Prometheus that has not scraped the server
+            # again since): no window, and no failure either.
+            return
         cores_now = self.core_times() if target.cores else None
         try:
-            scrape = self._assigned(target, state, self._traced(target, parse(text)))
+            scrape = self._assigned(target, state, self._traced(target, page.scrape()))
             windows, devices = self._windows(state, scrape, now)
         except ParseError as exc:
             self._failed(target, state, now, exc.reason, str(exc), result)
@@ -324,54 +305,6 @@ class Collector:
             # past their old values before this scrape: no drop shows it.
             windows.append(replace(window, reset=True) if outage else window)
         return windows, [device_window(d, start, now) for d in scrape.devices.values()]
-
-    async def _scrape_all(self, targets: list[Target]) -> list[tuple[str, float] | ScrapeFailed]:
-        """Every target's page and the time it was read, fetched at once, each under the deadline."""
-        pages = list(await asyncio.gather(*(self._scrape(t) for t in targets)))
-        # A cancelled scrape leaves httpx's inner body generators to be finalised by tasks the loop
-        # schedules: let them run now, while the loop runs, rather than be dropped pending.
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return pages
-
-    async def _scrape(self, target: Target) -> tuple[str, float] | ScrapeFailed:
-        try:
-            body = await asyncio.wait_for(self._fetch(target), self.deadline_s)
-        except ScrapeFailed as exc:
-            return exc
-        except (TimeoutError, httpx.TimeoutException):
-            return ScrapeFailed("timeout", f"no whole page within {self.deadline_s:g} s")
-        except httpx.HTTPError as exc:
-            return ScrapeFailed("unreachable", f"{exc.__class__.__name__}: {exc}")
-        try:
-            return body.decode("utf-8"), self.clock()
-        except UnicodeDecodeError as exc:
-            return ScrapeFailed("malformed", f"not UTF-8: {exc}")
-
-    async def _fetch(self, target: Target) -> bytes:
-        """The page's bytes, streamed: refused as soon as it passes the size cap."""
-        cap = self.max_page_bytes
-        async with self._http.stream("GET", target.metrics_url) as resp:
-            if resp.status_code >= 400:
-                raise ScrapeFailed("http_error", f"HTTP {resp.status_code}")
-            encoding = resp.headers.get("content-encoding", "identity").lower()
-            if encoding != "identity":  # asked for none: a compressed page could inflate past the cap
-                raise ScrapeFailed("malformed", f"content-encoding {encoding!r}, asked for identity")
-            declared = resp.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > cap:
-                raise ScrapeFailed("too_large", f"{int(declared)} bytes declared, the cap is {cap}")
-            body = bytearray()
-            # identity: the bytes as sent; closed here, not left for the loop to finalise later
-            chunks = cast(AsyncGenerator[bytes, None], resp.aiter_bytes())
-            try:
-                async with aclosing(chunks):
-                    async for chunk in chunks:
-                        body += chunk
-                        if len(body) > cap:
-                            raise ScrapeFailed("too_large", f"past the cap of {cap} bytes; not read further")
-            except httpx.RemoteProtocolError as exc:  # the server closed before the whole body
-                raise ScrapeFailed("truncated", f"{exc}") from None
-            return bytes(body)
 
     def _failed(
         self, target: Target, state: _ServerState, now: float, reason: str, detail: str, result: TickResult

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -332,3 +333,31 @@ def _device_sample(devices: dict[str, DeviceSample], name: str, labels: dict[str
     device = labels.get("gpu_uuid", "cpu") if kind == "gpu" else "cpu"
     sample = devices.setdefault(device, DeviceSample(kind=kind, device=device))
     setattr(sample, field_name, value)
+
+
+def scrape_of(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> Scrape:
+    """A `Scrape` from samples already split into name, labels and value (say, a Prometheus
+    server's newest sample of each series), through the same checks as a page's samples."""
+    models: dict[str, ModelSample] = defaultdict(ModelSample)
+    devices: dict[str, DeviceSample] = {}
+    triton = False
+    for name, labels, value in samples:
+        triton = triton or name.startswith("nv_")
+        model = labels.get("model")
+        if model is not None:
+            _model_sample(models[model], name, dict(labels), value)
+        elif name.startswith(("nv_gpu_", "nv_cpu_")):
+            _device_sample(devices, name, dict(labels), value)
+    if not triton:
+        raise ParseError("no Triton metric (nv_*) among the samples", "missing_family")
+    return Scrape(dict(models), devices)
+
+
+READ_FAMILIES = (
+    *COUNTERS,
+    "nv_inference_request_failure",
+    "nv_inference_pending_request_count",
+    *SUMMARIES,
+    *(f"{h}_{s}" for h in (LATENCY_HISTOGRAM, *TTFT_HISTOGRAMS) for s in ("bucket", "count", "sum")),
+)
+"""The sample names slatune reads of a model (devices: every nv_gpu_* and nv_cpu_* gauge)."""
