@@ -757,21 +757,34 @@ def collect(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve slatune's own collection metrics on 127.0.0.1:PORT/metrics.")
     ] = None,
+    prometheus: Annotated[
+        str | None,
+        typer.Option(
+            help="Read the servers' counters from this Prometheus (its URL) instead of their pages "
+            "(default: SLATUNE_PROMETHEUS_URL when SLATUNE_METRICS_SOURCE=prometheus)."
+        ),
+    ] = None,
 ) -> None:
-    """Scrape a running fleet's servers into the store, showing the newest window per model."""
+    """Scrape a running fleet's servers into the store (or read them from a Prometheus that scrapes
+    them), showing the newest window per model."""
     with failing_with(1, ServerError, StoreError):
         running = read_state(_fleet_dir(data_dir))
         store = _store(database_url)
         store.require_head()
     settings = get_settings()
+    via = prometheus or settings.prometheus_source
     startup.register_fleet(store, running.spec, running.endpoints)
     collector = fleet_collector(
-        store, running.spec, running.endpoints, interval_s=interval, retention_raw_s=settings.retention_raw_s
-    )
+        store, running.spec, running.endpoints, interval_s=interval, retention_raw_s=settings.retention_raw_s,
+        prometheus_url=via,
+        prometheus_lookback_s=settings.prometheus_lookback_s,
+        prometheus_server_label=settings.prometheus_server_label,
+    )  # fmt: skip
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1", registry=collector.metrics.registry)
         console.print(f"slatune's own metrics: http://127.0.0.1:{metrics_port}/metrics")
-    console.print(f"collecting every {interval:g} s into {store.safe_url}; Ctrl-C stops")
+    source = f"from Prometheus {via} " if via else ""
+    console.print(f"collecting every {interval:g} s {source}into {store.safe_url}; Ctrl-C stops")
     began = time.monotonic()
     try:
         with Live(console=console, refresh_per_second=1) as live:

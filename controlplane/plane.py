@@ -145,6 +145,9 @@ class ControlPlane:
         collector = fleet_collector(  # records the fleet's servers and models in the store
             self.store, self.fleet.spec, endpoints, interval_s=self.settings.scrape_interval_s,
             metrics=collector_metrics, retention_raw_s=self.settings.retention_raw_s,
+            prometheus_url=self.settings.prometheus_source,
+            prometheus_lookback_s=self.settings.prometheus_lookback_s,
+            prometheus_server_label=self.settings.prometheus_server_label,
         )  # fmt: skip
         self.optuna_storage(self.settings.optuna_url)  # opened once, before threads race to create its tables
         self.reconciler.recover()

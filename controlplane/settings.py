@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     e.g. postgresql+psycopg://slatune@127.0.0.1:5432/slatune."""
     scrape_interval_s: float = 1.0
     """How often the collectors scrape every server's metrics page."""
+    metrics_source: Literal["scrape", "prometheus"] = "scrape"
+    """Where the collectors read the servers' counters: their own pages (scrape), or the Prometheus
+    at prometheus_url that scrapes them (`collectors.prometheus`)."""
+    prometheus_url: str = ""
+    """The Prometheus (or Thanos, Mimir: its query API) the collectors read with metrics_source=prometheus."""
+    prometheus_lookback_s: float = 60.0
+    """How far back a Prometheus reading looks for each series' newest sample: two or more of its
+    scrape intervals."""
+    prometheus_server_label: str = "server"
+    """The label that names a series' server in Prometheus (`slatune prometheus config` sets it)."""
     retention_raw_s: float = 6 * 3600
     """Raw windows older than this are downsampled to one-minute windows."""
     optuna_url: str = ""
@@ -48,6 +58,8 @@ class Settings(BaseSettings):
             self.database_url = sqlite_url(self.data_dir)
         if not self.optuna_url:
             self.optuna_url = sqlite_url(self.data_dir, "optuna.db")
+        if self.metrics_source == "prometheus" and not self.prometheus_url:
+            raise ValueError("metrics_source prometheus needs SLATUNE_PROMETHEUS_URL")
         if self.api_token is not None and (why := token_weakness(self.api_token.get_secret_value())):
             raise ValueError(f"SLATUNE_API_TOKEN {why}")
         if not is_loopback(self.api_host) and not (self.api_token and self.api_token.get_secret_value()):
@@ -68,6 +80,11 @@ class Settings(BaseSettings):
             path.touch(mode=0o600)
             path.write_text(secrets.token_urlsafe(24))
         return path.read_text().strip()
+
+    @property
+    def prometheus_source(self) -> str | None:
+        """The Prometheus the collectors read, None when they scrape the servers themselves."""
+        return self.prometheus_url if self.metrics_source == "prometheus" else None
 
     @property
     def fleet_dir(self) -> Path:
