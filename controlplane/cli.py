@@ -943,6 +943,44 @@ def prometheus_config(
     console.print(f"Alertmanager reads the webhook's token from {written.token_file}")
 
 
+# ---- slatune report (issue 11: a figure a person can look at without Grafana) ----
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="The PNG to write.")],
+    database_url: DbUrlOpt = None,
+    since: Annotated[
+        float | None,
+        typer.Option(help="Show the last SECONDS (default: the --run's span, else the last hour).", min=1),
+    ] = None,
+    run: Annotated[
+        int | None, typer.Option("--run", help="The tuning run whose trials to show (default: the newest).")
+    ] = None,
+) -> None:
+    """Render from the store: p99 against SLA over time with reconfigurations and controller
+    actions marked, bulk goodput, knobs over time, and a tuning run's trials."""
+    from controlplane import report as rep
+
+    store = _store(database_url)
+    with failing_with(1, StoreError):
+        store.require_head()
+    now = time.time()
+    with failing_with(2, ValueError), store.session() as session:
+        if since is None and run is not None:
+            begin, end = rep.run_span(session, run)
+        else:
+            begin, end = now - (since or 3600.0), now
+        data = rep.gather(session, begin, end, run)
+    rep.render(data, out)
+    windows = sum(len(s.t) for s in [*data.latency.values(), *data.goodput.values()])
+    console.print(
+        f"wrote {out}: {windows} windows, {len(data.reconfigurations)} reconfigurations, "
+        f"{len(data.actions)} controller actions, {len(data.trials)} trials"
+        + (f" of tuning run {data.run_id}" if data.run_id is not None else "")
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
