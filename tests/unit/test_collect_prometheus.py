@@ -148,3 +148,15 @@ def test_a_prometheus_that_does_not_answer_fails_every_server_and_marks_it_stale
     finally:
         c.close()
         store.dispose()
+
+
+def test_settings_choose_the_source(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from controlplane.settings import Settings
+
+    with pytest.raises(ValidationError, match="SLATUNE_PROMETHEUS_URL"):
+        Settings(data_dir=tmp_path, metrics_source="prometheus")
+    chosen = Settings(data_dir=tmp_path, metrics_source="prometheus", prometheus_url="http://127.0.0.1:9090")
+    assert chosen.prometheus_source == "http://127.0.0.1:9090"
+    assert Settings(data_dir=tmp_path, prometheus_url="http://127.0.0.1:9090").prometheus_source is None
