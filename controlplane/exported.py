@@ -85,7 +85,8 @@ class FleetStateCollector(PromCollector):
             resources = self.spec.server(self.spec.model(name).server).rate_limit_resources
             for key, value in knob_values(k, resources).items():
                 knob.add_metric([name, key], value)
-        used = device_memory_used(self.spec, running)
+        # A model whose knobs are not known yet (a fleet still starting) counts at its spec's.
+        used = device_memory_used(self.spec, {**{m.name: m.knobs for m in self.spec.models}, **running})
         for d in self.spec.devices:
             budget.add_metric([d.name, d.kind], d.memory_gb * GB)
             planned.add_metric([d.name], used.get(d.name, 0.0) * GB)
