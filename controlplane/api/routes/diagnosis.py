@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from controlplane.api.deps import PlaneDep
+from controlplane.api.schemas import ErrorOut
 from controlplane.diagnosis import DEFAULT_SECONDS, findings
 
 router = APIRouter(tags=["diagnosis"])
@@ -26,7 +27,7 @@ class FindingOut(BaseModel):
     """The span [start, end] (Unix seconds) it was read from."""
 
 
-@router.get("/diagnosis", response_model=list[FindingOut])
+@router.get("/diagnosis", response_model=list[FindingOut], responses={422: {"model": ErrorOut}})
 def diagnosis(
     plane: PlaneDep, seconds: float = Query(DEFAULT_SECONDS, gt=0, le=86_400, allow_inf_nan=False)
 ) -> list[FindingOut]:

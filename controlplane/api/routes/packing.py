@@ -16,6 +16,7 @@ from store import packing
 from store.models import ColocationRule
 
 router = APIRouter(prefix="/colocation-rules", tags=["packing"])
+ERRORS: dict[int | str, dict[str, object]] = {422: {"model": ErrorOut}}
 
 
 class RuleIn(BaseModel):
@@ -56,7 +57,7 @@ def rules(session: SessionDep) -> list[RuleOut]:
     "",
     response_model=RuleOut,
     status_code=status.HTTP_201_CREATED,
-    responses={401: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    responses={**ERRORS, 400: {"model": ErrorOut}, 401: {"model": ErrorOut}},
     dependencies=[Authorized],
 )
 def add_rule(body: RuleIn, session: SessionDep) -> RuleOut:
@@ -73,7 +74,7 @@ def add_rule(body: RuleIn, session: SessionDep) -> RuleOut:
 @router.delete(
     "/{rule_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}},
+    responses={**ERRORS, 401: {"model": ErrorOut}, 404: {"model": ErrorOut}},
     dependencies=[Authorized],
 )
 def forget_rule(rule_id: IdPath, session: SessionDep) -> None:
