@@ -265,12 +265,14 @@ class Collector:
         except OSError as exc:  # the directory unreadable: the page's own figures still count
             log.warning("server %s: trace files unreadable: %s", target.server, exc)
             return scrape
+        # Every model of a traced server is timed by its traces alone, from the first pass: one whose
+        # first trace file lands a pass after the page counted its first requests has an empty
+        # histogram until then, not another source's figures in between.
         for model, sample in scrape.models.items():
-            if model in histograms:
-                h = histograms[model]
-                sample.latency["server"] = Histogram(dict(h.buckets), h.count, h.sum)
-            if model in reader.first_responses:
-                h = reader.first_responses[model]
+            h = histograms.get(model, Histogram())
+            sample.latency["server"] = Histogram(dict(h.buckets), h.count, h.sum)
+            if model in reader.streaming or model in reader.first_responses:
+                h = reader.first_responses.get(model, Histogram())
                 sample.ttft["server"] = Histogram(dict(h.buckets), h.count, h.sum)
         return scrape
 

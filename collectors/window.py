@@ -115,7 +115,8 @@ def model_window(
     latency, latency_source = _latency(prev, cur, resets)
     # Triton's summary remembers about a minute: only a window with requests of its own may fall
     # back to it (a server that exports no histogram), never an idle one.
-    quantiles = cur.quantiles.get("request", {}) if requests > 0 else {}
+    # Nor a traced one: its requests not in a trace file yet are timed in the next window.
+    quantiles = cur.quantiles.get("request", {}) if requests > 0 and "server" not in cur.latency else {}
     if latency is None and quantiles:
         latency_source = "summary"
 

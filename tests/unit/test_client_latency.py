@@ -252,3 +252,17 @@ def test_a_streaming_models_first_traced_tokens_are_counted_not_taken_as_a_basel
     w = model_window("chat", prev, cur, 0.0, 1.0)
     assert w.ttft_source == "server" and w.ttft_buckets[math.inf] == 4
     assert w.ttft_p99_ms is not None and 100 < w.ttft_p99_ms <= 125
+
+
+def test_a_traced_models_requests_wait_for_their_trace_not_another_source() -> None:
+    """The page counted requests whose trace files land a pass later: the window times none of
+    them (not the model's own histogram, not Triton's minute-long summary); the next one does."""
+    prev, cur = ModelSample(), ModelSample(success=4)
+    cur.latency = {"server": hist([]), "model": hist([5.0] * 4)}
+    cur.quantiles = {"request": {0.99: 9_000.0}}
+    w = model_window("guard", prev, cur, 0.0, 1.0)
+    assert w.requests == 4 and w.latency_source is None and w.p99_ms is None
+    later = ModelSample(success=4)
+    later.latency = {"server": hist([7.0] * 4), "model": hist([5.0] * 4)}
+    w2 = model_window("guard", cur, later, 1.0, 2.0)
+    assert w2.latency_source == "server" and w2.latency_buckets[math.inf] == 4
