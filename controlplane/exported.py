@@ -6,7 +6,9 @@ computed when /metrics is scraped:
 - SLO counters (`slatune_slo_requests_total`, `slatune_slo_requests_good_total`) that only grow, so
   Prometheus can take the error ratio over any window: the multiwindow, multi-burn-rate alerts of
   the SRE workbook need 5 m to 3 d, not the SLA's own rolling window the gauges are judged over;
-- the newest tuning run's trials: the last trial's objective and SLA constraints, trials by state.
+- the newest tuning run's trials: the last trial's objective and SLA constraints, trials by state;
+- the expert's diagnosis (`slatune diagnose`) of the last minute: per model and device the severity of
+  its top finding (0: nothing to say), and each firing finding by kind.
 """
 
 from __future__ import annotations
@@ -227,3 +229,52 @@ class TuningCollector(PromCollector):
         objective.add_metric([run], float(score["goodput"]))
         for model, value in sorted(score["violations"].items()):
             constraint.add_metric([run, f"sla:{model}"], float(value))
+
+
+DIAGNOSIS_S = 60.0
+"""The span the exported diagnosis reads (as `slatune diagnose` does by default)."""
+
+
+class DiagnosisCollector(PromCollector):
+    """The diagnosis of the last minute, computed when /metrics is scraped: what the dashboards show
+    as the top finding per model."""
+
+    def __init__(
+        self,
+        store: Store,
+        spec: FleetSpec,
+        knobs: Callable[[], Mapping[str, Knobs]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.store, self.spec, self.knobs, self.clock = store, spec, knobs, clock
+
+    def describe(self) -> list[Metric]:
+        return []  # computed at scrape time
+
+    def collect(self) -> list[Metric]:
+        from controlplane.diagnosis import findings  # the control plane's reader of the store
+
+        top = GaugeMetricFamily(
+            "slatune_diagnosis_severity",
+            "Severity of the top finding about a model or device over the last minute (0: nothing to say)",
+            labels=["subject"],
+        )
+        firing = GaugeMetricFamily(
+            "slatune_diagnosis_finding",
+            "A finding of the diagnosis over the last minute, by kind: its severity (present while it fires)",
+            labels=["subject", "kind"],
+        )
+        try:
+            found = findings(self.store, self.spec, self.knobs(), self.clock(), DIAGNOSIS_S)
+        except Exception as exc:  # the store down: say nothing rather than fail the scrape
+            log.warning("diagnosis not exported: %s", exc)
+            return []
+        worst: dict[str, float] = {
+            name: 0.0 for name in [*self.spec.model_names, *(d.name for d in self.spec.devices)]
+        }
+        for f in found:
+            worst[f.subject] = max(worst.get(f.subject, 0.0), f.severity)
+            firing.add_metric([f.subject, f.kind], f.severity)
+        for subject, severity in sorted(worst.items()):
+            top.add_metric([subject], severity)
+        return [top, firing]

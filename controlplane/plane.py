@@ -26,7 +26,7 @@ from collectors.collector import Collector
 from collectors.fleet import fleet_collector
 from collectors.selfmetrics import CollectorMetrics
 from controlplane.controller import Controller
-from controlplane.exported import FleetStateCollector, SloCounters, TuningCollector
+from controlplane.exported import DiagnosisCollector, FleetStateCollector, SloCounters, TuningCollector
 from controlplane.reconciler import Reconciler
 from controlplane.settings import Settings
 from controlplane.telemetry import ControlPlaneMetrics
@@ -114,6 +114,7 @@ class ControlPlane:
         self.registry.register(_SlaCollector(self))
         # What the dashboards and rules read (dashboards/): knobs, device memory, SLO counters, trials.
         self.registry.register(FleetStateCollector(fleet.spec, fleet.all_knobs))
+        self.registry.register(DiagnosisCollector(store, fleet.spec, fleet.all_knobs, self.clock))
         self.registry.register(SloCounters(store, self.slas, lambda: self.started_at or self.clock()))
         self.registry.register(TuningCollector(store, self.optuna_storage))
         self.metrics.known_models(fleet.spec.model_names)

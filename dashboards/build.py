@@ -2,7 +2,7 @@
 
 - Fleet overview: per model (a row repeated for each), its request rate, its SLA metric (p99, or time
   to first token for a streaming model) against the SLA's line, queue time against compute time,
-  average batch size, pending requests and failures by reason; per device, utilization and memory
+  average batch size, pending requests, failures by reason and the diagnosis's findings; per device, utilization and memory
   (Triton's `nv_gpu_*` where there is a GPU, `nv_cpu_*` on a CPU host) and slatune's planned memory
   against the device's budget;
 - SLOs: per latency-critical model, attainment against the objective, the error budget left and the
@@ -236,6 +236,19 @@ def fleet_overview() -> db.Dashboard:
             [(f"sum by (model, reason) (rate(nv_inference_request_failure{{{M}}}[{RATE}]))", "{{reason}}")],
             "reqps",
             stacked=True,
+            min_value=0,
+        )
+    )
+    row.with_panel(
+        series(
+            "Diagnosis",
+            "The expert's findings about the model over the last minute (slatune diagnose: too few instances, "
+            "batching window, interference, the step that gates a pipeline), by kind; the top one's severity. "
+            "0: nothing to say.",
+            [
+                ('slatune_diagnosis_finding{subject=~"$model"}', "{{kind}}"),
+                ('slatune_diagnosis_severity{subject=~"$model"}', "top finding"),
+            ],
             min_value=0,
         )
     )

@@ -135,7 +135,9 @@ def test_every_panel_query_and_rule_returns_data_from_prometheus_scraping_the_fl
                 recorded = {r["record"] for r in recording_rules()}
                 used = set().union(*(metrics(e) for _, e in all_expressions()))
                 absent = sorted(used - scraped - recorded - {"ALERTS"})
-                assert all(m.startswith("nv_gpu_") for m in absent), f"never scraped: {absent}"
+                # GPU metrics are absent on this host; a diagnosis finding is exported only while it fires.
+                expected = [m for m in absent if m.startswith("nv_gpu_") or m == "slatune_diagnosis_finding"]
+                assert absent == expected, f"never scraped: {sorted(set(absent) - set(expected))}"
                 print(
                     f"\n{len(all_expressions())} expressions returned data {data_s:.0f} s after Prometheus started "
                     f"({time.monotonic() - began:.0f} s in all); GPU-only metrics absent here: {absent}"

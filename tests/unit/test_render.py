@@ -209,7 +209,8 @@ def test_an_ensemble_renders_from_its_steps_configs() -> None:
     configs = render.render_models(spec, spec.models)
     chat = configs["chat-pipeline"]
     assert chat.platform == "ensemble" and chat.model_transaction_policy.decoupled  # chat-llm streams
-    assert chat.max_batch_size == 1  # the smallest step's (the pipeline fleet runs its guard one prompt at a time; chat 8)
+    # the smallest step's: the pipeline fleet runs its guard one prompt at a time (chat-llm: 8)
+    assert chat.max_batch_size == 1
     inputs = {i.name: (i.data_type, list(i.dims), i.optional) for i in chat.input}
     # PROMPT feeds the guard's TEXT and chat's PROMPT, both required; MAX_TOKENS only chat's optional one
     assert inputs == {"PROMPT": (mc.TYPE_STRING, [1], False), "MAX_TOKENS": (mc.TYPE_INT32, [1], True)}
