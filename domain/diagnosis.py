@@ -193,7 +193,10 @@ def batching_window(look: Look, t: Thresholds) -> Finding | None:
     if look.avg_batch is None or look.windows < t.min_windows or look.max_batch_size <= 1:
         return None
     delay = look.knobs.max_queue_delay_us
-    loaded = look.request_rate >= t.loaded_rate or look.pending > 0
+    # Under load: requests come often. A latency-critical model must also be making them wait: one
+    # that keeps up with batches of one loses nothing to them, and a window would only add latency.
+    waiting = (look.avg_queue_ms or 0.0) >= t.queue_min_ms or look.pending > 0
+    loaded = look.request_rate >= t.loaded_rate and (waiting or look.role == "bulk")
     if loaded and delay == 0 and look.avg_batch < t.batch_of_one:
         return Finding(
             "batching-window", look.model,

@@ -67,7 +67,9 @@ def test_too_few_instances(
 @pytest.mark.parametrize(
     ("batch", "rate", "delay", "queue", "compute", "fires", "words"),
     [
-        # batches of 1.1 at 20 requests/s with no queue delay: open a batching window
+        # batches of 1.1 at 20 requests/s waiting 3 ms each, with no queue delay: open a batching window
+        (1.1, 20.0, 0, 3.0, 5.0, True, "set max_queue_delay_us"),
+        # the same keeping up (0.5 ms in the queue): a bulk model still packs more in batches
         (1.1, 20.0, 0, 0.5, 5.0, True, "set max_queue_delay_us"),
         # the same at 2 requests/s: nothing to batch
         (1.1, 2.0, 0, 0.5, 5.0, False, None),
@@ -93,8 +95,16 @@ def test_batching_window(
         assert words is not None and words in f.action and f.kind == "batching-window"
 
 
+def test_a_latency_critical_model_that_keeps_up_gets_no_batching_advice() -> None:
+    guard = look("safety-guard", avg_batch=1.0, request_rate=15.0, avg_queue_ms=0.4)
+    assert batching_window(guard, T) is None  # a window would only add to its 20 ms
+    assert batching_window(replace(guard, avg_queue_ms=6.0), T) is not None  # its requests wait: batch them
+
+
 def test_a_model_that_cannot_batch_gets_no_batching_advice() -> None:
-    assert batching_window(look(avg_batch=1.0, request_rate=50.0, max_batch_size=1), T) is None
+    assert (
+        batching_window(look(avg_batch=1.0, request_rate=50.0, avg_queue_ms=5.0, max_batch_size=1), T) is None
+    )
 
 
 def test_interference_needs_the_rise_and_the_correlation() -> None:
@@ -217,7 +227,7 @@ def test_the_step_that_gates_a_pipeline_is_named(guard_queue: float, pipeline_ms
 
 
 def test_a_streaming_model_batches_in_flight_and_gets_no_batching_advice() -> None:
-    chat = pipe_look("chat-llm", avg_batch=1.0, request_rate=20.0, max_batch_size=8)
+    chat = pipe_look("chat-llm", avg_batch=1.0, request_rate=20.0, avg_queue_ms=5.0, max_batch_size=8)
     assert batching_window(chat, T) is not None  # the rule alone would fire...
     assert not [
         f for f in diagnose(PIPE, {"chat-llm": chat}, {"dev0": 0.5}, {}, {}) if f.kind == "batching-window"
