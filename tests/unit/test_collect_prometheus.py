@@ -19,35 +19,57 @@ from store import queries
 from store.db import Store
 
 
-def series(name: str, server: str, points: list[tuple[float, str]], **labels: str) -> dict[str, Any]:
-    metric = {"__name__": name, "server": server, "job": "triton", **labels}
-    return {"metric": metric, "values": [[t, v] for t, v in points]}
+def sample(name: str, server: str, value: str, **labels: str) -> dict[str, Any]:
+    """One series of an instant vector, as /api/v1/query gives it (evaluated at 2000)."""
+    return {
+        "metric": {"__name__": name, "server": server, "job": "triton", **labels},
+        "value": [2000.0, value],
+    }
 
 
-def test_the_selector_names_the_families_and_the_due_servers() -> None:
-    q = selector([Target("a", ""), Target("gpu-1.x", "")], "server", 5.0)
-    assert q.startswith('{__name__=~"nv_inference_request_success|')
-    assert "slatune_request_ms_bucket" in q and "nv_(?:gpu|cpu)_.+" in q
-    assert q.endswith(r'server=~"a|gpu\\-1\\.x"}[5000ms]')  # RE2 escapes, inside a PromQL string
-
-
-def test_a_reading_is_each_servers_newest_scrape() -> None:
-    result = [
-        series("nv_inference_request_success", "a", [(10.0, "5"), (11.0, "7")], model="m", version="1"),
-        series("nv_inference_queue_duration_us", "a", [(10.0, "50"), (11.0, "90")], model="m", version="1"),
-        # a model that has gone from server a: its last sample is older than the server's newest
-        series("nv_inference_request_success", "a", [(9.0, "3"), (10.0, "3")], model="gone", version="1"),
-        series("nv_cpu_utilization", "a", [(11.0, "0.25")]),
-        series("nv_inference_request_success", "b", [(10.5, "1")], model="n", version="1"),
+def scraped(server: str, at: float, up: float = 1) -> list[dict[str, Any]]:
+    """`up` of a server and `timestamp(up)` (labelled, nameless): when Prometheus last scraped it."""
+    return [
+        sample("up", server, str(up)),
+        {
+            "metric": {"server": server, "job": "triton", "slatune_scraped_at": "1"},
+            "value": [2000.0, str(at)],
+        },
     ]
-    a, b, c = readings(result, [Target("a", ""), Target("b", ""), Target("c", "")], "server", 5.0)
-    assert isinstance(a, Reading) and a.at == 11.0
+
+
+def test_the_query_names_the_families_the_due_servers_and_their_scrape_times() -> None:
+    q = selector([Target("a", ""), Target("gpu-1.x", "")], "server")
+    assert q.startswith('{__name__=~"nv_inference_request_success|')
+    assert "slatune_request_ms_bucket" in q and "nv_(?:gpu|cpu)_.+|up" in q
+    servers = r'server=~"a|gpu\\-1\\.x"'  # RE2 escapes, inside a PromQL string
+    assert q.endswith(
+        f'{servers}}} or label_replace(timestamp(up{{{servers}}}), "slatune_scraped_at", "1", "", "")'
+    )
+
+
+def test_a_reading_is_each_servers_last_scrape() -> None:
+    result = [
+        sample("nv_inference_request_success", "a", "7", model="m", version="1"),
+        sample("nv_inference_queue_duration_us", "a", "90", model="m", version="1"),
+        sample("nv_cpu_utilization", "a", "0.25"),
+        *scraped("a", 1999.0),
+        sample("nv_inference_request_success", "b", "1", model="n", version="1"),
+        *scraped("b", 1998.5),
+        *scraped("c", 1900.0),  # Prometheus stopped scraping it 100 s ago
+        *scraped("d", 1999.0, up=0),  # its last scrape failed: Prometheus marked its series stale
+    ]
+    targets = [Target(name, "") for name in "abcde"]
+    a, b, c, d, e = readings(result, targets, "server", 60.0, now=2000.0)
+    assert isinstance(a, Reading) and a.at == 1999.0
     scrape = a.scrape()
     assert set(scrape.models) == {"m"}
     assert (scrape.models["m"].success, scrape.models["m"].queue_us) == (7.0, 90.0)
     assert scrape.devices["cpu"].utilization == 0.25
-    assert isinstance(b, Reading) and b.at == 10.5 and b.scrape().models["n"].success == 1.0
+    assert isinstance(b, Reading) and b.at == 1998.5 and b.scrape().models["n"].success == 1.0
     assert isinstance(c, ScrapeFailed) and c.reason == "no_data"
+    assert isinstance(d, ScrapeFailed) and d.reason == "unreachable"
+    assert isinstance(e, ScrapeFailed) and e.reason == "no_data"  # never scraped
 
 
 @pytest.mark.parametrize(
@@ -55,10 +77,11 @@ def test_a_reading_is_each_servers_newest_scrape() -> None:
 )
 def test_samples_are_refused_by_the_pages_checks(value: str, le: str, reason: str) -> None:
     result = [
-        series("nv_inference_request_success", "a", [(1.0, value)], model="m"),
-        series("slatune_request_ms_bucket", "a", [(1.0, "4")], model="m", origin="client", le=le),
+        sample("nv_inference_request_success", "a", value, model="m"),
+        sample("slatune_request_ms_bucket", "a", "4", model="m", origin="client", le=le),
+        *scraped("a", 1.0),
     ]
-    (reading,) = readings(result, [Target("a", "")], "server", 5.0)
+    (reading,) = readings(result, [Target("a", "")], "server", 5.0, now=2.0)
     assert isinstance(reading, Reading)
     with pytest.raises(ParseError) as err:
         reading.scrape()
@@ -71,14 +94,15 @@ def answer(at: float, success: float, fast: float) -> dict[str, Any]:
     m = {"model": "m", "version": "1"}
     h = {"model": "m", "origin": "client"}
     result = [
-        series("nv_inference_request_success", "s", [(at, str(success))], **m),
-        series("nv_inference_queue_duration_us", "s", [(at, str(success * 2000))], **m),
-        series("slatune_request_ms_bucket", "s", [(at, str(fast))], le="10", **h),
-        series("slatune_request_ms_bucket", "s", [(at, str(success))], le="100", **h),
-        series("slatune_request_ms_bucket", "s", [(at, str(success))], le="+Inf", **h),
-        series("slatune_request_ms_count", "s", [(at, str(success))], **h),
+        sample("nv_inference_request_success", "s", str(success), **m),
+        sample("nv_inference_queue_duration_us", "s", str(success * 2000), **m),
+        sample("slatune_request_ms_bucket", "s", str(fast), le="10", **h),
+        sample("slatune_request_ms_bucket", "s", str(success), le="100", **h),
+        sample("slatune_request_ms_bucket", "s", str(success), le="+Inf", **h),
+        sample("slatune_request_ms_count", "s", str(success), **h),
+        *scraped("s", at),
     ]
-    return {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
 def test_a_collector_reading_prometheus_stores_the_windows_a_page_would_give(tmp_path: Path) -> None:
@@ -100,7 +124,7 @@ def test_a_collector_reading_prometheus_stores_the_windows_a_page_would_give(tmp
         asked.append(request.content.decode())
         return httpx.Response(200, text=json.dumps(next(answers)))
 
-    clock = [1000.0]
+    clock = [100.5]  # the collector's passes, half a second after each of Prometheus' scrapes
     source = PrometheusSource(
         "http://prom:9090/", lookback_s=5.0, clock=lambda: clock[0], transport=httpx.MockTransport(handler)
     )
@@ -126,7 +150,7 @@ def test_a_collector_reading_prometheus_stores_the_windows_a_page_would_give(tmp
                 (101.0, 20.0),
                 (103.0, 100.0),
             ]
-        assert "time=1000.000" in asked[0] and "server%3D~%22s%22" in asked[0]
+        assert "time=100.500" in asked[0] and "server%3D~%22s%22" in asked[0]
     finally:
         c.close()
         store.dispose()
