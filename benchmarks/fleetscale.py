@@ -16,23 +16,29 @@ second, and the p50 of three reads over the store it filled: every model's windo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
+import yaml
 
 from benchmarks import report
 from benchmarks.collect import FIXTURE, drop, postgres_database
 from collectors.collector import Collector, Target
+from collectors.prometheus import PrometheusSource
+from dashboards.prometheus import prometheus_config
 from domain.stats import percentile
 from store import queries
 from store.db import Store
@@ -107,6 +113,41 @@ def _wait_for(url: str, timeout_s: float = 15.0) -> None:
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def _prometheus(servers: dict[str, str]) -> Iterator[str]:
+    """A Prometheus scraping `servers` (name -> metrics URL) every second, as `slatune prometheus
+    config` configures it (each target labelled with its server); its URL."""
+    config = prometheus_config(servers, "http://127.0.0.1:9/metrics", scrape_interval="1s", rule_files=())
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] == "triton"]
+    with tempfile.TemporaryDirectory(prefix="slatune-fleetscale-") as tmp:
+        (Path(tmp) / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp}/prometheus.yml", f"--storage.tsdb.path={tmp}/data",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # until it has scraped every server once
+                try:
+                    up = httpx.get(f"{url}/api/v1/query", params={"query": 'count(up{job="triton"} == 1)'})
+                    result = up.json()["data"]["result"] if up.status_code == 200 else []
+                    if result and int(result[0]["value"][1]) == len(servers):
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Prometheus never scraped every server")
+                time.sleep(0.5)
+            time.sleep(1.5)  # a second scrape of each: its samples are in the lookback
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -121,7 +162,7 @@ def _timed_ms(fn: Any, rounds: int = 20) -> float | None:
     return percentile(times, 50)
 
 
-def measure(servers: int, seconds: float) -> dict[str, Any]:
+def measure(servers: int, seconds: float, via_prometheus: bool = False) -> dict[str, Any]:
     port = free_port()
     page_server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.fleetscale", "--serve-port", str(port), "--sizes", str(servers)],
@@ -130,6 +171,7 @@ def measure(servers: int, seconds: float) -> dict[str, Any]:
     )
     url, handle = postgres_database()
     store = Store(url)
+    stack = contextlib.ExitStack()
     try:
         store.upgrade()
         names = {i: [f"s{i:03d}-m{j:02d}" for j in range(MODELS)] for i in range(servers)}
@@ -147,8 +189,12 @@ def measure(servers: int, seconds: float) -> dict[str, Any]:
             for i, ms in names.items()
         ]
         _wait_for(targets[-1].metrics_url)
-        collector = Collector(store, targets, interval_s=1.0, retention_raw_s=None)
-        assert not collector.tick().failed  # the baseline scrape
+        source = None
+        if via_prometheus:
+            prom_url = stack.enter_context(_prometheus({t.server: t.metrics_url for t in targets}))
+            source = PrometheusSource(prom_url, lookback_s=5.0, deadline_s=5.0, clock=time.time)
+        collector = Collector(store, targets, interval_s=1.0, retention_raw_s=None, source=source)
+        assert not collector.tick().failed  # the baseline reading
         passes, windows, failed = [], 0, 0
         cpu0, wall0 = _cpu(), time.monotonic()
         while time.monotonic() - wall0 < seconds:
@@ -170,6 +216,7 @@ def measure(servers: int, seconds: float) -> dict[str, Any]:
             return _timed_ms(run)
 
         return {
+            "source": "prometheus" if via_prometheus else "page",
             "servers": servers,
             "models": servers * MODELS,
             "seconds": wall,
@@ -185,6 +232,7 @@ def measure(servers: int, seconds: float) -> dict[str, Any]:
             "read_diagnosis_60s_ms_p50": read(lambda s: queries.diagnosis_windows(s, now - 60)),
         }
     finally:
+        stack.close()
         page_server.terminate()
         page_server.wait()
         store.dispose()
@@ -199,7 +247,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for r in rows:
         table.append(
-            f"| {r['servers']} ({r['models']} models) | {report.num(r['pass_ms_p50'])} / "
+            f"| {r['servers']} ({r['models']} models){' via Prometheus' if r.get('source') == 'prometheus' else ''} | {report.num(r['pass_ms_p50'])} / "
             f"{report.num(r['pass_ms_p90'])} ms | {r['cpu_percent_of_one_core']:.1f}% | {r['windows_per_s']:.0f} | "
             f"{report.num(r['read_all_30s_ms_p50'])} ms | {report.num(r['read_one_model_60s_ms_p50'])} ms | "
             f"{report.num(r['read_diagnosis_60s_ms_p50'])} ms | {r['failed_scrapes']} |"
@@ -219,19 +267,28 @@ def main(
     previous: Annotated[
         Path | None, typer.Option(help="An earlier run's JSON, whose table the section shows below this one.")
     ] = None,
+    prometheus: Annotated[
+        bool, typer.Option(help="Read the fleet through a Prometheus scraping it (a section of its own).")
+    ] = False,
     serve_port: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     if serve_port is not None:  # the page server's own process
         serve(serve_port, int(sizes))
         return
-    rows = [measure(int(n), seconds) for n in sizes.split(",")]
+    rows = [measure(int(n), seconds, prometheus) for n in sizes.split(",")]
     res: dict[str, Any] = {"benchmark": "fleetscale", "models_per_server": MODELS, "sizes": rows}
     table = _table(rows)
+    how = (
+        "A Prometheus (its own process, not in the collector's figure) scrapes every server once a second, "
+        "and the collector reads them all through its API (`collectors.prometheus`, one query a pass)"
+        if prometheus
+        else "The direct collector scrapes every server once a second"
+    )
     body = "\n".join([
         "A simulated fleet: each server's page is the saved default-fleet page with 20 model blocks, counters "
-        "advancing every second, served on 127.0.0.1 by one threaded HTTP server in its own process. The direct "
-        f"collector scrapes every server once a second into PostgreSQL 15 for {seconds:.0f} s per size, on the "
-        "same 2-core host as the page server and PostgreSQL (whose CPU is not in the collector's figure).",
+        "advancing every second, served on 127.0.0.1 by one threaded HTTP server in its own process. "
+        f"{how}, into PostgreSQL 15, for {seconds:.0f} s per size, on the same 2-core host as the page server "
+        "and PostgreSQL (whose CPU is not in the collector's figure either).",
         "",
         *table,
     ])  # fmt: skip
@@ -240,7 +297,13 @@ def main(
         body += f"\n\nThe run before (`{previous}`, {old['measured_at']}):\n\n" + "\n".join(
             _table(old["sizes"])
         )
-    report.write(out, "Collector and store as the fleet grows", res, body, "python -m benchmarks.fleetscale")
+    title = (
+        "Collector reading Prometheus as the fleet grows"
+        if prometheus
+        else "Collector and store as the fleet grows"
+    )
+    command = "python -m benchmarks.fleetscale" + (" --prometheus" if prometheus else "")
+    report.write(out, title, res, body, command)
     print(body)
 
 
