@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     prometheus_url: str = ""
     """The Prometheus (or Thanos, Mimir: its query API) the collectors read with metrics_source=prometheus."""
     prometheus_lookback_s: float = 60.0
-    """How far back a Prometheus reading looks for each series' newest sample: two or more of its
-    scrape intervals."""
+    """A server Prometheus has not scraped for longer than this fails its reading (no_data): two or
+    more of Prometheus' scrape intervals."""
     prometheus_server_label: str = "server"
     """The label that names a series' server in Prometheus (`slatune prometheus config` sets it)."""
     retention_raw_s: float = 6 * 3600
