@@ -245,9 +245,12 @@ def fleet_overview() -> db.Dashboard:
             "The expert's findings about the model over the last minute (slatune diagnose: too few instances, "
             "batching window, interference, the step that gates a pipeline), by kind; the top one's severity. "
             "0: nothing to say.",
+            # A finding exists only while it fires; the top severity always (0: nothing to say).
             [
-                ('slatune_diagnosis_finding{subject=~"$model"}', "{{kind}}"),
-                ('slatune_diagnosis_severity{subject=~"$model"}', "top finding"),
+                (
+                    'slatune_diagnosis_finding{subject=~"$model"} or slatune_diagnosis_severity{subject=~"$model"}',
+                    "{{kind}}",
+                )
             ],
             min_value=0,
         )

@@ -42,8 +42,8 @@ def test_the_controller_unserializes_the_pipeline_the_diagnosis_names(tmp_path: 
         assert "raise safety-guard's instances 1 -> 2" in gating[0].action
 
         plane.controller.set_mode("on")
-        LoadRun(pipeline_mix(), targets, duration_s=15, seed=2).run()  # the controller acts
-        after = LoadRun(pipeline_mix(), targets, duration_s=12, seed=3).run()
+        LoadRun(pipeline_mix(), targets, duration_s=12, seed=2).run()  # the controller acts
+        after = LoadRun(pipeline_mix(), targets, duration_s=10, seed=3).run()
         chat_after = after.models["chat-pipeline"].ttft_p99_ms
         assert plane.fleet.observed_knobs("safety-guard").instances >= 2  # read back from Triton
         acted = [
