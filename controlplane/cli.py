@@ -77,6 +77,14 @@ DataDirOpt = Annotated[
 ]
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop a long-running command cleanly. SIGINT is set explicitly: a process
+    started by a parent that ignores it (a test runner whose libraries did, a nohup) inherits the
+    ignoring, and Python then installs no KeyboardInterrupt handler: Ctrl-C did nothing."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
 @contextmanager
 def failing_with(code: int, *errors: type[Exception]) -> Iterator[None]:
     """An expected error (a bad spec, no running fleet, a store not at head) is printed as it is,
@@ -336,7 +344,7 @@ def fleet_up(spec: SpecOpt = None, data_dir: DataDirOpt = None) -> None:
     fs = _spec(spec)
     fleet = _start(fs, _fleet_dir(data_dir))
     console.print("serving; drive traffic with `slatune load --demo`; Ctrl-C stops")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _stop_on_signals()
     try:
         while True:
             time.sleep(1)
@@ -518,7 +526,7 @@ def up(
             ) from None
     fs = _spec(spec)
     load: LoadRun | None = None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _stop_on_signals()
     try:
         with (
             failing_with(1, StoreError, ServerError, OSError, ValueError),

@@ -136,8 +136,7 @@ def test_up_serves_the_default_fleet_and_ctrl_c_leaves_nothing_running(tmp_path:
         assert api.get("/fleet").json()["name"] == "default"
         assert pids_running(str(tmp_path / "fleet" / "repositories"))  # its tritonserver
         proc.send_signal(signal.SIGINT)
-        # Alone it exits in 3-4 s; beside a CPU hog it has taken over 60 s (not understood yet).
-        assert proc.wait(150) == 0
+        assert proc.wait(60) == 0  # also when its parent ignores SIGINT, as the whole suite's did
     assert pids_running(str(tmp_path / "fleet" / "repositories")) == []
     log = next(tmp_path.glob("up-*.log")).read_text()
     assert f"API http://127.0.0.1:{port}/api/v1" in log and "slatune stopped" in log
