@@ -259,11 +259,14 @@ def window_rows(session: Session, model: str, columns: Iterable[str], start: flo
     return list(session.execute(q).all())
 
 
-def recent_windows(session: Session, since: float) -> dict[str, list[Any]]:
-    """Every model's windows that ended at or after `since`, oldest first, as rows of the columns
-    `domain.windows.aggregate` reads (not whole ORM objects: several times cheaper to load)."""
+def recent_windows(
+    session: Session, since: float, fields: Sequence[str] = AGGREGATE_FIELDS
+) -> dict[str, list[Any]]:
+    """Every model's windows that ended at or after `since`, oldest first, as rows of `fields` (by
+    default the columns `domain.windows.aggregate` reads; not whole ORM objects: several times
+    cheaper to load)."""
     q = (
-        select(Model.name, *(getattr(MetricWindow, c) for c in AGGREGATE_FIELDS))
+        select(Model.name, *(getattr(MetricWindow, c) for c in fields))
         .join(Model, Model.id == MetricWindow.model_id)
         .where(MetricWindow.end >= since)
         .order_by(MetricWindow.end)
@@ -308,16 +311,7 @@ DIAGNOSIS_FIELDS = (
 def diagnosis_windows(session: Session, since: float) -> dict[str, list[Any]]:
     """Every model's windows that ended at or after `since`, oldest first, as rows of
     DIAGNOSIS_FIELDS."""
-    q = (
-        select(Model.name, *(getattr(MetricWindow, c) for c in DIAGNOSIS_FIELDS))
-        .join(Model, Model.id == MetricWindow.model_id)
-        .where(MetricWindow.end >= since)
-        .order_by(MetricWindow.end)
-    )
-    out: dict[str, list[Any]] = {}
-    for row in session.execute(q):
-        out.setdefault(row.name, []).append(row)
-    return out
+    return recent_windows(session, since, DIAGNOSIS_FIELDS)
 
 
 def server_utilization(session: Session, since: float) -> dict[str, float]:
