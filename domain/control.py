@@ -38,6 +38,7 @@ from typing import Literal
 import optuna
 from optuna.distributions import IntDistribution
 
+from domain.diagnosis import GATING_SHARE
 from domain.spec import FleetSpec, Knobs, memory_problems
 
 # Ranking neighbours opens an in-memory study each time; Optuna would log each one at INFO.
@@ -836,13 +837,13 @@ def decide(
 def gating_step(
     spec: FleetSpec, pipeline: str, queue_ms: Mapping[str, float | None], target_ms: float
 ) -> str | None:
-    """The step of `pipeline` with the longest queue, if that queue is a tenth of its target or more."""
+    """The step of `pipeline` with the longest queue, if that queue is GATING_SHARE of its target or more."""
     ens = spec.model(pipeline).source.ensemble
     if ens is None:
         return None
     waits = [(queue_ms.get(s.model) or 0.0, s.model) for s in ens.steps]
     wait, step = max(waits)
-    return step if wait >= 0.1 * target_ms else None
+    return step if wait >= GATING_SHARE * target_ms else None
 
 
 def _one_more_instance(

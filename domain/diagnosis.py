@@ -31,6 +31,11 @@ Kind = Literal[
 ]
 
 
+GATING_SHARE = 0.1
+"""A pipeline step whose queue is this share of its target gates the pipeline (the diagnosis names it,
+the SLO controller gives it an instance first)."""
+
+
 @dataclass(frozen=True)
 class Thresholds:
     queue_over_compute: float = 1.0
@@ -53,7 +58,7 @@ class Thresholds:
     idle_below: float = 0.2
     small_share: float = 0.25
     """A device whose models use under this share of its memory is a packing opportunity."""
-    gating_share: float = 0.1
+    gating_share: float = GATING_SHARE
     """A pipeline step whose queue is this share of the pipeline's time in the server (or of its SLA
     target, if shorter) gates it (the SLO controller's `gating_step` uses the same tenth)."""
     min_windows: int = 3
