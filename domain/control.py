@@ -9,10 +9,13 @@ Two loops share one state:
   rate limiter, bulk priority down, bulk instances down, bulk rate-limiter tokens up (fewer bulk
   executions at once), a longer bulk queue delay (bigger batches, less time each), a bulk queue cap
   (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
-  once, as Knative's panic window does; so does a regime with nothing known safe yet. Once every latency-critical model has stayed under
-  `release_below` of its target for `release_after_s`, one rung is released; a breach soon after a
-  release means the rung below was the floor for this traffic, and the protected configuration
-  becomes the regime's incumbent (no flapping between the two).
+  once, as Knative's panic window does; a regime with nothing known safe yet starts with every
+  rung that costs no bulk work. Once every latency-critical model has stayed under
+  `release_below` of its target for `release_after_s`, one rung is released, the costliest first;
+  a rung that costs no bulk work is never released (it would give nothing back): what runs then
+  becomes the incumbent. A breach soon after a release means the rung below was the floor for this
+  traffic, and the protected configuration becomes the regime's incumbent (no flapping between the
+  two).
 - **Explore (slow).** Only while every SLA holds with headroom (`explore_below`), with no rung
   applied, the controller tries one neighbour of the incumbent: one knob, one step, towards more bulk
   work, ranked by the trials this regime has seen (`rank_neighbours`). It never tries a random
@@ -337,12 +340,19 @@ BULK_DELAY_US = 20_000
 
 
 def ladder(effects: Mapping[str, float] | None = None, rungs: Sequence[Rung] = RUNGS) -> list[Rung]:
-    """The rungs in the order to take them: by what the store's history shows each did (the mean
-    ratio of the worst latency-critical figure after the rung to before it; lower worked better),
-    rungs without enough history in their default place after those with."""
+    """The rungs in the order to take them: those that cost no bulk work first, then those that do;
+    within each, by what the store's history shows each did (the mean ratio of the worst
+    latency-critical figure after the rung to before it; lower worked better), rungs without enough
+    history in their default place after those with."""
     effects = effects or {}
-    measured = sorted((r for r in rungs if r.name in effects), key=lambda r: effects[r.name])
-    return measured + [r for r in rungs if r.name not in effects]
+
+    def ordered(group: list[Rung]) -> list[Rung]:
+        measured = sorted((r for r in group if r.name in effects), key=lambda r: effects[r.name])
+        return measured + [r for r in group if r.name not in effects]
+
+    # Those that cost no bulk work always below those that do: they are never released
+    # (`decide`), so a costly rung may never sit under one.
+    return ordered([r for r in rungs if not r.costs_bulk]) + ordered([r for r in rungs if r.costs_bulk])
 
 
 def levels(
@@ -467,13 +477,13 @@ def _step(knob: str, value: int, sign: int) -> int:
 NEIGHBOUR_KNOBS: dict[str, tuple[int, ...]] = {
     "instances": (+1,),
     "priority": (-1,),
-    "compute_priority": (-1,),
     "max_queue_delay_us": (+1, -1),
     "max_batch_size": (+1, -1),
 }
 """The knobs a neighbour moves and the directions it tries: towards more bulk work (more
-instances, a higher rate-limiter priority, a higher compute priority), and both ways where the
-knob trades batch size for time (the queue delay, the batch size)."""
+instances, a higher rate-limiter priority), and both ways where the knob trades batch size for time
+(the queue delay, the batch size). Not the compute priority: bulk work at the lowest one costs next
+to none (the `bulk-background` rung), so raising it could only spend the margin."""
 
 
 def fingerprint(knobs: Mapping[str, Knobs]) -> str:
@@ -804,6 +814,17 @@ def decide(
         and settled < cfg.release_below
     ):
         rung, _ = steps[state.level]
+        if not _costs_bulk(rung, rungs):
+            # Releasing a rung that costs no bulk work gives nothing back and spends the margin
+            # (bulk compute back at full priority took the guard's 10 s p99 from 6-9 ms to 13-27 ms
+            # for no more bulk work): what runs becomes the incumbent, and exploring starts there.
+            held = [name for name, _ in steps[1 : state.level + 1] if name]
+            new = replace(state, incumbent=steps[state.level][1], level=0, last_step_at=now, calm_since=now)
+            return Decision(
+                "floor", new, known_safe=True, rung=rung, keep=True,
+                reason=f"every SLA under {cfg.release_below:.0%} of target over {cfg.release_after_s:.0f} s: "
+                f"{', '.join(held)} stay (they cost no bulk work; releasing them gives nothing back)",
+            )  # fmt: skip
         _, knobs = steps[state.level - 1]
         new = replace(state, level=state.level - 1, last_step_at=now, released_at=now, calm_since=now)
         # What held this long is known safe for the regime, if nothing was known for it yet.
@@ -858,6 +879,10 @@ def _one_more_instance(
         return None
     out = {**knobs, model: knobs[model].with_values({"instances": have + 1})}
     return None if memory_problems(spec, out) else out
+
+
+def _costs_bulk(rung: str | None, rungs: Sequence[Rung]) -> bool:
+    return any(r.costs_bulk for r in rungs if r.name == rung)
 
 
 def _regime_seen(state: State, regime: str | None, now: float) -> State:

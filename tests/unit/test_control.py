@@ -75,11 +75,18 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
     assert shed[0] == "bulk-shed" and shed[1]["embeddings"].max_queue_size == 1
 
 
-def test_history_reorders_the_ladder_most_effective_first() -> None:
-    # bulk-instances brought the worst ratio to 0.5 of what it was, critical-first to 0.9: first.
-    order = [r.name for r in ladder({"bulk-instances": 0.5, "critical-first": 0.9})]
-    assert order[:2] == ["bulk-instances", "critical-first"]
-    assert order[2:] == ["critical-instances", "bulk-background", "bulk-delay"]
+def test_history_reorders_the_ladder_most_effective_first_within_free_and_costly() -> None:
+    # bulk-background brought the worst ratio to 0.6 of what it was, critical-first to 0.9: first of
+    # the rungs that cost no bulk work; bulk-instances (0.5) first of those that do, never below a
+    # free rung (free rungs are never released, so a costly rung under one would stay for good).
+    order = [r.name for r in ladder({"bulk-instances": 0.5, "bulk-background": 0.6, "critical-first": 0.9})]
+    assert order == [
+        "bulk-background",
+        "critical-first",
+        "critical-instances",
+        "bulk-instances",
+        "bulk-delay",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -148,23 +155,41 @@ def test_release_with_hysteresis_and_cooldown(
     chat: float, calm_since: float, last_step_at: float, kind: str
 ) -> None:
     d = decide(
-        SPEC, obs(chat), settled(level=3, calm_since=calm_since, last_step_at=last_step_at), 100.0, CFG
+        SPEC, obs(chat), settled(level=5, calm_since=calm_since, last_step_at=last_step_at), 100.0, CFG
     )
     assert d.kind == kind
     if kind == "release":
-        assert d.state.level == 2 and d.known_safe and d.state.released_at == 100.0
-        assert d.target == levels(SPEC, START, ladder())[2][1]
+        assert (
+            d.rung == "bulk-instances"
+            and d.state.level == 4
+            and d.known_safe
+            and d.state.released_at == 100.0
+        )
+        assert d.target == levels(SPEC, START, ladder())[4][1]
+
+
+def test_rungs_that_cost_no_bulk_work_are_never_released_they_become_the_incumbent() -> None:
+    steps = levels(SPEC, START, ladder())
+    # Level 3: the three free rungs (off the tokens, a spare guard instance, bulk in the background).
+    d = decide(SPEC, obs(100.0), settled(level=3, calm_since=70.0, last_step_at=70.0), 100.0, CFG)
+    assert d.kind == "floor" and d.target is None and d.keep and d.rung == "bulk-background"
+    assert d.state.level == 0 and d.state.incumbent == steps[3][1]
+    assert "critical-first, critical-instances, bulk-background stay" in d.reason
+    # From there on the ladder has only the costly rungs left, and exploring may start (level 0).
+    assert [r for r, _ in levels(SPEC, d.state.incumbent, ladder())][1:] == ["bulk-delay", "bulk-instances"]
+    later = decide(SPEC, obs(100.0), d.state, 100.0 + CFG.explore_calm_s, CFG)
+    assert later.kind == "explore"
 
 
 def test_a_breach_right_after_a_release_makes_the_rung_the_floor() -> None:
-    released = decide(SPEC, obs(100.0), settled(level=3, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
+    released = decide(SPEC, obs(100.0), settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
     assert released.kind == "release"
     # 2 s later a breach is the reload settling: not yet a reason.
     assert decide(SPEC, obs(190.0), released.state, 102.0, CFG).kind == "hold"
-    # 10 s later the chat SLA nears again: level 3 was needed; it becomes the incumbent.
+    # 10 s later the chat SLA nears again: level 5 was needed; it becomes the incumbent.
     d = decide(SPEC, obs(190.0), released.state, 110.0, CFG)
     assert d.kind == "floor" and d.keep and d.known_safe
-    assert d.state.level == 0 and d.state.incumbent == levels(SPEC, START, ladder())[3][1]
+    assert d.state.level == 0 and d.state.incumbent == levels(SPEC, START, ladder())[5][1]
 
 
 def test_regimes_are_centres_of_rates_and_backlogs_with_hysteresis() -> None:
@@ -221,8 +246,9 @@ def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
         assert len(changed) == 1 and SPEC.model(changed[0]).role == "bulk", what
     whats = [w for w, _ in neighbours(SPEC, incumbent)]
     assert "embeddings instances 1 -> 2" in whats and "embeddings max_queue_delay_us 20000 -> 15000" in whats
-    # compute priority one place back towards bulk work; the batch size both ways, by powers of two
-    assert "embeddings compute_priority min -> default" in whats
+    # the batch size both ways, by powers of two; never the compute priority back (it costs bulk
+    # work next to nothing, so raising it could only spend the margin)
+    assert not any("compute_priority" in w for w in whats)
     assert "embeddings max_batch_size 64 -> 32" in whats and "reranker max_batch_size 32 -> 16" in whats
     assert not any("tokens" in w or w.split()[1] == "priority" for w in whats)  # none left to give back
     capped = {**incumbent, "embeddings": incumbent["embeddings"].model_copy(update={"max_queue_size": 1})}
@@ -282,13 +308,13 @@ def test_releases_and_exploring_read_the_settled_figure() -> None:
     noisy = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
                          "safety-guard": Reading("safety-guard", 20.0, 10.0, settled_ms=16.0)}, REGIME, 80.0)  # fmt: skip
     assert (
-        decide(SPEC, noisy, settled(level=3, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind == "hold"
+        decide(SPEC, noisy, settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind == "hold"
     )
     # ...and a 3 s p99 at 16 ms (0.8, not at risk) with 10 ms over 30 s (0.5) is.
     steady = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
                           "safety-guard": Reading("safety-guard", 20.0, 16.0, settled_ms=10.0)}, REGIME, 80.0)  # fmt: skip
     assert (
-        decide(SPEC, steady, settled(level=3, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind
+        decide(SPEC, steady, settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind
         == "release"
     )
     assert (
@@ -310,11 +336,11 @@ def test_with_enough_history_a_model_of_it_picks_the_neighbour() -> None:
         m: incumbent[m].with_values({"max_batch_size": b}) for m, b in (("embeddings", 64), ("reranker", 32))
     }
     emb = incumbent["embeddings"]
-    # The regime's history: more embeddings instances packed more and held; the embeddings at
-    # default compute priority broke the guard; longer reranker delays held and packed less.
+    # The regime's history: more embeddings instances packed more and held; a second reranker
+    # instance broke the guard; longer reranker delays held and packed less.
     history = tuple(
         [Trial({**incumbent, "embeddings": emb.with_values({"instances": n})}, True, 80.0 + 10 * n) for n in (2, 3, 4)]
-        + [Trial({**incumbent, "embeddings": emb.with_values({"compute_priority": "default"})}, False, 0.0)]
+        + [Trial({**incumbent, "reranker": incumbent["reranker"].with_values({"instances": 2})}, False, 0.0)]
         + [Trial({**incumbent, "reranker": incumbent["reranker"].with_values({"max_queue_delay_us": d})}, True, 60.0)
            for d in (25_000, 30_000)]
     )  # fmt: skip
@@ -322,7 +348,7 @@ def test_with_enough_history_a_model_of_it_picks_the_neighbour() -> None:
     assert target is not None and target["embeddings:instances"] > 1.5  # towards more instances
     ranked = rank_neighbours(SPEC, incumbent, history, {}, 0.0, 75.0)
     assert ranked[0][0] == "embeddings instances 1 -> 2"
-    assert "embeddings compute_priority min -> default" not in [w for w, _ in ranked]  # it broke an SLA
+    assert "reranker instances 1 -> 2" not in [w for w, _ in ranked]  # it broke an SLA
     assert ranked == rank_neighbours(
         SPEC, incumbent, history, {}, 0.0, 75.0
     )  # the same history, the same order

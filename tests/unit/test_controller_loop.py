@@ -123,7 +123,7 @@ def test_off_or_a_tuning_run_leaves_the_fleet_alone(store: Store, mode: str, bus
         assert configs.pending_knobs(session) == {} and not records.actions(session)
 
 
-def test_a_new_regime_with_nothing_known_starts_protected_then_releases_and_keeps_what_held(
+def test_a_new_regime_with_nothing_known_starts_protected_and_keeps_what_held(
     store: Store,
 ) -> None:
     clock = Clock()
@@ -141,27 +141,29 @@ def test_a_new_regime_with_nothing_known_starts_protected_then_releases_and_keep
         running.update(configs.pending_knobs(session))
         for version in configs.desired(session).values():
             configs.mark_applied(session, version, clock.t)
-    for _ in range(35):  # 35 s well under target: one rung released, what held kept for the regime
+    for _ in range(35):  # 35 s well under target: the free rungs stay, kept for the regime as its incumbent
         write(store, clock, guard_ms=5.0)
         a = c.tick()
         kinds += [a.decision.kind] if a else []
         clock.t += 1.0
-    assert kinds == ["regime", "regime", "release"]
+    assert kinds == ["regime", "regime", "floor"]
+    assert c.state.level == 0 and c.state.incumbent == running
     with store.session() as session:
         known = records.known(session)
-    assert list(known) == [c.state.regime]
+        assert configs.pending_knobs(session) == {}  # nothing changed: what runs is kept
+    assert list(known) == [c.state.regime] and dict(known[c.state.regime].knobs) == running
 
 
 def test_advisory_mode_never_keeps_a_configuration_that_did_not_run(store: Store) -> None:
     clock = Clock()
     c, _ = controller(store, clock, mode="advisory")
     kinds = []
-    for _ in range(45):  # healthy: it would start protected, then release a rung after 30 s
+    for _ in range(45):  # healthy: it would start protected, then keep that after 30 s
         write(store, clock, guard_ms=5.0)
         a = c.tick()
         kinds += [a.decision.kind] if a else []
         clock.t += 1.0
-    assert "release" in kinds
+    assert "floor" in kinds
     with store.session() as session:
         assert records.known(session) == {}  # what held ran with the spec's knobs, not these
         assert configs.pending_knobs(session) == {}
