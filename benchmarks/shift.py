@@ -439,10 +439,17 @@ def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: lis
             "attainment_goal_met": None if not held else all((v or 0) >= 0.99 for v in att.values()),
             "bulk_goodput_vs_best_static": None if not best else c["phases"][i]["bulk_goodput"] / best,
         })  # fmt: skip
+    # Recovery is only possible where some configuration holds: the steps into such regimes apart.
+    holdable = [
+        st["recovery_s"] for st in c["recovery_after_steps"] if feasible[st["phase"]]["static_policies_at_99"]
+    ]
     return {
         "per_regime": per_regime,
         "recovery_s_p50": c["recovery_s_p50"],
         "recovery_goal_met": c["recovery_s_p50"] <= 10.0,
+        "recovery_s_p50_into_regimes_a_static_configuration_held": statistics.median(holdable)
+        if holdable
+        else 0.0,
         "failed_requests": c["failed_requests"],
         "exploration_violation_fraction": c["exploration_violation_fraction"],
         "exploration_goal_met": c["exploration_violation_fraction"] <= 0.01,
@@ -491,7 +498,9 @@ def markdown(
             ratio = r["bulk_goodput_vs_best_static"]
             g += f"- {r['phase']}: {att} ({need}); bulk work {'-' if ratio is None else f'{ratio:.2f}'} of the best static\n"
         g += (
-            f"- recovery p50 {goal['recovery_s_p50']:.0f} s (goal 10 s); failed requests {goal['failed_requests']} "
+            f"- recovery p50 {goal['recovery_s_p50']:.0f} s after the steps that broke an SLA "
+            f"({goal['recovery_s_p50_into_regimes_a_static_configuration_held']:.0f} s after those into regimes "
+            f"a static configuration held); failed requests {goal['failed_requests']} "
             f"(goal 0); exploration violation {pct(goal['exploration_violation_fraction'])} (goal 1%)\n"
         )
     return (
