@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,21 +44,23 @@ FIXTURE = Path("tests/fixtures/triton-2.51-default-fleet.metrics")
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def page_of(models: int) -> str:
-    """The saved page with every model line repeated under `models` names (m000, m001, ...)."""
+COUNTER = re.compile(r"^(nv_inference_\w+?\{[^}]*\}) (\d+(?:\.\d+)?)$", re.M)
+
+
+def page_of(models: int, name: Callable[[int], str] = "m{:03d}".format) -> str:
+    """The saved page with every model line repeated under `models` names (`name(i)`: m000, m001, ...)."""
     lines = FIXTURE.read_text().splitlines()
     head = [ln for ln in lines if 'model="' not in ln]
     body = [ln for ln in lines if 'model="embeddings"' in ln]
     out = list(head)
     for i in range(models):
-        out += [ln.replace('model="embeddings"', f'model="m{i:03d}"') for ln in body]
+        out += [ln.replace('model="embeddings"', f'model="{name(i)}"') for ln in body]
     return "\n".join(out) + "\n"
 
 
 def bump(page: str, by: float) -> str:
     """The same page with every counter value increased (a later scrape)."""
-    return re.sub(r"^(nv_inference_\w+?\{[^}]*\}) (\d+(?:\.\d+)?)$",
-                  lambda m: f"{m.group(1)} {float(m.group(2)) + by}", page, flags=re.M)  # fmt: skip
+    return COUNTER.sub(lambda m: f"{m.group(1)} {float(m.group(2)) + by}", page)
 
 
 def prepared_store(url: str, models: int) -> tuple[Store, dict[str, int]]:

@@ -35,7 +35,7 @@ import typer
 import yaml
 
 from benchmarks import report
-from benchmarks.collect import FIXTURE, drop, postgres_database
+from benchmarks.collect import bump, drop, page_of, postgres_database
 from collectors.collector import Collector, Target
 from collectors.prometheus import PrometheusSource
 from dashboards.prometheus import prometheus_config
@@ -45,18 +45,11 @@ from store.db import Store
 
 app = typer.Typer(add_completion=False)
 MODELS = 20
-COUNTER = re.compile(r"^(nv_inference_\w+?\{[^}]*\}) (\d+(?:\.\d+)?)$", re.M)
 
 
 def server_page(server: int, models: int = MODELS) -> str:
     """The saved page with its embeddings block repeated under `models` names of this server."""
-    lines = FIXTURE.read_text().splitlines()
-    head = [ln for ln in lines if 'model="' not in ln]
-    body = [ln for ln in lines if 'model="embeddings"' in ln]
-    out = list(head)
-    for i in range(models):
-        out += [ln.replace('model="embeddings"', f'model="s{server:03d}-m{i:02d}"') for ln in body]
-    return "\n".join(out) + "\n"
+    return page_of(models, f"s{server:03d}-m{{:02d}}".format)
 
 
 def serve(port: int, servers: int) -> None:
@@ -73,7 +66,7 @@ def serve(port: int, servers: int) -> None:
                 self.send_error(404)
                 return
             by = 10.0 * int(time.monotonic() - began)
-            body = COUNTER.sub(lambda m: f"{m.group(1)} {float(m.group(2)) + by}", pages[int(match.group(1))])
+            body = bump(pages[int(match.group(1))], by)
             data = body.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
