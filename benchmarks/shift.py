@@ -5,10 +5,17 @@ prompts; steady again), the same trace and seed for every policy, one policy aft
 fresh fleet and store:
 1. static-spec: the spec's knobs, nothing changes them;
 2. static-best: the best configuration known safe for the first regime (the controller's incumbent
-   for it, from the controller's run), held for the whole trace;
-3. one-shot: today's one-shot tuning run (budget 6, 10 s windows) started after a 15 s baseline;
-4. controller: the continuous SLO controller, on;
-5. advisory: the controller in advisory mode (it records what it would do; nothing changes).
+   for the regime in force at the end of the first phase, from the controller's run), held for the
+   whole trace;
+3. static-protective: the top of the protective ladder (every rung on the spec's knobs), held for the
+   whole trace: with the other two static policies it says where some static configuration holds;
+4. one-shot: today's one-shot tuning run (budget 6, 10 s windows) started after a 15 s baseline;
+5. controller: the continuous SLO controller, on;
+6. advisory: the controller in advisory mode (it records what it would do; nothing changes).
+
+Before them, each latency-critical load of the trace runs alone, one request at a time, on an idle
+fleet: where even a lone request misses its target, the regime is beyond the model itself and no
+configuration of the models beside it can meet the SLA there (the reach, reported per regime).
 
 Everything a client saw comes from the load generator's own per-request timings: attainment (the
 fraction of each latency-critical model's requests within target, a failed request is not), the
@@ -18,7 +25,7 @@ the first second its rolling p99 was over target to back under; every such stret
 is reported beside it as the violation episodes) and the share of the run in which an SLA was broken (1 s windows) while a candidate configuration was being explored.
 slatune's own view of attainment (from the store's histogram windows) is reported beside it.
 
-    python -m benchmarks.shift            # about 5 x (5 x 50 s + start-up)
+    python -m benchmarks.shift            # about 6 x (5 x 50 s + start-up)
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from domain.control import Mode, ladder, levels
 from domain.slo import slo
 from domain.spec import FleetSpec, Knobs, resolve_spec
 from domain.stats import Record, percentile
-from runtime.load import LoadRun, Phase, shift_trace, targets_for
+from runtime.load import LoadRun, ModelLoad, Phase, shift_trace, targets_for
 from store import control as records
 from store import queries
 from store.models import TuningRun
@@ -53,7 +60,8 @@ import matplotlib.pyplot as plt
 
 app = typer.Typer(add_completion=False)
 ROLLING_S = 10.0
-POLICIES = ("static-spec", "controller", "advisory", "one-shot", "static-best")
+POLICIES = ("static-spec", "controller", "advisory", "one-shot", "static-best", "static-protective")
+STATIC = ("static-spec", "static-best", "static-protective")
 
 
 @dataclass
@@ -134,6 +142,54 @@ def run_policy(policy: str, spec: FleetSpec, phases: list[Phase], work: Path, se
         if explore_at is not None:
             run.exploring.append((explore_at, end))
     return run
+
+
+REACH_REQUESTS = 16
+REACH_S = 15.0
+
+
+def reach_alone(spec: FleetSpec, phases: list[Phase], work: Path, seed: int) -> list[dict[str, Any]]:
+    """Each phase's latency-critical loads alone, one request at a time (one token for a streamed
+    model: its time to first token), on an idle fleet at the spec's knobs: per phase, each model's
+    lone-request p50 and worst against its target, and the models whose lone p50 misses it (there
+    no configuration of the models beside them can meet the SLA)."""
+    crit = set(critical(spec))
+    distinct = {(ld.model, ld.words): ld for ph in phases for ld in ph.loads if ld.model in crit}
+    alone: dict[tuple[str, tuple[int, int]], dict[str, Any]] = {}
+    print(f"[reach] {len(distinct)} latency-critical loads alone, one request at a time", flush=True)
+    with startup.running(
+        Settings(data_dir=work / "reach", controller_mode="off"), spec, resume=False
+    ) as system:
+        time.sleep(3.0)
+        targets = targets_for(spec, lambda s: system.fleet.endpoints(s).grpc)
+        for (model, words), ld in distinct.items():
+            one = ModelLoad(model, concurrency=1, batch=ld.batch, words=words, max_tokens=1)
+            load = LoadRun([], targets, duration_s=REACH_S, max_requests=REACH_REQUESTS, seed=seed,
+                           phases=[Phase("alone", REACH_S, (one,))]).start()  # fmt: skip
+            load.join()
+            vals = sorted(value_ms(r, spec) for r in load.records)
+            sla = spec.model(model).sla
+            assert sla is not None
+            p50 = percentile(vals, 50)
+            alone[(model, words)] = {
+                "requests": len(vals),
+                "p50_ms": None if p50 is None else round(min(p50, 1e9), 1),
+                "worst_ms": round(min(vals[-1], 1e9), 1) if vals else None,
+                "target_ms": sla.target_ms,
+                "beyond": p50 is None or p50 > sla.target_ms,
+            }
+            print(
+                f"[reach] {model} words {words[0]}-{words[1]}: {json.dumps(alone[(model, words)])}",
+                flush=True,
+            )
+    out = []
+    for ph in phases:
+        mine = {ld.model: alone[(ld.model, ld.words)] for ld in ph.loads if ld.model in crit}
+        out.append({
+            "alone": mine,
+            "beyond_the_model_alone": sorted(m for m, a in mine.items() if a["beyond"]),
+        })  # fmt: skip
+    return out
 
 
 # ------------------------------------------------------------------ what clients saw
@@ -299,8 +355,8 @@ def figures(run: Run, spec: FleetSpec, phases: list[Phase]) -> dict[str, Any]:
 def plot(runs: Sequence[Run], spec: FleetSpec, phases: list[Phase], out: Path) -> None:
     crit = critical(spec)
     fig, axes = plt.subplots(len(crit), 1, figsize=(12, 3.6 * len(crit)), sharex=True)
-    colors = {"static-spec": "tab:gray", "static-best": "tab:blue", "one-shot": "tab:orange",
-              "controller": "tab:green", "advisory": "tab:purple"}  # fmt: skip
+    colors = {"static-spec": "tab:gray", "static-best": "tab:blue", "static-protective": "tab:cyan",
+              "one-shot": "tab:orange", "controller": "tab:green", "advisory": "tab:purple"}  # fmt: skip
     for ax, model in zip(axes, crit, strict=True):
         sla = spec.model(model).sla
         assert sla is not None
@@ -360,10 +416,13 @@ def main(
     runs: list[Run] = []
     best_first: dict[str, Knobs] | None = None
     with tempfile.TemporaryDirectory(prefix="slatune-shift-") as tmp:
+        reach = reach_alone(spec, phases, Path(tmp), seed)
         for name in names:
             policy_spec = spec
             if name == "static-best":
-                policy_spec = with_knobs(spec, best_first or {})
+                policy_spec = with_knobs(spec, best_first or protective_corner(spec))
+            elif name == "static-protective":
+                policy_spec = with_knobs(spec, protective_corner(spec))
             run = run_policy(name, policy_spec, phases, Path(tmp), seed)
             runs.append(run)
             if name == "controller":
@@ -374,12 +433,12 @@ def main(
                   f"recovery p50 {f['recovery_s_p50']:.0f} s, exploring violation {pct(f['exploration_violation_fraction'])}",
                   flush=True)  # fmt: skip
     result = {name: figures(run, spec, phases) for name, run in zip(names, runs, strict=True)}
-    static = [n for n in ("static-spec", "static-best") if n in result]
+    static = [n for n in STATIC if n in result]
     feasible_phases = []
     for i, ph in enumerate(phases):
         ok = [n for n in static if i < len(result[n]["phases"]) and all(
             (v or 0) >= 0.99 for v in result[n]["phases"][i]["attainment"].values())]  # fmt: skip
-        feasible_phases.append({"phase": ph.name, "static_policies_at_99": ok})
+        feasible_phases.append({"phase": ph.name, "static_policies_at_99": ok, **reach[i]})
     plot(runs, spec, phases, png)
     earlier = json.loads(previous.read_text()) if previous is not None else None
     goal = goals(result, feasible_phases, phases)
@@ -407,11 +466,21 @@ def main(
 
 
 def first_regime_incumbent(run: Run, spec: FleetSpec) -> dict[str, Knobs]:
-    """The controller's incumbent for the regime it saw first, as kept in the store at the end of
-    its run; without one, the top of its protective ladder (the protective corner)."""
-    first = next((a["regime"] for a in run.actions if a["kind"] == "regime"), None)
+    """The controller's incumbent for the regime in force at the end of the first phase (the first
+    regime of the trace: the warm-up's traffic before it is another), as kept in the store at the
+    end of its run; without one, the protective corner."""
+    end = run.phase_started[1] if len(run.phase_started) > 1 else run.end
+    first = None
+    for a in run.actions:
+        if a["kind"] == "regime" and a["at"] <= end:
+            first = a["regime"]
     if first is not None and first in run.incumbents:
         return records.knobs_of(run.incumbents[first]["knobs"])
+    return protective_corner(spec)
+
+
+def protective_corner(spec: FleetSpec) -> dict[str, Knobs]:
+    """The top of the controller's default ladder on the spec's knobs: every protective rung."""
     start = {m.name: m.knobs for m in spec.models}
     return levels(spec, start, ladder())[-1][1]
 
@@ -423,7 +492,7 @@ def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: lis
     c = result.get("controller")
     if c is None:
         return {}
-    static = [n for n in ("static-spec", "static-best") if n in result]
+    static = [n for n in STATIC if n in result]
     per_regime = []
     for i, ph in enumerate(phases):
         if i >= len(c["phases"]):
@@ -486,9 +555,17 @@ def markdown(
         per += f"| {name}{tag} | " + " | ".join(cells) + " |\n"
     feas = "\n\nRegimes where a static configuration kept 99% of both models' requests within target: "
     feas += (
-        ", ".join(f"{x['phase']} ({', '.join(x['static_policies_at_99']) or 'none'})" for x in feasible)
-        + ".\n"
+        ", ".join(f"{x['phase']} ({', '.join(x['static_policies_at_99']) or 'none'})" for x in feasible) + "."
     )
+    beyond = [
+        f"{x['phase']}: {m}, a lone request {x['alone'][m]['p50_ms']} ms p50 against {x['alone'][m]['target_ms']:g} ms"
+        for x in feasible for m in x.get("beyond_the_model_alone", [])
+    ]  # fmt: skip
+    feas += (
+        " Regimes beyond a latency-critical model alone (its requests one at a time on an idle fleet miss the"
+        " target: no configuration of the models beside it can meet the SLA there): "
+        + ("; ".join(beyond) or "none") + ".\n"
+    )  # fmt: skip
     g = ""
     if goal:
         g = "\nThe continuous controller against its goals (this run):\n\n"

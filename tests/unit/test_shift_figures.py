@@ -1,7 +1,9 @@
 """The shift benchmark's figures from what clients saw: recovery after a load step against the
 stretches of broken seconds at any time."""
 
-from benchmarks.shift import Run, episodes, step_recoveries
+from benchmarks.shift import Run, episodes, first_regime_incumbent, protective_corner, step_recoveries
+from domain.spec import resolve_spec
+from store import control as records
 
 
 def run(phase_starts: list[float]) -> Run:
@@ -23,3 +25,25 @@ def test_a_step_still_broken_at_the_end_of_the_run_recovers_never_before_it() ->
     broken = [(float(t), t >= 65) for t in range(1, 100)]
     (step,) = step_recoveries(run([0.0, 60.0]), broken)
     assert step["broke_at"] == 65.0 and step["recovery_s"] == 35.0  # to the run's last second + 1
+
+
+def test_static_best_is_the_incumbent_of_the_regime_in_force_when_the_first_phase_ends() -> None:
+    spec = resolve_spec("default")
+    steady = {m.name: m.knobs for m in spec.models}
+    steady["embeddings"] = steady["embeddings"].with_values({"instances": 3})
+    r = run([100.0, 160.0, 220.0])
+    r.actions = [
+        {"at": 113.0, "kind": "regime", "regime": "warm-up"},  # before the steady traffic settled
+        {"at": 129.0, "kind": "regime", "regime": "steady"},
+        {"at": 160.7, "kind": "floor", "regime": "steady"},
+        {"at": 166.0, "kind": "regime", "regime": "chat x2"},  # after the first phase
+    ]
+    r.incumbents = {
+        name: {"goodput": 50.0, "knobs": records.knobs_json(k)}
+        for name, k in {"warm-up": protective_corner(spec), "steady": steady, "chat x2": steady}.items()
+    }
+    assert first_regime_incumbent(r, spec) == steady
+    # No incumbent kept for it: the protective corner, the top of the ladder.
+    r.incumbents.pop("steady")
+    assert first_regime_incumbent(r, spec) == protective_corner(spec)
+    assert protective_corner(spec)["embeddings"].compute_priority == "min"
