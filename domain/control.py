@@ -9,8 +9,8 @@ Two loops share one state:
   rate limiter, bulk priority down, bulk instances down, bulk rate-limiter tokens up (fewer bulk
   executions at once), a longer bulk queue delay (bigger batches, less time each), a bulk queue cap
   (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
-  once, as Knative's panic window does; a regime with nothing known safe yet starts with every
-  rung that costs no bulk work. Once every latency-critical model has stayed under
+  once, as Knative's panic window does; a regime with nothing known safe for it yet starts at the
+  top too, and releases find out what its traffic allows. Once every latency-critical model has stayed under
   `release_below` of its target for `release_after_s`, one rung is released, the costliest first;
   a rung that costs no bulk work is never released (it would give nothing back): what runs then
   becomes the incumbent. A breach soon after a release means the rung below was the floor for this
@@ -27,7 +27,7 @@ Traffic regimes (`regime_key`): latency-critical models by arrival rate, bulk mo
 requests their clients keep in flight (rate times latency, Little's law: a closed-loop backlog is the
 same backlog whatever the knobs), both on a log-2 scale. The store keeps the incumbent per regime;
 entering a regime seen before applies its incumbent at once, a new regime starts from the most
-protective configuration known safe.
+protective configuration known safe, with every protective step on top.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class Rung:
     describe: str
     costs_bulk: bool = True
     """It takes bulk work away (fewer instances, a queue cap, longer delays); the rungs that do not
-    are where a controller that knows nothing safe yet starts."""
+    are never released (they would give nothing back) and go below those that do."""
 
 
 def _each(
@@ -367,16 +367,6 @@ def levels(
         if nxt != out[-1][1] and not memory_problems(spec, nxt):
             out.append((rung.name, nxt))
     return out
-
-
-def free_level(steps: Sequence[tuple[str | None, Mapping[str, Knobs]]], rungs: Sequence[Rung]) -> int:
-    """The highest level reached by rungs that cost no bulk work alone (from the bottom): where a
-    controller that knows nothing safe starts. The top when no rung is free: protected first."""
-    costly = {r.name for r in rungs if r.costs_bulk}
-    level = 0
-    while level + 1 < len(steps) and steps[level + 1][0] not in costly:
-        level += 1
-    return level or len(steps) - 1
 
 
 # --------------------------------------------------------------------------- regimes
@@ -661,8 +651,7 @@ def decide(
     why = _why(worst, obs.alert)
 
     # A controller that knows nothing safe yet starts protected, before traffic can find it out:
-    # every rung that costs no bulk work; the fast loop takes the others if it must.
-    start = free_level(steps, rungs)
+    # every protective step; releases give back those that cost bulk work as they measure safe.
     if (
         state.regime is None
         and state.level == 0
@@ -670,40 +659,47 @@ def decide(
         and top > 0
         and state.last_step_at == -math.inf
     ):
-        new = replace(state, level=start, last_step_at=now)
+        new = replace(state, level=top, last_step_at=now)
         return Decision(
-            "regime", new, steps[start][1], known_safe=True, rung=steps[start][0],
-            reason="starting with nothing known safe: every protective step that costs no bulk work",
+            "regime", new, steps[top][1], known_safe=True, rung=steps[top][0],
+            reason="starting with nothing known safe: every protective step, released one at a time as it measures safe",
         )  # fmt: skip
 
-    # A new regime, held long enough: its incumbent if known, else the most protective known safe.
+    # A new regime, held long enough: its incumbent if seen before; a new one starts from the most
+    # protective configuration known safe (what runs, with nothing known) with every protective step
+    # on top: nothing is known safe for this traffic yet, and releases find out what it allows.
     if (
         state.seen_regime is not None
         and state.seen_regime != state.regime
         and now - state.seen_since >= cfg.regime_confirm_s
         and state.candidate is None
     ):
-        known = obs.known.get(state.seen_regime)
-        if known is None and obs.known and state.level > 0:
-            # A new regime never lowers the protection that runs: it starts from there.
-            new = replace(state, regime=state.seen_regime, calm_since=None)
-            return Decision(
-                "regime", new,
-                reason=f"regime {state.seen_regime}: new; keeping the {state.level} protective rungs that run",
+        regime = state.seen_regime
+        known = obs.known.get(regime)
+        if known is not None:
+            new = replace(
+                state, regime=regime, incumbent=dict(known.knobs), incumbent_goodput=known.goodput,
+                level=0, calm_since=None, last_step_at=now,
             )  # fmt: skip
-        safe = known or most_protective(obs.known)
-        new = replace(state, regime=state.seen_regime, level=0, calm_since=None, last_step_at=now)
-        if safe is None:  # nothing known safe anywhere yet: the free rungs, as at the start
-            new = replace(new, level=max(start, state.level))
             return Decision(
-                "regime", new, steps[new.level][1], known_safe=True, rung=steps[new.level][0],
-                reason=f"regime {state.seen_regime}: new, and nothing known safe yet: every protective step that costs no bulk work",
+                "regime", new, dict(known.knobs), known_safe=True,
+                reason=f"regime {regime} (seen before: its incumbent)",
             )  # fmt: skip
-        new = replace(new, incumbent=dict(safe.knobs), incumbent_goodput=safe.goodput)
-        seen = "seen before: its incumbent" if known else "new: the most protective configuration known safe"
-        return Decision(
-            "regime", new, dict(safe.knobs), known_safe=True, reason=f"regime {state.seen_regime} ({seen})"
-        )
+        base = most_protective(obs.known)
+        incumbent = dict(base.knobs) if base is not None else dict(state.incumbent)
+        fresh = levels(spec, incumbent, rungs)
+        new = replace(
+            state, regime=regime, incumbent=incumbent, level=len(fresh) - 1, calm_since=None,
+            incumbent_goodput=base.goodput if base is not None else state.incumbent_goodput,
+        )  # fmt: skip
+        running = steps[state.level][1]
+        protected = fresh[-1][1]
+        start = "the most protective configuration known safe" if base is not None else "what runs"
+        reason = f"regime {regime}: new: every protective step over {start}, released one at a time as it measures safe"
+        if protected == running:  # already there: nothing to reload
+            return Decision("regime", new, reason=reason)
+        new = replace(new, last_step_at=now)
+        return Decision("regime", new, protected, known_safe=True, rung=fresh[-1][0], reason=reason)
 
     if at_risk:
         state = replace(state, calm_since=None)

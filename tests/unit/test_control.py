@@ -19,7 +19,6 @@ from domain.control import (
     Trial,
     decide,
     fingerprint,
-    free_level,
     ladder,
     levels,
     model_target,
@@ -220,18 +219,46 @@ def test_a_regime_seen_before_brings_its_incumbent_back_at_once() -> None:
     assert d.kind == "regime" and d.known_safe and d.target == safer and d.state.regime == other
 
 
-def test_a_new_regime_starts_from_the_most_protective_known_safe() -> None:
+def test_a_new_regime_starts_protected_over_the_most_protective_known_safe() -> None:
     known = {
         "a": Known(levels(SPEC, START, ladder())[2][1], 70.0),
         "b": Known(levels(SPEC, START, ladder())[4][1], 30.0),
     }
     state = settled(seen_regime="new", seen_since=90.0)
     d = decide(SPEC, obs(regime="new", known=known), state, 100.0, CFG)
-    assert d.kind == "regime" and d.target == known["b"].knobs
-    # ...unless protection runs already: a new regime never lowers it.
-    protected = settled(seen_regime="new", seen_since=90.0, level=3)
-    kept = decide(SPEC, obs(regime="new", known=known), protected, 100.0, CFG)
-    assert kept.kind == "regime" and kept.target is None and kept.state.level == 3
+    # Nothing is known safe for this traffic: every protective step, over the configuration that
+    # packed least where something was known (b), which becomes the regime's incumbent.
+    top = levels(SPEC, known["b"].knobs, ladder())
+    assert d.kind == "regime" and d.known_safe and d.target == top[-1][1] and d.rung == top[-1][0]
+    assert d.state.incumbent == known["b"].knobs and d.state.level == len(top) - 1
+    assert d.state.regime == "new" and d.state.incumbent_goodput == 30.0
+    # Already protected that far: the regime changes, nothing is reloaded.
+    at_top = settled(seen_regime="new", seen_since=90.0, incumbent=known["b"].knobs, level=len(top) - 1)
+    kept = decide(SPEC, obs(regime="new", known=known), at_top, 100.0, CFG)
+    assert kept.kind == "regime" and kept.target is None and kept.state.level == len(top) - 1
+    # Nothing known safe anywhere: every protective step over what runs.
+    bare = decide(SPEC, obs(regime="new"), settled(seen_regime="new", seen_since=90.0), 100.0, CFG)
+    assert bare.target == levels(SPEC, START, ladder())[-1][1] and bare.state.incumbent == START
+
+
+def test_a_new_regime_gives_back_its_costly_rungs_one_at_a_time_then_keeps_the_free_ones() -> None:
+    steps = levels(SPEC, START, ladder())
+    top = len(steps) - 1
+    d = decide(SPEC, obs(regime="new"), settled(seen_regime="new", seen_since=90.0), 100.0, CFG)
+    assert d.state.level == top
+    calm = obs(regime="new", guard=5.0, known={})
+    t, state, kinds = 100.0, d.state, []
+    for _ in range(top + 1):  # each release waits out its 30 s of calm
+        t += CFG.release_after_s + 1
+        r = decide(SPEC, calm, replace(state, calm_since=t - CFG.release_after_s - 1), t, CFG)
+        kinds.append((r.kind, r.rung))
+        state = r.state
+        if r.kind == "floor":
+            break
+    costly = [rung.name for rung in ladder() if rung.costs_bulk]
+    # The costly rungs go first, the costliest (the top) first; the free rungs stay as the incumbent.
+    assert kinds == [("release", name) for name in reversed(costly)] + [("floor", "bulk-background")]
+    assert state.level == 0 and state.incumbent == steps[top - len(costly)][1]
 
 
 def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
@@ -295,10 +322,10 @@ def test_a_trial_is_adopted_only_for_a_real_gain(goodput: float, kind: str) -> N
 def test_knowing_nothing_safe_it_starts_protected() -> None:
     fresh = State(incumbent=START)
     d = decide(SPEC, obs(regime=None), fresh, 100.0, CFG)
-    # The rungs that cost no bulk work: off the tokens, a spare guard instance, bulk in the background.
+    # Every protective step: the protective corner, before traffic finds the spec's knobs out.
     steps = levels(SPEC, START, ladder())
-    assert free_level(steps, ladder()) == 3 and d.state.level == 3
-    assert d.kind == "regime" and d.known_safe and d.target == steps[3][1]
+    assert d.state.level == len(steps) - 1
+    assert d.kind == "regime" and d.known_safe and d.target == steps[-1][1]
     known = {"a": Known(START, 80.0)}
     assert decide(SPEC, obs(regime=None, known=known), fresh, 100.0, CFG).kind == "hold"
 
