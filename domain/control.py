@@ -10,12 +10,12 @@ Two loops share one state:
   executions at once), a longer bulk queue delay (bigger batches, less time each), a bulk queue cap
   (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
   once, as Knative's panic window does; a regime with nothing known safe for it yet starts at the
-  top too, and releases find out what its traffic allows. Once every latency-critical model has stayed under
-  `release_below` of its target for `release_after_s`, one rung is released, the costliest first;
-  a rung that costs no bulk work is never released (it would give nothing back): what runs then
-  becomes the incumbent. A breach soon after a release means the rung below was the floor for this
-  traffic, and the protected configuration becomes the regime's incumbent (no flapping between the
-  two).
+  top too, and releases find out what its traffic allows. Once every latency-critical model has
+  stayed under `release_below` of its target for `release_after_s`, one rung is released, the
+  costliest first; a rung that costs no bulk work is never released (it would give nothing back):
+  what runs then becomes the incumbent. A breach soon after a release means the rung below was the
+  floor for this traffic, and the protected configuration becomes the regime's incumbent (no
+  flapping between the two).
 - **Explore (slow).** Only while every SLA holds with headroom (`explore_below`), with no rung
   applied, the controller tries one neighbour of the incumbent: one knob, one step, towards more bulk
   work, ranked by the trials this regime has seen (`rank_neighbours`). It never tries a random
