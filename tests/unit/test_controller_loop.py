@@ -155,6 +155,8 @@ def test_a_new_regime_with_nothing_known_starts_protected_and_gives_back_what_he
     assert running["embeddings"].instances == 2 and running["embeddings"].compute_priority == "min"
     with store.session() as session:
         known = records.known(session)
+        floor = records.actions(session)[0]  # the newest; what runs is kept, unchanged
+        assert floor.kind == "floor" and not floor.applied and not floor.changes
     # What held before the first release was kept for the regime; the floor replaced it with what runs.
     assert list(known) == [c.state.regime] and dict(known[c.state.regime].knobs) == running
 
