@@ -46,8 +46,9 @@ RECOVERY_BOUND_S = 45.0
 """From the controller's first protective step to the guard's p99 back under target, as its clients
 saw it. `benchmarks.shift` measures the figure (10 s is its goal). This bound holds beside a CPU hog,
 which stalls the guard's clients themselves: measured there 6, 9, 16, 21, 22 and 37 s (at 37 s the
-clients' p99 was 45-87 ms while slatune's was 13-45 ms, against 28.1); idle, 1-6 s. Unprotected, the guard does
-not come back within the 80 s step (the spec's knobs keep about 5% of its requests within 20 ms)."""
+clients' p99 was 45-87 ms while slatune's was 13-45 ms, against 28.1); idle, 1-6 s. Unprotected,
+the guard does not come back within the 80 s step (the spec's knobs keep about 5% of its requests
+within 20 ms)."""
 
 
 def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tmp_path: Path) -> None:
