@@ -193,6 +193,11 @@ class Controller:
             known = records.known(session)
             regime_now = self.state.regime if self.state else None
             history = records.trials(session, regime_now) if regime_now else []
+        # Right after a release its effect is judged on the windows since it, not on 30 s that are
+        # mostly from before it (calm: that is why it released).
+        settled_since = now - self.cfg.release_after_s
+        if self.state is not None and now - self.state.released_at < self.cfg.floor_watch_s:
+            settled_since = max(settled_since, min(self.state.released_at, now - self.cfg.release_watch_s))
         readings = {}
         for m in self.spec.models:
             sla = slas.get(m.name)
@@ -200,11 +205,12 @@ class Controller:
                 continue
             rows = recent.get(m.name, [])
             agg = aggregate([r for r in rows if r.end >= now - self.cfg.short_s])
-            calm = aggregate([r for r in rows if r.end >= now - self.cfg.release_after_s])
+            calm = aggregate([r for r in rows if r.end >= settled_since])
             readings[m.name] = Reading(
                 m.name, sla.target_ms, sla.value_of(p99_ms=agg.p95_ms, ttft_p99_ms=agg.ttft_p95_ms),
                 pending.get(m.name, 0.0), sum(agg.failures.values()),
                 settled_ms=sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms),
+                settled_s=round(now - settled_since),
             )  # fmt: skip
         rate, inflight = {}, {}
         for name, rows in recent.items():

@@ -176,3 +176,56 @@ def test_advisory_mode_never_keeps_a_configuration_that_did_not_run(store: Store
         assert records.known(session) == {}  # what held ran with the spec's knobs, not these
         assert configs.pending_knobs(session) == {}
         assert all(not a.applied and a.mode == "advisory" for a in records.actions(session))
+
+
+def test_a_release_whose_tail_breaks_is_caught_on_the_windows_since_it(store: Store) -> None:
+    """After a release, one guard request in 30 over 25 ms: the 3 s p95 stays low, and 30 s of
+    windows mostly from before the release still hold the p99 under target after 5 s; the windows
+    since the release do not, and the rung comes back as the regime's floor."""
+    clock = Clock()
+    c, running = controller(store, clock)
+    kinds: list[tuple[str, str | None]] = []
+
+    def run(seconds: int, slow: int) -> None:
+        for _ in range(seconds):
+            end = clock.t
+            guard = ModelWindow(
+                "safety-guard", end - 1, end, 30, 30, request_rate=30, inference_rate=30,
+                latency_buckets={5.0: 30.0 - slow, 25.0: 30.0 - slow, 30.0: 30.0, float("inf"): 30.0},
+            )  # fmt: skip
+            with store.session() as session:
+                queries.add_windows(session, queries.model_ids(session), [guard], {}, 1.0)
+            write_others(store, clock)
+            a = c.tick()
+            kinds.extend([(a.decision.kind, a.decision.rung)] if a else [])
+            with store.session() as session:
+                running.update(configs.pending_knobs(session))
+                for version in configs.desired(session).values():
+                    configs.mark_applied(session, version, clock.t)
+            clock.t += 1.0
+            if kinds and kinds[-1][0] == "release" and slow == 0:
+                return
+
+    run(60, slow=0)  # protected at the start, then healthy until the first release
+    assert kinds[-1] == ("release", "bulk-instances")
+    released_at = clock.t - 1.0
+    run(8, slow=1)
+    floors = [k for k in kinds if k[0] == "floor"]
+    assert floors == [("floor", "bulk-instances")], kinds
+    assert c.state is not None and c.state.level == 0
+    assert running["embeddings"].instances == 1  # the released rung is back
+    with store.session() as session:
+        (floor,) = [a for a in records.actions(session) if a.kind == "floor"]
+    assert floor.at - released_at <= 6.0 and "p99 over 10 s" in floor.reason, floor.reason
+
+
+def write_others(store: Store, clock: Clock) -> None:
+    end = clock.t
+    windows = [
+        ModelWindow("chat-llm", end - 1, end, 3, 3, request_rate=3, inference_rate=3, ttft_p99_ms=50.0,
+                    p50_ms=400.0),
+        ModelWindow("embeddings", end - 1, end, 8, 8, request_rate=8, inference_rate=64, p50_ms=250.0),
+        ModelWindow("reranker", end - 1, end, 7, 7, request_rate=7, inference_rate=28, p50_ms=130.0),
+    ]  # fmt: skip
+    with store.session() as session:
+        queries.add_windows(session, queries.model_ids(session), windows, {}, 1.0)
