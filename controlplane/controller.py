@@ -193,11 +193,16 @@ class Controller:
             known = records.known(session)
             regime_now = self.state.regime if self.state else None
             history = records.trials(session, regime_now) if regime_now else []
-        # Right after a release its effect is judged on the windows since it, not on 30 s that are
-        # mostly from before it (calm: that is why it released).
+        # Right after a release, and through a trial, the change is judged on the windows since it,
+        # not on 30 s that are mostly from before it (calm: that is why it released or explored).
         settled_since = now - self.cfg.release_after_s
-        if self.state is not None and now - self.state.released_at < self.cfg.floor_watch_s:
-            settled_since = max(settled_since, min(self.state.released_at, now - self.cfg.release_watch_s))
+        changed_at = None
+        if self.state is not None and self.state.candidate is not None:
+            changed_at = self.state.candidate.started_at - self.cfg.warmup_s
+        elif self.state is not None and now - self.state.released_at < self.cfg.floor_watch_s:
+            changed_at = self.state.released_at
+        if changed_at is not None:
+            settled_since = max(settled_since, min(changed_at, now - self.cfg.watch_s))
         readings = {}
         for m in self.spec.models:
             sla = slas.get(m.name)

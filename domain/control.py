@@ -85,11 +85,13 @@ class ControlConfig:
     release under 75% of a 30 s one)."""
     floor_watch_s: float = 30.0
     """A breach this soon after a release makes the rung below the regime's floor."""
-    release_watch_s: float = 10.0
-    """Within `floor_watch_s` of a release, the SLA's own figure is judged over the windows since the
-    release (this long at least), not over `release_after_s`: those are mostly from before it, calm
-    (that is why it released), and they hid a broken tail for two 10 s rows of the live table (the
-    chat pipeline's p99 at 481 and 260 ms against 250 while the 3 s p95 stayed low)."""
+    watch_s: float = 10.0
+    """Within `floor_watch_s` of a release, and through a neighbour's trial, the SLA's own figure is
+    judged over the windows since that change (this long at least), not over `release_after_s`:
+    those are mostly from before it, calm (that is why it released or explored), and they hid a
+    broken tail. A release broke the chat pipeline's p99 for two 10 s rows of the live table (481
+    and 260 ms against 250) while the 3 s p95 stayed low; a neighbour broke the guard's rolling
+    p99 for 4 s as its clients saw it and was adopted as having held."""
     explore_below: float = 0.7
     explore_calm_s: float = 30.0
     """No reading at risk this long, this long since any step, and every SLA figure over the release
@@ -126,7 +128,7 @@ class Reading:
     failures: float = 0.0
     settled_ms: float | None = None
     """The SLA's own figure (the p99) over the release window (`release_after_s`; since a recent
-    release, `release_watch_s` at least): a breach of it is at risk too, and releases and
+    release or through a trial, `watch_s` at least): a breach of it is at risk too, and releases and
     exploration wait for it to have headroom. None: the fast figure stands for it."""
     settled_s: float = 30.0
     """How many seconds `settled_ms` is over."""
