@@ -41,9 +41,16 @@ def store(tmp_path: Path) -> Store:
 def write(store: Store, clock: Clock, guard_ms: float, chat_ms: float = 50.0) -> None:
     """One second of windows for every model, as the collector writes them."""
     end = clock.t
+    guard = ModelWindow("safety-guard", end - 1, end, 15, 15, request_rate=15, inference_rate=15,
+                        p50_ms=guard_ms / 3, p99_ms=guard_ms)  # fmt: skip
+    write_with(store, clock, guard, chat_ms)
+
+
+def write_with(store: Store, clock: Clock, guard: ModelWindow, chat_ms: float = 50.0) -> None:
+    """One second of windows: `guard`, and the other models at the demo's rates."""
+    end = clock.t
     windows = [
-        ModelWindow("safety-guard", end - 1, end, 15, 15, request_rate=15, inference_rate=15, p50_ms=guard_ms / 3,
-                    p99_ms=guard_ms),
+        guard,
         ModelWindow("chat-llm", end - 1, end, 3, 3, request_rate=3, inference_rate=3, ttft_p99_ms=chat_ms,
                     p50_ms=400.0),
         ModelWindow("embeddings", end - 1, end, 8, 8, request_rate=8, inference_rate=64, p50_ms=250.0),
@@ -134,13 +141,8 @@ def test_a_new_regime_with_nothing_known_starts_protected_and_gives_back_what_he
     def healthy(seconds: int) -> None:  # the guard well under target; the reconciler applies each change
         for _ in range(seconds):
             write(store, clock, guard_ms=5.0)
-            a = c.tick()
+            a = tick_applying(c, running, store, clock)
             actions.extend([(a.decision.kind, a.decision.rung)] if a else [])
-            with store.session() as session:
-                running.update(configs.pending_knobs(session))
-                for version in configs.desired(session).values():
-                    configs.mark_applied(session, version, clock.t)
-            clock.t += 1.0
 
     healthy(8)  # protected at the start; the regime, confirmed 5 s later, is new: it stays protected
     assert [k for k, _ in actions] == ["regime", "regime"]
@@ -187,14 +189,7 @@ def write_tail(store: Store, clock: Clock, slow: int) -> None:
         "safety-guard", end - 1, end, 30, 30, request_rate=30, inference_rate=30,
         latency_buckets={5.0: 30.0 - slow, 25.0: 30.0 - slow, 30.0: 30.0, float("inf"): 30.0},
     )  # fmt: skip
-    others = [
-        ModelWindow("chat-llm", end - 1, end, 3, 3, request_rate=3, inference_rate=3, ttft_p99_ms=50.0,
-                    p50_ms=400.0),
-        ModelWindow("embeddings", end - 1, end, 8, 8, request_rate=8, inference_rate=64, p50_ms=250.0),
-        ModelWindow("reranker", end - 1, end, 7, 7, request_rate=7, inference_rate=28, p50_ms=130.0),
-    ]  # fmt: skip
-    with store.session() as session:
-        queries.add_windows(session, queries.model_ids(session), [guard, *others], {}, 1.0)
+    write_with(store, clock, guard)
 
 
 def tick_applying(c: Controller, running: dict[str, Knobs], store: Store, clock: Clock) -> Action | None:
