@@ -211,11 +211,21 @@ class Controller:
             rows = recent.get(m.name, [])
             agg = aggregate([r for r in rows if r.end >= now - self.cfg.short_s])
             calm = aggregate([r for r in rows if r.end >= settled_since])
+            settled_ms, settled_s = (
+                sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms),
+                now - settled_since,
+            )
+            if changed_at is not None and settled_s > self.cfg.watch_s:
+                # The live table's own figure too: the calm first seconds since the change must not
+                # dilute a tail that broke later.
+                last = aggregate([r for r in rows if r.end >= now - self.cfg.watch_s])
+                last_ms = sla.value_of(p99_ms=last.p99_ms, ttft_p99_ms=last.ttft_p99_ms)
+                if last_ms is not None and (settled_ms is None or last_ms > settled_ms):
+                    settled_ms, settled_s = last_ms, self.cfg.watch_s
             readings[m.name] = Reading(
                 m.name, sla.target_ms, sla.value_of(p99_ms=agg.p95_ms, ttft_p99_ms=agg.ttft_p95_ms),
                 pending.get(m.name, 0.0), sum(agg.failures.values()),
-                settled_ms=sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms),
-                settled_s=round(now - settled_since),
+                settled_ms=settled_ms, settled_s=round(settled_s),
             )  # fmt: skip
         rate, inflight = {}, {}
         for name, rows in recent.items():

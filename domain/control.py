@@ -91,7 +91,10 @@ class ControlConfig:
     those are mostly from before it, calm (that is why it released or explored), and they hid a
     broken tail. A release broke the chat pipeline's p99 for two 10 s rows of the live table (481
     and 260 ms against 250) while the 3 s p95 stayed low; a neighbour broke the guard's rolling
-    p99 for 4 s as its clients saw it and was adopted as having held."""
+    p99 for 4 s as its clients saw it and was adopted as having held. The p99 over the last
+    `watch_s` counts too, the live table's own figure: in the demo a release's tail broke the
+    guard's 10 s rows 14-24 s after it while the p99 since it, its calm first seconds included,
+    stayed just under target."""
     explore_below: float = 0.7
     explore_calm_s: float = 30.0
     """No reading at risk this long, this long since any step, and every SLA figure over the release
@@ -128,8 +131,9 @@ class Reading:
     failures: float = 0.0
     settled_ms: float | None = None
     """The SLA's own figure (the p99) over the release window (`release_after_s`; since a recent
-    release or through a trial, `watch_s` at least): a breach of it is at risk too, and releases and
-    exploration wait for it to have headroom. None: the fast figure stands for it."""
+    release or through a trial, `watch_s` at least, or the last `watch_s` where that is higher): a
+    breach of it is at risk too, and releases and exploration wait for it to have headroom. None:
+    the fast figure stands for it."""
     settled_s: float = 30.0
     """How many seconds `settled_ms` is over."""
 
