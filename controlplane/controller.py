@@ -203,6 +203,11 @@ class Controller:
             changed_at = self.state.released_at
         if changed_at is not None:
             settled_since = max(settled_since, min(changed_at, now - self.cfg.watch_s))
+        judged_since = [settled_since]
+        if changed_at is not None and now - settled_since > self.cfg.watch_s:
+            # The live table's own figure too, the last `watch_s`: the calm first seconds since the
+            # change must not dilute a tail that broke later. The worst of the two is judged.
+            judged_since.append(now - self.cfg.watch_s)
         readings = {}
         for m in self.spec.models:
             sla = slas.get(m.name)
@@ -210,18 +215,12 @@ class Controller:
                 continue
             rows = recent.get(m.name, [])
             agg = aggregate([r for r in rows if r.end >= now - self.cfg.short_s])
-            calm = aggregate([r for r in rows if r.end >= settled_since])
-            settled_ms, settled_s = (
-                sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms),
-                now - settled_since,
-            )
-            if changed_at is not None and settled_s > self.cfg.watch_s:
-                # The live table's own figure too: the calm first seconds since the change must not
-                # dilute a tail that broke later.
-                last = aggregate([r for r in rows if r.end >= now - self.cfg.watch_s])
-                last_ms = sla.value_of(p99_ms=last.p99_ms, ttft_p99_ms=last.ttft_p99_ms)
-                if last_ms is not None and (settled_ms is None or last_ms > settled_ms):
-                    settled_ms, settled_s = last_ms, self.cfg.watch_s
+            settled = []  # (p99 ms, over how many s), one per judged window with traffic
+            for since in judged_since:
+                calm = aggregate([r for r in rows if r.end >= since])
+                if (ms := sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms)) is not None:
+                    settled.append((ms, now - since))
+            settled_ms, settled_s = max(settled, default=(None, now - settled_since))
             readings[m.name] = Reading(
                 m.name, sla.target_ms, sla.value_of(p99_ms=agg.p95_ms, ttft_p99_ms=agg.ttft_p95_ms),
                 pending.get(m.name, 0.0), sum(agg.failures.values()),
