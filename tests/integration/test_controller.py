@@ -75,7 +75,8 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
         load = LoadRun([], targets, duration_s=1, seed=3, phases=[Phase("quiet", 20, QUIET)]).start()
         load.join()
         quiet = [r.latency * 1000 for r in load.records if r.model == "safety-guard" and r.error is None]
-        target = max(spec_sla.target_ms, QUIET_P95_TIMES * percentile(quiet[len(quiet) // 4 :], 95))
+        quiet = quiet[len(quiet) // 4 :]  # past the fleet's first requests
+        target = max(spec_sla.target_ms, QUIET_P95_TIMES * percentile(quiet, 95))
         guard = spec_sla.model_copy(update={"target_ms": round(target, 1)})
         with system.store.session() as session:
             set_sla(session, "safety-guard", guard)
@@ -104,7 +105,11 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
         for r in step.records
         if r.model == "safety-guard"
     )
-    quiet_q = ", ".join(f"p{q} {percentile(quiet[len(quiet) // 4 :], q) or 0:.1f}" for q in (50, 95, 99))
+
+    def within(vals: list[float]) -> float:  # the fraction of the guard's requests within target
+        return sum(v <= guard.target_ms for v in vals) / max(len(vals), 1)
+
+    quiet_q = ", ".join(f"p{q} {percentile(quiet, q) or 0:.1f}" for q in (50, 95, 99))
     table = [
         f"the guard's target {guard.target_ms} ms (its clients' quiet {quiet_q} ms)",
         "s after the step | the guard's p99 (ms), its clients / slatune | slatune's p95 | within target (clients)",
@@ -113,10 +118,9 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
         lo, hi = started + k, started + k + 10
         client = [v for at, v in done if lo <= at < hi]
         server = aggregate([w for w in windows if lo + wall <= w.end < hi + wall])
-        within_k = sum(v <= guard.target_ms for v in client) / max(len(client), 1)
         table.append(
             f"{k:3d}-{k + 10:<3d} | {percentile(client, 99) or 0:7.1f} / {server.p99_ms or 0:7.1f} | "
-            f"{server.p95_ms or 0:7.1f} | {within_k:.3f}"
+            f"{server.p95_ms or 0:7.1f} | {within(client):.3f}"
         )
     print("\n" + "\n".join(table))
     acted = [
@@ -162,5 +166,4 @@ def test_a_bulk_step_puts_the_guard_at_risk_and_the_controller_brings_it_back(tm
     # within target as its clients see them (idle: 98-99%; beside a hog, whose core the clients
     # share, 94-99%; unprotected, the spec's knobs keep about 5% of them within 20 ms).
     tail = [v for at, v in done if at >= started + 60]
-    within = sum(v <= guard.target_ms for v in tail) / max(len(tail), 1)
-    assert within >= 0.90, (within, status)
+    assert within(tail) >= 0.90, (within(tail), status)
