@@ -13,13 +13,14 @@ Two loops share one state:
   top too, and releases find out what its traffic allows. Once every latency-critical model has
   stayed under `release_below` of its target for `release_after_s`, one rung is released, the
   costliest first; a rung that costs no bulk work is never released (it would give nothing back):
-  what runs then becomes the incumbent. A breach soon after a release means the rung below was the
-  floor for this traffic, and the protected configuration becomes the regime's incumbent (no
+  what runs then becomes the incumbent. A release is on probation for `floor_watch_s`: its SLA
+  figure nearing the target (`protect_at`, the fast figure's threshold too) means the rung below was
+  the floor for this traffic, and the protected configuration becomes the regime's incumbent (no
   flapping between the two).
 - **Explore (slow).** Only while every SLA holds with headroom (`explore_below`), with no rung
   applied, the controller tries one neighbour of the incumbent: one knob, one step, towards more bulk
   work, ranked by the trials this regime has seen (`rank_neighbours`). It never tries a random
-  configuration. A candidate whose window nears a target (`protect_at`) is abandoned on that tick
+  configuration. A candidate whose fast or settled figure nears a target (`protect_at`) is abandoned on that tick
   (1 s windows) and the incumbent returns with the cooldown and step rails skipped; one that held
   for `trial_s` and packed `adopt_gain` more bulk work becomes the incumbent.
 
@@ -84,7 +85,10 @@ class ControlConfig:
     `release_below` of its target, releases a rung (hysteresis: protect at 85% of a 3 s figure,
     release under 75% of a 30 s one)."""
     floor_watch_s: float = 30.0
-    """A breach this soon after a release makes the rung below the regime's floor."""
+    """A reading at risk this soon after a release makes the rung below the regime's floor. Through
+    this watch, and through a neighbour's trial, the SLA's own figure is at risk from `protect_at` of
+    the target, not from the target: in the demo a release that broke the guard's 10 s rows was
+    caught only once its p99 passed the target, so each such release cost a row or two."""
     watch_s: float = 10.0
     """Within `floor_watch_s` of a release, and through a neighbour's trial, the SLA's own figure is
     judged over the windows since that change (this long at least), not over `release_after_s`:
@@ -655,9 +659,14 @@ def decide(
         state = replace(state, last_step_at=max(state.last_step_at, now))
     steps = levels(spec, state.incumbent, rungs)
     top = len(steps) - 1
+    # A change on probation (a release being watched, a neighbour on trial) is judged stricter: its
+    # SLA figure is at risk from `protect_at` of the target, not from the target, so that a change
+    # that eats the margin is undone before the live table's row breaks, not after.
+    probation = state.candidate is not None or now - state.released_at < cfg.floor_watch_s
+    settled_at = cfg.protect_at if probation else 1.0
     risky = [
         r for r in obs.readings.values()
-        if r.ratio >= cfg.protect_at or r.settled_ratio >= 1.0 or r.pending >= cfg.pending_at
+        if r.ratio >= cfg.protect_at or r.settled_ratio >= settled_at or r.pending >= cfg.pending_at
     ]  # fmt: skip
     worst = max(risky or obs.readings.values(), key=lambda r: max(r.ratio, r.settled_ratio), default=None)
     at_risk = bool(risky) or obs.alert is not None

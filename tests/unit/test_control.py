@@ -397,6 +397,37 @@ def test_at_risk_on_the_fast_p95_or_the_settled_p99(fast: float, settled_p99: fl
     assert decide(SPEC, o, settled(last_step_at=0.0), 100.0, CFG).kind == kind
 
 
+def _guard_settled_at(p99_ms: float) -> Observation:
+    return Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
+                        "safety-guard": Reading("safety-guard", 20.0, 8.0, settled_ms=p99_ms)}, REGIME, 80.0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("p99_ms", "kind"),
+    [
+        (15.0, "hold"),  # 0.75 of target: the release keeps its margin
+        (18.0, "floor"),  # 0.9: it ate the margin; back before the live table's row breaks
+        (21.0, "floor"),
+    ],
+)
+def test_a_release_on_probation_is_judged_from_protect_at(p99_ms: float, kind: str) -> None:
+    released = decide(SPEC, obs(100.0), settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
+    assert released.kind == "release"
+    assert decide(SPEC, _guard_settled_at(p99_ms), released.state, 110.0, CFG).kind == kind
+    # Outside a watch the same 0.9 is no risk (hysteresis: the target itself is), only a 1.05 is.
+    after = 100.0 + CFG.floor_watch_s + 1.0
+    outside = decide(SPEC, _guard_settled_at(p99_ms), released.state, after, CFG).kind
+    assert outside == ("hold" if p99_ms < 20.0 else "protect")
+
+
+def test_a_trial_is_abandoned_when_its_settled_figure_nears_the_target() -> None:
+    explore = decide(SPEC, obs(100.0, 5.0), settled(calm_since=0.0), 100.0, CFG)
+    assert explore.kind == "explore"
+    assert decide(SPEC, _guard_settled_at(15.0), explore.state, 110.0, CFG).kind == "hold"
+    d = decide(SPEC, _guard_settled_at(18.0), explore.state, 110.0, CFG)
+    assert d.kind == "abandon" and d.target == START and "p99 over 30 s 18 ms" in d.reason
+
+
 def test_a_breach_only_the_settled_figure_shows_waits_for_a_window_after_the_last_step() -> None:
     o = Observation({"chat-llm": Reading("chat-llm", 200.0, 40.0, settled_ms=210.0),
                      "safety-guard": Reading("safety-guard", 20.0, 5.0)}, REGIME, 80.0)  # fmt: skip
