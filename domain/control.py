@@ -339,7 +339,7 @@ therefore not a rung; nor is bulk priority, which orders only instances waiting 
 The second rung gives a latency-critical model a spare instance: in place, under a second, and the
 guard's tail is mostly requests waiting for its one busy instance. The third runs bulk compute at
 Triton's lowest model priority (`optimization.priority`
-PRIORITY_MIN: low-priority CUDA streams on a GPU, nice 19 on the CPU), which costs bulk work next to
+PRIORITY_MIN: low-priority CUDA streams on a GPU, nice 19 and SCHED_IDLE on the CPU), which costs bulk work next to
 nothing (70.1 against 70.0 items/s at the demo load, docs/triton.md) and halves chat's time to
 first token: bulk work still fills whatever the latency-critical models leave.
 Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an

@@ -89,7 +89,8 @@ class Knobs(Strict):
     """Triton's model-level `optimization { priority }`: the priority of the model's compute beside
     the others on its device. GPU backends (TensorRT) run its CUDA streams at high (max) or low
     (min) stream priority; on the CPU, Triton's mapping is nice 0 (max) and nice 19 (min), which
-    slatune's built-in models apply to their instances' processes. `min` lets bulk work fill what
+    slatune's built-in models apply to their instances' processes (at min with Linux's SCHED_IDLE
+    policy too, docs/triton.md). `min` lets bulk work fill what
     latency-critical models leave without holding them up. Changing it reloads the model."""
     max_batch_size: NonNegativeInt = Field(default=0, le=INT32_MAX)
     """The largest batch Triton forms, and the largest request it accepts (a client batch above it

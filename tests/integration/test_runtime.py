@@ -4,9 +4,11 @@ knob is reconfigured live and read back from Triton."""
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -236,3 +238,46 @@ def test_no_request_fails_while_a_model_is_reconfigured_under_load(default_fleet
         default_fleet.apply("safety-guard", before)
     assert report.sent > 50
     assert report.failed == 0, report.errors
+
+
+def _stub_threads(model: str) -> list[int]:
+    """The thread ids of every python-backend stub process serving `model`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        if cmd[0].endswith(b"triton_python_backend_stub") and f"/{model}/1/model.py".encode() in cmd[1]:
+            out += [int(t) for t in tids]
+    return out
+
+
+def _scheduling(model: str) -> set[tuple[int, int]]:
+    """(policy, nice) over the threads of `model`'s stubs, once a reload's old stubs are gone."""
+    deadline = time.monotonic() + 20
+    while True:
+        seen = set()
+        for tid in _stub_threads(model):
+            try:
+                seen.add((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
+            except ProcessLookupError:  # an old stub leaving
+                continue
+        if len(seen) == 1 or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)
+
+
+def test_bulk_compute_at_min_priority_runs_as_an_idle_class_background_job(default_fleet: Fleet) -> None:
+    before = default_fleet.knobs("embeddings")
+    assert before.compute_priority == "default"
+    assert _scheduling("embeddings") == {(os.SCHED_OTHER, 0)}
+    try:
+        default_fleet.apply("embeddings", compute_priority="min")
+        # Every thread of every embeddings instance: preempted at once by any waking normal thread.
+        assert _scheduling("embeddings") == {(os.SCHED_IDLE, 19)}
+        assert _scheduling("safety-guard") == {(os.SCHED_OTHER, 0)}
+    finally:
+        default_fleet.apply("embeddings", before)
+    assert _scheduling("embeddings") == {(os.SCHED_OTHER, 0)}
