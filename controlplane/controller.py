@@ -199,7 +199,7 @@ class Controller:
         changed_at = None
         if self.state is not None and self.state.candidate is not None:
             changed_at = self.state.candidate.started_at - self.cfg.warmup_s
-        elif self.state is not None and now - self.state.released_at < self.cfg.floor_watch_s:
+        elif self.state is not None and self.state.watching_release(now, self.cfg):
             changed_at = self.state.released_at
         if changed_at is not None:
             settled_since = max(settled_since, min(changed_at, now - self.cfg.watch_s))

@@ -216,6 +216,10 @@ class State:
     interference_at: float = -math.inf
     """When the controller last said a model cannot share its device."""
 
+    def watching_release(self, now: float, cfg: ControlConfig) -> bool:
+        """The last release is still on watch (`floor_watch_s`): a reading at risk makes its rung the floor."""
+        return now - self.released_at < cfg.floor_watch_s
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -662,7 +666,7 @@ def decide(
     # A change on probation (a release being watched, a neighbour on trial) is judged stricter: its
     # SLA figure is at risk from `protect_at` of the target, not from the target, so that a change
     # that eats the margin is undone before the live table's row breaks, not after.
-    probation = state.candidate is not None or now - state.released_at < cfg.floor_watch_s
+    probation = state.candidate is not None or state.watching_release(now, cfg)
     settled_at = cfg.protect_at if probation else 1.0
     risky = [
         r for r in obs.readings.values()
@@ -735,7 +739,7 @@ def decide(
             )  # fmt: skip
         if (
             state.level < top
-            and now - state.released_at < cfg.floor_watch_s
+            and state.watching_release(now, cfg)
             and now - state.last_step_at >= cfg.step_cooldown_s
         ):
             # The release just before broke it: the rung below is the floor for this traffic.
