@@ -219,18 +219,25 @@ def test_one_study_tunes_models_on_both_servers_live(live: Live) -> None:
 def test_each_models_traffic_reached_its_own_server(live: Live) -> None:
     live.load.stop()
     report = live.load.join(30)
-    for model, server in MODELS.items():  # sent to another server, every request would fail
+    # Sent to another server, every request would fail as an unknown model. A server that died
+    # meanwhile (tritonserver 2.51 can segfault with tracing on, docs/triton.md) refused
+    # connections until the supervisor restarted it: its models may miss more, never all.
+    for model, server in MODELS.items():
         stats = report.models[model]
-        assert stats.sent > 0 and stats.ok >= 0.9 * stats.sent, (model, server, stats, report.errors)
+        share = 0.5 if live.fleet.restarts(server) else 0.9
+        assert stats.sent > 0 and stats.ok >= share * stats.sent, (model, server, stats, report.errors)
+    assert not any("unknown model" in e.lower() for e in report.errors.values()), report.errors
 
 
 def test_a_restarted_server_is_pinned_again(live: Live) -> None:
     before = live.fleet.pid("triton1")
+    restarts = live.fleet.restarts("triton1")  # 1 if it already died of a crash, not of this test
     assert before is not None
     os.killpg(before, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (
-        live.fleet.restarts("triton1") == 1 and (pid := live.fleet.pid("triton1")) not in (None, before)
+        live.fleet.restarts("triton1") == restarts + 1
+        and (pid := live.fleet.pid("triton1")) not in (None, before)
     ):
         time.sleep(0.2)
     pid = live.fleet.pid("triton1")
