@@ -78,6 +78,9 @@ class Run:
     """Monotonic spans in which a candidate configuration ran (one-shot: the whole tuning run)."""
     slatune_attainment: dict[str, float | None] = field(default_factory=dict)
     incumbents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    knobs_at_phase_end: list[dict[str, Any]] = field(default_factory=list)
+    """What ran at the end of each phase (read once a second): whether a controller's corner is the static one."""
+    controller_cost: dict[str, float] = field(default_factory=dict)
 
 
 def with_knobs(spec: FleetSpec, knobs: Mapping[str, Knobs]) -> FleetSpec:
@@ -98,6 +101,7 @@ def run_policy(policy: str, spec: FleetSpec, phases: list[Phase], work: Path, se
             max_requests=200_000, seed=seed, phases=phases,
         ).start()  # fmt: skip
         run_id = None
+        run = Run(policy, [], [], offset, 0.0)
         began = time.monotonic()
         shown = -1
         while load.running:
@@ -105,13 +109,26 @@ def run_policy(policy: str, spec: FleetSpec, phases: list[Phase], work: Path, se
             if policy == "one-shot" and run_id is None and elapsed >= 15.0:
                 run_id = system.plane.tuning.start(budget=6, window_s=10.0, warmup_s=3.0, models=None)
             phase = max(0, len(load.phase_started) - 1)
+            knobs = records.knobs_json(system.fleet.all_knobs())
+            run.knobs_at_phase_end[phase:] = [knobs]
             if int(elapsed) // 30 != shown:
                 shown = int(elapsed) // 30
                 print(f"[{policy}] {elapsed:.0f} s, phase {phases[phase].name}", flush=True)
             time.sleep(1.0)
         load.join()
         end = time.monotonic()
-        run = Run(policy, list(load.records), list(load.phase_started), offset, end)
+        run.records, run.phase_started, run.end = list(load.records), list(load.phase_started), end
+        if mode != "off":  # what the loop cost, on the cores it shares with the fleet
+            sample = system.plane.registry.get_sample_value
+            ticks = sample("slatune_controller_tick_seconds_count") or 0.0
+            cpu = sample("slatune_controller_cpu_seconds_total") or 0.0
+            quick = sample("slatune_controller_tick_seconds_bucket", {"le": "0.05"}) or 0.0
+            run.controller_cost = {
+                "ticks": ticks,
+                "cpu_s": round(cpu, 2),
+                "cpu_ms_per_tick": round(1000 * cpu / ticks, 1) if ticks else 0.0,
+                "ticks_over_50ms": ticks - quick,
+            }
         with system.store.session() as session:
             acts = records.actions(session, limit=10_000, since=wall_start)
             run.actions = [
@@ -343,6 +360,8 @@ def figures(run: Run, spec: FleetSpec, phases: list[Phase]) -> dict[str, Any]:
         "exploring_s": sum(b - a for a, b in run.exploring),
         "bulk_goodput": sum(r.items for r in run.records if r.model in bulk and r.error is None) / total_s,
         "phases": per_phase,
+        "knobs_at_phase_end": run.knobs_at_phase_end,
+        "controller_cost": run.controller_cost,
         "missed_at": {m: [round(r.started + r.latency - t0, 1) for r in run.records
                           if r.model == m and value_ms(r, spec) > (spec.model(m).sla.target_ms or 0)]  # type: ignore[union-attr]
                       for m in crit},
