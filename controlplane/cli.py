@@ -461,7 +461,7 @@ def up(
         bool,
         typer.Option(
             "--demo-load",
-            help="Drive the demo traffic trace (steady, a shift to twice the chat and bulk traffic, back) "
+            help="Drive the demo traffic trace (steady, twice the chat traffic, twice the bulk backlog, back) "
             "with the SLO controller on.",
         ),
     ] = False,
@@ -500,8 +500,8 @@ def up(
     """Run the whole system: migrate the store, start the fleet (the embedded default unless
     --spec), the collectors, the reconciler and the REST API on 127.0.0.1, until Ctrl-C.
 
-    With --demo-load it also drives the demo traffic trace (steady, then twice the chat traffic and
-    twice the bulk backlog, then steady again) with the SLO controller on: the live table shows each
+    With --demo-load it also drives the demo traffic trace (steady, then twice the chat traffic,
+    then twice the bulk backlog, then steady again) with the SLO controller on: the live table shows each
     model's SLA and rolling SLO attainment, and the controller's last action with its reason
     (GET /api/v1/controller has its journal). --one-shot starts a one-shot tuning run instead, as
     before; it is also available any time through the API (POST /api/v1/tuning). The API's docs are at /docs; every
