@@ -160,20 +160,25 @@ class Controller:
 
     def _run(self) -> None:
         while not self._stop.wait(self.cfg.tick_s):
-            wall, cpu = time.perf_counter(), time.thread_time()
             try:
                 self.tick()
                 self.heartbeat.beat()
             except Exception as exc:  # a store outage pauses the controller; the fleet keeps serving
                 log.warning("controller: %s", exc)
                 self.heartbeat.beat(f"{exc.__class__.__name__}: {str(exc)[:200]}")
-            finally:
-                if self.mode != "off":
-                    self.metrics.tick_seconds.observe(time.perf_counter() - wall)
-                    self.metrics.cpu_seconds.inc(time.thread_time() - cpu)
 
     # ------------------------------------------------------------------ one tick
     def tick(self) -> Action | None:
+        """Read, decide, act once; its wall time and CPU are counted while the mode is not off."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self._tick()
+        finally:
+            if self.mode != "off":
+                self.metrics.tick_seconds.observe(time.perf_counter() - wall)
+                self.metrics.cpu_seconds.inc(time.thread_time() - cpu)
+
+    def _tick(self) -> Action | None:
         with self._lock:
             if self.mode == "off":
                 return None

@@ -121,6 +121,22 @@ def test_advisory_mode_journals_what_it_would_do_and_changes_nothing(store: Stor
     )
 
 
+@pytest.mark.parametrize(("mode", "ticks"), [("on", 2), ("advisory", 2), ("off", 0)])
+def test_what_the_ticks_cost_is_counted_while_the_controller_is_not_off(
+    store: Store, mode: str, ticks: int
+) -> None:
+    clock = Clock()
+    c, _ = controller(store, clock, mode=mode)
+    for _ in range(2):
+        write(store, clock, guard_ms=5.0)
+        c.tick()
+        clock.t += 1.0
+    sample = c.metrics.tick_seconds.collect()[0].samples
+    count = next(s.value for s in sample if s.name == "slatune_controller_tick_seconds_count")
+    cpu = c.metrics.cpu_seconds.collect()[0].samples[0].value
+    assert count == ticks and (cpu > 0) == (ticks > 0), (count, cpu)
+
+
 @pytest.mark.parametrize(("mode", "busy"), [("off", None), ("on", "tuning run 3")])
 def test_off_or_a_tuning_run_leaves_the_fleet_alone(store: Store, mode: str, busy: str | None) -> None:
     clock = Clock()

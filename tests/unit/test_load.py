@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.load import ModelLoad, failure_reason, require_loopback
+from runtime.load import ModelLoad, demo_trace, failure_reason, require_loopback
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,20 @@ def test_an_unreachable_server_is_a_failure_by_reason_and_bulk_clients_back_off(
     assert chat.sent > 0 and chat.failed == {"unavailable": chat.sent}
     assert bulk.failed == {"unavailable": bulk.sent}
     assert 1 <= bulk.sent <= 2.0 / SHED_BACKOFF_S + 1
+
+
+def test_the_demo_trace_shifts_chat_then_bulk_never_both_at_once() -> None:
+    phases = demo_trace(300.0)
+    assert [p.name for p in phases] == ["steady", "chat x2", "bulk x2", "steady again"]
+    assert sum(p.duration_s for p in phases) == pytest.approx(300.0)
+
+    def shape(i: int) -> dict[str, tuple[float, int]]:
+        return {ld.model: (ld.rate, ld.concurrency) for ld in phases[i].loads}
+
+    steady, chat_x2, bulk_x2, again = (shape(i) for i in range(4))
+    assert again == steady
+    # each shift doubles one kind of traffic and leaves the rest as it was
+    assert {m for m in steady if chat_x2[m] != steady[m]} == {"chat-llm"}
+    assert chat_x2["chat-llm"][0] == 2 * steady["chat-llm"][0]
+    assert {m for m in steady if bulk_x2[m] != steady[m]} == {"embeddings", "reranker"}
+    assert all(bulk_x2[m][1] == 2 * steady[m][1] for m in ("embeddings", "reranker"))
