@@ -215,6 +215,7 @@ class Controller:
             known = records.known(session)
             regime_now = self.state.regime if self.state else None
             history = records.trials(session, regime_now) if regime_now else []
+            elsewhere = records.trials(session, regime_now, elsewhere=True)
         # Right after a release, and through a trial, the change is judged on the windows since it,
         # not on 30 s that are mostly from before it (calm: that is why it released or explored).
         settled_since = now - self.cfg.release_after_s
@@ -275,7 +276,9 @@ class Controller:
             for name, r in readings.items()
             if (step := gating_step(self.spec, name, queue, r.target_ms)) is not None
         }
-        return Observation(readings, regime, goodput, known, history, alert, applying, gating)
+        return Observation(
+            readings, regime, goodput, known, history, alert, applying, gating, elsewhere=elsewhere
+        )
 
     def _act(self, decision: Decision, obs: Observation, now: float, tried: Candidate | None) -> Action:
         applied, refused, changes = False, None, {}

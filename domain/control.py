@@ -168,6 +168,8 @@ class Trial:
     knobs: Mapping[str, Knobs]
     safe: bool
     goodput: float
+    what: str = ""
+    """The move from the incumbent it was (`neighbours`' words: "embeddings instances 1 -> 2")."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,8 @@ class Observation:
     """A configuration is recorded and not applied yet: the last step has not even started to show."""
     gating: Mapping[str, str] = field(default_factory=dict)
     """Per latency-critical pipeline, the step whose queue holds it up now (`gating_step`)."""
+    elsewhere: Sequence[Trial] = ()
+    """The neighbours tried in other regimes: weaker evidence, for a move not tried in this one."""
 
 
 @dataclass(frozen=True)
@@ -612,16 +616,23 @@ def rank_neighbours(
     tabu: Mapping[str, float],
     now: float,
     goodput: float = 0.0,
+    elsewhere: Sequence[Trial] = (),
 ) -> list[tuple[str, dict[str, Knobs]]]:
     """The incumbent's neighbours, best first, by what the regime's trials say. Tabu neighbours
     and those that broke an SLA here before are left out. With `MODEL_AFTER` trials or more, the
     neighbour nearest to the model's target (`model_target`) goes first. Otherwise, and among
     equally near ones: one tried before ranks by its bulk work, an untried one by its nearest
-    tried configurations (the share of them that held, then their bulk work), untried with no
-    history nearby in the order of `neighbours`."""
+    tried configurations (the share of them that held), then by what the same move did in other
+    regimes (`elsewhere`: each time it broke an SLA counts twice, each time it held without
+    packing enough to be kept once; an adopted move is kept as the regime's incumbent, not as a
+    move), then by its neighbours' bulk work; untried with no history in the order of
+    `neighbours`."""
     dims = _dimensions(spec)
     target = model_target(spec, incumbent, goodput, history, seed=len(history))
     tried = {fingerprint(t.knobs): t for t in history}
+    failed_elsewhere: dict[str, int] = {}
+    for t in elsewhere:
+        failed_elsewhere[t.what] = failed_elsewhere.get(t.what, 0) + (1 if t.safe else 2)
     scored = []
     for i, (what, knobs) in enumerate(neighbours(spec, incumbent)):
         fp = fingerprint(knobs)
@@ -631,12 +642,12 @@ def rank_neighbours(
             t = tried[fp]
             if not t.safe:
                 continue
-            scored.append(((1.0, t.goodput, -i), what, knobs))
+            scored.append(((1.0, 0, t.goodput, -i), what, knobs))
             continue
         near = [t for t in history if _distance(knobs, t.knobs) <= 1]
         safe_share = sum(t.safe for t in near) / len(near) if near else 0.5
         packed = max((t.goodput for t in near if t.safe), default=0.0)
-        scored.append(((safe_share, packed, -i), what, knobs))
+        scored.append(((safe_share, -failed_elsewhere.get(what, 0), packed, -i), what, knobs))
     scored.sort(key=lambda s: s[0], reverse=True)
     if target is not None:
 
@@ -863,7 +874,9 @@ def decide(
         and now - state.last_step_at >= cfg.explore_calm_s
         and settled < cfg.explore_below
     ):
-        ranked = rank_neighbours(spec, state.incumbent, obs.history, state.tabu, now, obs.goodput)
+        ranked = rank_neighbours(
+            spec, state.incumbent, obs.history, state.tabu, now, obs.goodput, obs.elsewhere
+        )
         if ranked:
             what, knobs = ranked[0]
             cand = Candidate(knobs, what, now + cfg.warmup_s, obs.goodput)

@@ -94,15 +94,16 @@ def add_trial(
     )
 
 
-def trials(session: Session, regime: str, limit: int = 200) -> list[Trial]:
-    """The regime's tried neighbours, oldest first (the newest `limit`)."""
-    rows = session.scalars(
-        select(ControllerTrial)
-        .where(ControllerTrial.regime == regime)
-        .order_by(ControllerTrial.at.desc())
-        .limit(limit)
-    ).all()
-    return [Trial(knobs_of(r.knobs), r.safe, r.goodput) for r in reversed(rows)]
+def trials(session: Session, regime: str | None, limit: int = 200, *, elsewhere: bool = False) -> list[Trial]:
+    """The regime's tried neighbours, oldest first (the newest `limit`); with `elsewhere`, those
+    tried in every other regime instead (every regime's, with none)."""
+    q = select(ControllerTrial)
+    if not elsewhere:
+        q = q.where(ControllerTrial.regime == regime)
+    elif regime is not None:
+        q = q.where(ControllerTrial.regime != regime)
+    rows = session.scalars(q.order_by(ControllerTrial.at.desc()).limit(limit)).all()
+    return [Trial(knobs_of(r.knobs), r.safe, r.goodput, r.what) for r in reversed(rows)]
 
 
 def latest_pending(session: Session, since: float) -> dict[str, float]:

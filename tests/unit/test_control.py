@@ -293,6 +293,43 @@ def test_ranking_uses_the_regimes_history_and_drops_what_failed() -> None:
     assert second[0] not in [w for w, _ in rank_neighbours(SPEC, incumbent, history, tabu, 50.0)]
 
 
+@pytest.mark.parametrize(
+    ("elsewhere", "first"),
+    [
+        ((), 0),  # nothing known anywhere: the order of `neighbours`
+        ((("first", False),), 1),  # it broke an SLA in another regime: the next move goes first
+        ((("first", True),), 1),  # it held there, packing too little to be kept: the same
+        ((("first", True), ("second", False)), 2),  # both did worse elsewhere: the third
+        ((("first", True), ("first", True), ("second", False)), 2),  # two no-gains weigh one break
+        ((("first", True), ("second", True), ("third", False)), 3),  # the fourth, untouched
+    ],
+)
+def test_an_untried_move_ranks_by_what_it_did_in_other_regimes(
+    elsewhere: tuple[tuple[str, bool], ...], first: int
+) -> None:
+    incumbent = levels(SPEC, START, ladder())[-1][1]
+    moves = neighbours(SPEC, incumbent)
+    whats = {"first": moves[0][0], "second": moves[1][0], "third": moves[2][0]}
+    trials = [Trial({}, safe, 50.0 if safe else 0.0, whats[name]) for name, safe in elsewhere]
+    ranked = rank_neighbours(SPEC, incumbent, (), {}, 0.0, elsewhere=trials)
+    assert ranked[0][0] == moves[first][0], [w for w, _ in ranked[:4]]
+
+
+def test_this_regimes_own_trials_outweigh_other_regimes() -> None:
+    incumbent = levels(SPEC, START, ladder())[-1][1]
+    (first, knobs), (second, _) = neighbours(SPEC, incumbent)[:2]
+    here = (Trial(knobs, safe=True, goodput=60.0, what=first),)
+    elsewhere = [Trial({}, False, 0.0, first), Trial({}, False, 0.0, first)]
+    ranked = rank_neighbours(SPEC, incumbent, here, {}, 0.0, elsewhere=elsewhere)
+    assert ranked[0][0] == first  # held here, with its goodput known: what it did elsewhere is weaker
+    untried = rank_neighbours(SPEC, incumbent, (), {}, 0.0, elsewhere=elsewhere)
+    assert untried[0][0] == second and first in [w for w, _ in untried]  # later, never dropped
+    # a break elsewhere weighs more than holding there without enough gain to be kept
+    order = [w for w, _ in rank_neighbours(SPEC, incumbent, (), {}, 0.0, elsewhere=[
+        Trial({}, False, 0.0, first), Trial({}, True, 40.0, second)])]  # fmt: skip
+    assert order.index(second) < order.index(first), order
+
+
 def test_explores_only_with_headroom_and_abandons_on_the_first_bad_window() -> None:
     calm = settled(calm_since=0.0)
     assert decide(SPEC, obs(150.0), calm, 100.0, CFG).kind == "hold"  # 0.75: no headroom to explore

@@ -288,3 +288,18 @@ def test_a_neighbour_whose_tail_breaks_is_abandoned_on_the_windows_since_it(stor
     with store.session() as session:
         (abandon,) = records.actions(session)
     assert "p99 over 10 s" in abandon.reason and clock.t - cand.started_at <= 4.0, abandon.reason
+
+
+def test_a_regimes_history_is_its_own_and_other_regimes_trials_come_as_weaker_evidence(store: Store) -> None:
+    clock = Clock()
+    c, running = controller(store, clock)
+    what = "embeddings instances 1 -> 2"
+    moved = {**running, "embeddings": running["embeddings"].with_values({"instances": 2})}
+    with store.session() as session:
+        records.add_trial(session, "chat x2", what, moved, False, 0.0, clock.t - 100)
+        records.add_trial(session, "steady", "reranker instances 1 -> 2", moved, True, 55.0, clock.t - 50)
+    c.state = State(running, regime="steady", seen_regime="steady")
+    write(store, clock, guard_ms=5.0)
+    obs = c.observe(clock.t)
+    assert [t.what for t in obs.history] == ["reranker instances 1 -> 2"]
+    assert [(t.what, t.safe, t.knobs) for t in obs.elsewhere] == [(what, False, moved)]
