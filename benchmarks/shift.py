@@ -599,6 +599,17 @@ def markdown(
             f"a static configuration held); failed requests {goal['failed_requests']} "
             f"(goal 0); exploration violation {pct(goal['exploration_violation_fraction'])} (goal 1%)\n"
         )
+    cost = [(n, f["controller_cost"]) for n, f in result.items() if f.get("controller_cost")]
+    if cost:
+        g += (
+            "\nThe controller's own loop, on the cores it shares with the fleet: "
+            + "; ".join(
+                f"{n} {c['cpu_ms_per_tick']:.1f} ms of CPU per tick ({c['cpu_s']:.1f} s over {c['ticks']:.0f} ticks, "
+                f"{c['ticks_over_50ms']:.0f} over 50 ms of wall time)"
+                for n, c in cost
+            )
+            + ".\n"
+        )
     return (
         head + "\n".join(rows) + per + feas + g
         + "\n![p99 against target over the trace](benchmarks/shift.png)\n"
