@@ -591,8 +591,8 @@ def demo_trace(duration_s: float, spec: FleetSpec | None = None) -> list[Phase]:
     bulk backlog, and back: two of `shift_trace`'s shifts, each one a static configuration on a
     2-core host keeps at 99% of the guard's requests within target (`benchmarks.shift`). Chat and
     bulk doubling at once, as the demo had it, is more than the protective corner holds there: it
-    kept the guard's 10 s p99 at 21-45 ms through it. (For the pipeline fleet:
-    its mix, then twice the bulk backlog, and back.)"""
+    kept the guard's 10 s p99 at 21-45 ms through it. (For the pipeline fleet: its mix, then twice
+    the bulk backlog, and back.)"""
     if spec is not None and {"chat-pipeline", "retrieval"} <= set(spec.model_names):
         mix = pipeline_mix()
         bulk_x2 = [ModelLoad(ld.model, concurrency=ld.concurrency * 2, batch=ld.batch, words=ld.words)
