@@ -705,13 +705,18 @@ def decide(
     # A new regime, held long enough: its incumbent if seen before; a new one starts from the most
     # protective configuration known safe (what runs, with nothing known) with every protective step
     # on top: nothing is known safe for this traffic yet, and releases find out what it allows.
+    # A neighbour on trial ends here, unjudged: what its trial measures now is the load step, not
+    # the move (in the shift benchmark a trial begun 3 s before bulk doubled ran 21 s into the step,
+    # the new regime's protective steps waiting behind it, and the guard's p99 broke).
     if (
         state.seen_regime is not None
         and state.seen_regime != state.regime
         and now - state.seen_since >= cfg.regime_confirm_s
-        and state.candidate is None
     ):
+        running = steps[state.level][1] if state.candidate is None else dict(state.candidate.knobs)
+        ended = "" if state.candidate is None else f" (the trial of {state.candidate.what} ends unjudged)"
         regime = state.seen_regime
+        state = replace(state, candidate=None)
         known = obs.known.get(regime)
         if known is not None:
             new = replace(
@@ -720,7 +725,7 @@ def decide(
             )  # fmt: skip
             return Decision(
                 "regime", new, dict(known.knobs), known_safe=True,
-                reason=f"regime {regime} (seen before: its incumbent)",
+                reason=f"regime {regime} (seen before: its incumbent){ended}",
             )  # fmt: skip
         base = most_protective(obs.known)
         incumbent = dict(base.knobs) if base is not None else dict(state.incumbent)
@@ -729,10 +734,9 @@ def decide(
             state, regime=regime, incumbent=incumbent, level=len(fresh) - 1, calm_since=None,
             incumbent_goodput=base.goodput if base is not None else state.incumbent_goodput,
         )  # fmt: skip
-        running = steps[state.level][1]
         protected = fresh[-1][1]
         start = "the most protective configuration known safe" if base is not None else "what runs"
-        reason = f"regime {regime}: new: every protective step over {start}, released one at a time as it measures safe"
+        reason = f"regime {regime}: new: every protective step over {start}, released one at a time as it measures safe{ended}"
         if protected == running:  # already there: nothing to reload
             return Decision("regime", new, reason=reason)
         new = replace(new, last_step_at=now)

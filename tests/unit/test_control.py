@@ -342,6 +342,29 @@ def test_explores_only_with_headroom_and_abandons_on_the_first_bad_window() -> N
     assert bad.state.candidate is None and fingerprint(d.state.candidate.knobs) in bad.state.tabu
 
 
+def test_a_trial_the_traffic_leaves_ends_unjudged_and_the_new_regime_starts_protected() -> None:
+    explore = decide(SPEC, obs(100.0, 5.0), settled(calm_since=0.0), 100.0, CFG)
+    assert explore.kind == "explore" and explore.state.candidate is not None
+    tried = explore.state.candidate
+    # Bulk doubles 3 s into the trial: the new regime is seen, and confirmed `regime_confirm_s` later.
+    seen = decide(SPEC, obs(100.0, 5.0, regime="new"), explore.state, 103.0, CFG)
+    assert seen.kind == "hold" and seen.state.candidate is not None
+    d = decide(SPEC, obs(100.0, 5.0, regime="new"), seen.state, 103.0 + CFG.regime_confirm_s, CFG)
+    top = levels(SPEC, START, ladder())
+    assert d.kind == "regime" and d.known_safe and d.target == top[-1][1] and d.state.level == len(top) - 1
+    assert d.state.candidate is None and d.state.incumbent == START
+    # unjudged: the move is not tabu, and the journal says the trial ended
+    assert fingerprint(tried.knobs) not in d.state.tabu and tried.what in d.reason
+    # A regime seen before: its incumbent comes back over the candidate.
+    known = {"new": Known(top[2][1], 40.0)}
+    back = decide(SPEC, obs(100.0, 5.0, regime="new", known=known), seen.state, 108.0, CFG)
+    assert back.kind == "regime" and back.target == top[2][1] and back.state.candidate is None
+    # The candidate already runs the new regime's protective corner: it stays, nothing to undo.
+    at_top = replace(seen.state, candidate=replace(tried, knobs=top[-1][1]))
+    kept = decide(SPEC, obs(100.0, 5.0, regime="new"), at_top, 108.0, CFG)
+    assert kept.kind == "regime" and kept.target is None and kept.state.candidate is None
+
+
 @pytest.mark.parametrize(("goodput", "kind"), [(90.0, "adopt"), (82.0, "reject")])
 def test_a_trial_is_adopted_only_for_a_real_gain(goodput: float, kind: str) -> None:
     explore = decide(SPEC, obs(100.0, 5.0, goodput=80.0), settled(calm_since=0.0), 100.0, CFG)
