@@ -153,7 +153,7 @@ def run_policy(policy: str, spec: FleetSpec, phases: list[Phase], work: Path, se
         for a in run.actions:
             if a["kind"] == "explore":
                 explore_at = a["at"]
-            elif a["kind"] in ("abandon", "adopt", "reject") and explore_at is not None:
+            elif a["kind"] in ("abandon", "adopt", "reject", "regime") and explore_at is not None:
                 run.exploring.append((explore_at, a["at"]))
                 explore_at = None
         if explore_at is not None:
@@ -285,13 +285,16 @@ STEP_ATTRIBUTION_S = 30.0
 
 def step_recoveries(run: Run, broken: Sequence[tuple[float, bool]]) -> list[dict[str, float]]:
     """After each load step (every phase's start but the first) that broke an SLA: the seconds from
-    the first broken second (within `STEP_ATTRIBUTION_S` of the step) to the rolling p99 back under
-    target, the issue's recovery. Steps that broke nothing are not in the list."""
+    the first broken second of a stretch that begins within `STEP_ATTRIBUTION_S` of the step to the
+    rolling p99 back under target, the issue's recovery. A stretch already broken when the step
+    comes is the earlier step's (long prompts' tail ran 9 s into steady again for every policy, and
+    was counted twice). Steps that broke nothing are not in the list."""
     t0 = run.phase_started[0]
     out = []
+    begins = [t for k, (t, bad) in enumerate(broken) if bad and (k == 0 or not broken[k - 1][1])]
     for i, start in enumerate(run.phase_started[1:], start=1):
         step = start - t0
-        first = next((t for t, bad in broken if bad and step <= t < step + STEP_ATTRIBUTION_S), None)
+        first = next((t for t in begins if step <= t < step + STEP_ATTRIBUTION_S), None)
         if first is None:
             continue
         back = next((t for t, bad in broken if t > first and not bad), broken[-1][0] + 1.0)
@@ -538,6 +541,9 @@ def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: lis
         "recovery_s_p50_into_regimes_a_static_configuration_held": statistics.median(holdable)
         if holdable
         else 0.0,
+        "recovery_s_by_step": {
+            phases[st["phase"]].name: st["recovery_s"] for st in c["recovery_after_steps"]
+        },
         "failed_requests": c["failed_requests"],
         "exploration_violation_fraction": c["exploration_violation_fraction"],
         "exploration_goal_met": c["exploration_violation_fraction"] <= 0.01,
@@ -596,7 +602,9 @@ def markdown(
         g += (
             f"- recovery p50 {goal['recovery_s_p50']:.0f} s after the steps that broke an SLA "
             f"({goal['recovery_s_p50_into_regimes_a_static_configuration_held']:.0f} s after those into regimes "
-            f"a static configuration held); failed requests {goal['failed_requests']} "
+            f"a static configuration held; by step: "
+            f"{', '.join(f'{k} {v:.0f} s' for k, v in goal.get('recovery_s_by_step', {}).items()) or 'none broke one'}); "
+            f"failed requests {goal['failed_requests']} "
             f"(goal 0); exploration violation {pct(goal['exploration_violation_fraction'])} (goal 1%)\n"
         )
     cost = [(n, f["controller_cost"]) for n, f in result.items() if f.get("controller_cost")]

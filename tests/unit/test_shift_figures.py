@@ -21,6 +21,21 @@ def test_recovery_is_counted_after_each_load_step_that_broke_an_sla() -> None:
     assert episodes(broken) == [3.0, 8.0, 6.0]
 
 
+def test_a_stretch_already_broken_when_a_step_comes_is_the_earlier_steps_not_counted_twice() -> None:
+    # Long prompts (step at 120 s) break chat from 123 s to 189 s; steady again comes at 180 s while
+    # the tail still breaks the rolling p99. Then a fresh stretch at 200-203 s is steady again's.
+    bad = set(range(123, 189))
+    broken = [(float(t), t in bad) for t in range(1, 240)]
+    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), broken)
+    assert steps == [{"phase": 2, "step_at": 120.0, "broke_at": 123.0, "recovery_s": 66.0}]
+    broken = [(float(t), t in bad | set(range(200, 204))) for t in range(1, 240)]
+    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), broken)
+    assert [(s["phase"], s["broke_at"], s["recovery_s"]) for s in steps] == [
+        (2, 123.0, 66.0),
+        (3, 200.0, 4.0),
+    ]
+
+
 def test_a_step_still_broken_at_the_end_of_the_run_recovers_never_before_it() -> None:
     broken = [(float(t), t >= 65) for t in range(1, 100)]
     (step,) = step_recoveries(run([0.0, 60.0]), broken)
