@@ -351,7 +351,8 @@ def figures(run: Run, spec: FleetSpec, phases: list[Phase]) -> dict[str, Any]:
         "attainment": {m: attainment(run.records, spec, m) for m in crit},
         "slatune_attainment": run.slatune_attainment,
         "rolling_p99_met_fraction": sum(met) / len(met) if met else None,
-        "recovery_s_p50": statistics.median(st["recovery_s"] for st in steps) if steps else 0.0,
+        # None: no step broke an SLA that held before it (none did, or it was never met at all).
+        "recovery_s_p50": statistics.median(st["recovery_s"] for st in steps) if steps else None,
         "recovery_s_max": max((st["recovery_s"] for st in steps), default=0.0),
         "recovery_after_steps": steps,
         "violation_episodes": len(eps),
@@ -452,7 +453,7 @@ def main(
             f = figures(run, spec, phases)
             print(f"[{name}] attainment {json.dumps({m: pct(v) for m, v in f['attainment'].items()})}, "
                   f"bulk {f['bulk_goodput']:.1f} items/s, failed {f['failed_requests']}, "
-                  f"recovery p50 {f['recovery_s_p50']:.0f} s, exploring violation {pct(f['exploration_violation_fraction'])}",
+                  f"recovery p50 {secs(f['recovery_s_p50'])}, exploring violation {pct(f['exploration_violation_fraction'])}",
                   flush=True)  # fmt: skip
     result = {name: figures(run, spec, phases) for name, run in zip(names, runs, strict=True)}
     static = [n for n in STATIC if n in result]
@@ -507,6 +508,11 @@ def protective_corner(spec: FleetSpec) -> dict[str, Knobs]:
     return levels(spec, start, ladder())[-1][1]
 
 
+def secs(v: float | None, unit: str = " s") -> str:
+    """Seconds for the page; "-" where nothing broke (or nothing was ever met to break)."""
+    return "-" if v is None else f"{v:.0f}{unit}"
+
+
 def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: list[Phase]) -> dict[str, Any]:
     """The controller against the issue's goals: 99% within target in every regime some static
     configuration held at 99%; bulk goodput at least 0.9 of the best static one that held there (of
@@ -537,10 +543,10 @@ def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: lis
     return {
         "per_regime": per_regime,
         "recovery_s_p50": c["recovery_s_p50"],
-        "recovery_goal_met": c["recovery_s_p50"] <= 10.0,
+        "recovery_goal_met": (c["recovery_s_p50"] or 0.0) <= 10.0,
         "recovery_s_p50_into_regimes_a_static_configuration_held": statistics.median(holdable)
         if holdable
-        else 0.0,
+        else None,
         "recovery_s_by_step": {
             phases[st["phase"]].name: st["recovery_s"] for st in c["recovery_after_steps"]
         },
@@ -568,7 +574,7 @@ def markdown(
         rows.append(
             f"| {name}{tag} | " + " | ".join(cells)
             + f" | {pct(f['rolling_p99_met_fraction'])} | {f['bulk_goodput']:.1f} | {f['failed_requests']}"
-            f" | {f['shed_bulk_requests']} | {f['recovery_s_p50']:.0f} / {f.get('violation_episode_s_p50', f['recovery_s_p50']):.0f} | {pct(f['exploration_violation_fraction'])} |"
+            f" | {f['shed_bulk_requests']} | {secs(f['recovery_s_p50'], '')} / {secs(f.get('violation_episode_s_p50'), '')} | {pct(f['exploration_violation_fraction'])} |"
         )  # fmt: skip
     per = "\n\nPer regime (client view: each latency-critical model's requests within target; bulk items/s):\n\n"
     per += "| policy | " + " | ".join(p.name for p in phases) + " |\n" + "|---" * (len(phases) + 1) + "|\n"
@@ -600,8 +606,8 @@ def markdown(
             ratio = r["bulk_goodput_vs_best_static"]
             g += f"- {r['phase']}: {att} ({need}); bulk work {'-' if ratio is None else f'{ratio:.2f}'} of the best static\n"
         g += (
-            f"- recovery p50 {goal['recovery_s_p50']:.0f} s after the steps that broke an SLA "
-            f"({goal['recovery_s_p50_into_regimes_a_static_configuration_held']:.0f} s after those into regimes "
+            f"- recovery p50 {secs(goal['recovery_s_p50'])} after the steps that broke an SLA "
+            f"({secs(goal['recovery_s_p50_into_regimes_a_static_configuration_held'])} after those into regimes "
             f"a static configuration held; by step: "
             f"{', '.join(f'{k} {v:.0f} s' for k, v in goal.get('recovery_s_by_step', {}).items()) or 'none broke one'}); "
             f"failed requests {goal['failed_requests']} "

@@ -34,6 +34,8 @@ def test_a_stretch_already_broken_when_a_step_comes_is_the_earlier_steps_not_cou
         (2, 123.0, 66.0),
         (3, 200.0, 4.0),
     ]
+    # Never met at all (the spec's knobs): no step broke a met SLA, so no step has a recovery.
+    assert step_recoveries(run([100.0, 160.0, 220.0, 280.0]), [(float(t), True) for t in range(1, 240)]) == []
 
 
 def test_a_step_still_broken_at_the_end_of_the_run_recovers_never_before_it() -> None:
