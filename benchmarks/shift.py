@@ -265,18 +265,25 @@ def broken_seconds(run: Run, spec: FleetSpec, window_s: float) -> list[tuple[flo
     return out
 
 
+def stretches(broken: Sequence[tuple[float, bool]]) -> list[tuple[float, float]]:
+    """Each stretch of broken seconds: its first second, and the first second back under target (the
+    run's last second + 1 for a stretch still broken at the end)."""
+    out: list[tuple[float, float]] = []
+    first = None
+    for t, bad in broken:
+        if bad and first is None:
+            first = t
+        elif not bad and first is not None:
+            out.append((first, t))
+            first = None
+    if first is not None:
+        out.append((first, broken[-1][0] + 1.0))
+    return out
+
+
 def episodes(broken: Sequence[tuple[float, bool]]) -> list[float]:
     """Lengths of the stretches of broken seconds: from the first to the rolling p99 back under."""
-    out, length = [], 0
-    for _, bad in broken:
-        if bad:
-            length += 1
-        elif length:
-            out.append(float(length))
-            length = 0
-    if length:
-        out.append(float(length))
-    return out
+    return [back - first for first, back in stretches(broken)]
 
 
 STEP_ATTRIBUTION_S = 30.0
@@ -291,13 +298,13 @@ def step_recoveries(run: Run, broken: Sequence[tuple[float, bool]]) -> list[dict
     was counted twice). Steps that broke nothing are not in the list."""
     t0 = run.phase_started[0]
     out = []
-    begins = [t for k, (t, bad) in enumerate(broken) if bad and (k == 0 or not broken[k - 1][1])]
+    every = stretches(broken)
     for i, start in enumerate(run.phase_started[1:], start=1):
         step = start - t0
-        first = next((t for t in begins if step <= t < step + STEP_ATTRIBUTION_S), None)
-        if first is None:
+        hit = next(((a, b) for a, b in every if step <= a < step + STEP_ATTRIBUTION_S), None)
+        if hit is None:
             continue
-        back = next((t for t, bad in broken if t > first and not bad), broken[-1][0] + 1.0)
+        first, back = hit
         out.append(
             {"phase": i, "step_at": round(step, 1), "broke_at": round(first, 1), "recovery_s": back - first}
         )
