@@ -1,8 +1,11 @@
 """The shift benchmark's figures from what clients saw: recovery after a load step against the
 stretches of broken seconds at any time."""
 
-from benchmarks.shift import Run, episodes, first_regime_incumbent, protective_corner, step_recoveries
+from typing import Any
+
+from benchmarks.shift import Run, episodes, first_regime_incumbent, goals, protective_corner, step_recoveries
 from domain.spec import resolve_spec
+from runtime.load import Phase
 from store import control as records
 
 
@@ -38,6 +41,14 @@ def test_a_stretch_already_broken_when_a_step_comes_is_the_earlier_steps_not_cou
     assert step_recoveries(run([100.0, 160.0, 220.0, 280.0]), [(float(t), True) for t in range(1, 240)]) == []
 
 
+def test_a_stretch_is_the_last_steps_before_it_when_phases_are_shorter_than_the_attribution_window() -> None:
+    # 10 s phases: steps at 10, 20 and 30 s; one stretch from 30 s is the third step's only.
+    bad = set(range(30, 50))
+    broken = [(float(t), t in bad) for t in range(1, 60)]
+    steps = step_recoveries(run([100.0, 110.0, 120.0, 130.0]), broken)
+    assert steps == [{"phase": 3, "step_at": 30.0, "broke_at": 30.0, "recovery_s": 20.0}]
+
+
 def test_a_step_still_broken_at_the_end_of_the_run_recovers_never_before_it() -> None:
     broken = [(float(t), t >= 65) for t in range(1, 100)]
     (step,) = step_recoveries(run([0.0, 60.0]), broken)
@@ -64,3 +75,33 @@ def test_static_best_is_the_incumbent_of_the_regime_in_force_when_the_first_phas
     r.incumbents.pop("steady")
     assert first_regime_incumbent(r, spec) == protective_corner(spec)
     assert protective_corner(spec)["embeddings"].compute_priority == "min"
+
+
+def test_recovery_is_judged_apart_over_the_steps_into_regimes_the_latency_critical_traffic_can_hold() -> None:
+    # Chat x2 broke and came back in 3 s; long prompts broke for 70 s, and chat's traffic alone there,
+    # every bulk client stopped, kept 80% within target: no bulk configuration could bring it back.
+    phases = [Phase(n, 60.0, ()) for n in ("steady", "chat x2", "long prompts")]
+    phase = {"attainment": {"chat-llm": 1.0}, "bulk_goodput": 50.0}
+    controller = {
+        "phases": [phase, phase, {"attainment": {"chat-llm": 0.8}, "bulk_goodput": 45.0}],
+        "recovery_after_steps": [
+            {"phase": 1, "step_at": 60.0, "broke_at": 62.0, "recovery_s": 3.0},
+            {"phase": 2, "step_at": 120.0, "broke_at": 121.0, "recovery_s": 70.0},
+        ],
+        "recovery_s_p50": 36.5,
+        "failed_requests": 0,
+        "exploration_violation_fraction": 0.0,
+    }
+    static = {"phases": [phase, phase, {"attainment": {"chat-llm": 0.79}, "bulk_goodput": 50.0}]}
+    feasible: list[dict[str, Any]] = [
+        {"static_policies_at_99": ["static-best"], "beyond_the_critical_traffic_alone": []},
+        {"static_policies_at_99": [], "beyond_the_critical_traffic_alone": []},
+        {"static_policies_at_99": [], "beyond_the_critical_traffic_alone": ["chat-llm"]},
+    ]
+    g = goals({"controller": controller, "static-best": static}, feasible, phases)
+    assert g["recovery_s_p50"] == 36.5 and not g["recovery_goal_met"]
+    # Chat x2 within reach though no static configuration held it; long prompts beyond it.
+    assert g["recovery_s_p50_into_regimes_a_static_configuration_held"] is None
+    assert g["recovery_s_p50_into_regimes_within_reach"] == 3.0
+    assert [r["beyond_the_critical_traffic_alone"] for r in g["per_regime"]] == [[], [], ["chat-llm"]]
+    assert g["recovery_s_by_step"] == {"chat x2": 3.0, "long prompts": 70.0}
