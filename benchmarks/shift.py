@@ -628,8 +628,15 @@ def markdown(
     if goal:
         g = "\nThe continuous controller against its goals (this run):\n\n"
         for r in goal["per_regime"]:
-            att = ", ".join(f"{m} {pct(v)}" for m, v in r["attainment"].items())
-            need = "99% needed" if r["static_held_at_99"] else "no static configuration held 99%"
+            # Two decimals: the goal is judged at 99%, and 98.99% is not 99.0%.
+            att = ", ".join(
+                f"{m} {'-' if v is None else f'{100 * v:.2f}%'}" for m, v in r["attainment"].items()
+            )
+            need = (
+                f"99% needed: {'met' if r['attainment_goal_met'] else 'missed'}"
+                if r["static_held_at_99"]
+                else "no static configuration held 99%"
+            )
             ratio = r["bulk_goodput_vs_best_static"]
             g += f"- {r['phase']}: {att} ({need}); bulk work {'-' if ratio is None else f'{ratio:.2f}'} of the best static\n"
         g += (
