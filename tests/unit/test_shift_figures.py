@@ -49,6 +49,15 @@ def test_a_stretch_is_the_last_steps_before_it_when_phases_are_shorter_than_the_
     assert steps == [{"phase": 3, "step_at": 30.0, "broke_at": 30.0, "recovery_s": 20.0}]
 
 
+def test_a_step_recovers_when_its_slas_stay_back_not_at_the_first_second_under_target() -> None:
+    # Long prompts at 180 s: the guard blips at 181 s, chat breaks from 183 s to 239 s. Back under
+    # target for a second at 182 s is not a recovery: the step recovers at 239 s.
+    bad = {181} | set(range(183, 239))
+    broken = [(float(t), t in bad) for t in range(1, 300)]
+    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0, 340.0]), broken)
+    assert steps == [{"phase": 3, "step_at": 180.0, "broke_at": 181.0, "recovery_s": 58.0}]
+
+
 def test_a_step_still_broken_at_the_end_of_the_run_recovers_never_before_it() -> None:
     broken = [(float(t), t >= 65) for t in range(1, 100)]
     (step,) = step_recoveries(run([0.0, 60.0]), broken)
