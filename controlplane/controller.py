@@ -40,7 +40,7 @@ from domain.control import (
 from domain.health import Heartbeat
 from domain.proposal import Guardrails, propose
 from domain.spec import FleetSpec, Knobs, Sla
-from domain.windows import aggregate
+from domain.windows import Aggregate, aggregate
 from store import configs, queries
 from store import control as records
 from store import packing as packing_records
@@ -128,6 +128,7 @@ class Controller:
         self.last: Action | None = None
         self._alert: tuple[str, float] | None = None
         self._effects: list[tuple[int, float]] = []
+        self._windows = queries.RecentWindows()  # read every tick: only the new ones are loaded
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -209,7 +210,7 @@ class Controller:
         horizon = max(self.cfg.trial_s, REGIME_WINDOW_S, self.cfg.short_s, self.cfg.release_after_s)
         slas = self.slas()
         with self.store.session() as session:
-            recent = queries.recent_windows(session, now - horizon)
+            recent = self._windows.read(session, now - horizon)
             pending = records.latest_pending(session, now - self.cfg.short_s)
             applying = bool(configs.pending_knobs(session))
             known = records.known(session)
@@ -231,16 +232,23 @@ class Controller:
             # The live table's own figure too, the last `watch_s`: the calm first seconds since the
             # change must not dilute a tail that broke later. The worst of the two is judged.
             judged_since.append(now - self.cfg.watch_s)
+        sums: dict[tuple[str, float], Aggregate] = {}
+
+        def over(name: str, since: float) -> Aggregate:
+            """A model's windows since `since`, summed once a tick however many readers ask."""
+            if (name, since) not in sums:
+                sums[name, since] = aggregate([r for r in recent.get(name, []) if r.end >= since])
+            return sums[name, since]
+
         readings = {}
         for m in self.spec.models:
             sla = slas.get(m.name)
             if m.role != "latency-critical" or sla is None:
                 continue
-            rows = recent.get(m.name, [])
-            agg = aggregate([r for r in rows if r.end >= now - self.cfg.short_s])
+            agg = over(m.name, now - self.cfg.short_s)
             settled = []  # (p99 ms, over how many s), one per judged window with traffic
             for since in judged_since:
-                calm = aggregate([r for r in rows if r.end >= since])
+                calm = over(m.name, since)
                 if (ms := sla.value_of(p99_ms=calm.p99_ms, ttft_p99_ms=calm.ttft_p99_ms)) is not None:
                     settled.append((ms, now - since))
             settled_ms, settled_s = max(settled, default=(None, now - settled_since))
@@ -250,27 +258,21 @@ class Controller:
                 settled_ms=settled_ms, settled_s=round(settled_s),
             )  # fmt: skip
         rate, inflight = {}, {}
-        for name, rows in recent.items():
-            agg = aggregate([r for r in rows if r.end >= now - REGIME_WINDOW_S])
+        for name in recent:
+            agg = over(name, now - REGIME_WINDOW_S)
             rate[name] = agg.request_rate
             # Little's law over the requests served (their mean time in the server): a client's
             # backlog, whatever the knobs.
             served = agg.success / agg.seconds if agg.seconds > 0 else 0.0
             inflight[name] = served * (agg.avg_request_ms or agg.p50_ms or 0.0) / 1000.0
         bulk = [m.name for m in self.spec.models if m.role == "bulk"]
-        goodput = sum(
-            aggregate([r for r in recent.get(name, []) if r.end >= now - self.cfg.trial_s]).inference_rate
-            for name in bulk
-        )
+        goodput = sum(over(name, now - self.cfg.trial_s).inference_rate for name in bulk)
         alert = None
         if self._alert is not None and now - self._alert[1] <= ALERT_HOLD_S:
             alert = self._alert[0]
         previous = self.state.seen_regime if self.state else None
         regime = regime_key(self.spec, rate, inflight, previous, list(known))
-        queue = {
-            name: aggregate([r for r in rows if r.end >= now - self.cfg.short_s]).avg_queue_ms
-            for name, rows in recent.items()
-        }
+        queue = {name: over(name, now - self.cfg.short_s).avg_queue_ms for name in recent}
         gating = {
             name: step
             for name, r in readings.items()

@@ -69,8 +69,16 @@ def summed_buckets(rows: Iterable[Mapping[Any, float] | None]) -> Histogram:
     the buckets were extended to 60 s, or from another source) are added on the union of the
     bounds: a window without a bound counts there what it counts at its next lower one, the most
     it is sure of, so the sum never claims a request faster than it was."""
-    parsed = [{float(le): count for le, count in (b or {}).items()} for b in rows]
-    parsed = [b for b in parsed if b]
+    parsed = [
+        b if isinstance(next(iter(b)), float) else {float(le): n for le, n in b.items()} for b in rows if b
+    ]
+    if not parsed:
+        return Histogram()
+    first = tuple(parsed[0])
+    if all(tuple(b) == first for b in parsed):  # the usual case, one set of bounds: add by column
+        columns = zip(*(b.values() for b in parsed), strict=True)
+        total = dict(sorted(zip(first, map(sum, columns), strict=True)))
+        return Histogram(total, total.get(math.inf, 0.0))
     bounds = sorted({le for b in parsed for le in b})
     total = dict.fromkeys(bounds, 0.0)
     for b in parsed:

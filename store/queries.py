@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -274,6 +275,54 @@ def recent_windows(
     out: dict[str, list[Any]] = {}
     for row in session.execute(q):
         out.setdefault(row.name, []).append(row)
+    return out
+
+
+class RecentWindows:
+    """Every model's windows that ended at or after a moving `since`, kept between reads for a
+    reader that asks every second (the controller): each `read` lists which windows are there
+    (ids only, cheap) and loads only those it has not seen, their buckets decoded once to float
+    bounds. Windows never change once written; the few a downsampling replaces drop out of the
+    listing, and the windows that replace them come in like any new one. Not thread-safe: one
+    reader owns one."""
+
+    def __init__(self, fields: Sequence[str] = AGGREGATE_FIELDS) -> None:
+        self.fields = list(fields)
+        self._row: Any = namedtuple("StoredWindow", ["id", *self.fields])  # type: ignore[misc]
+        self._kept: dict[int, Any] = {}
+
+    def read(self, session: Session, since: float) -> dict[str, list[Any]]:
+        """As `recent_windows(session, since, fields)`, from what is kept plus what is new."""
+        listing = session.execute(
+            select(MetricWindow.id, Model.name)
+            .join(Model, Model.id == MetricWindow.model_id)
+            .where(MetricWindow.end >= since)
+            .order_by(MetricWindow.end, MetricWindow.id)
+        ).all()
+        new = [id_ for id_, _ in listing if id_ not in self._kept]
+        kept = {id_: self._kept[id_] for id_, _ in listing if id_ in self._kept}
+        for chunk in range(0, len(new), 500):  # bounded IN lists: the first read may load thousands
+            for row in session.execute(
+                select(MetricWindow.id, *(getattr(MetricWindow, c) for c in self.fields)).where(
+                    MetricWindow.id.in_(new[chunk : chunk + 500])
+                )
+            ):
+                kept[row.id] = self._row(**_decoded(row._mapping))
+        self._kept = kept
+        out: dict[str, list[Any]] = {}
+        for id_, name in listing:
+            # A window gone between the two statements (a downsampling) is no more: skip it.
+            if id_ in kept:
+                out.setdefault(name, []).append(kept[id_])
+        return out
+
+
+def _decoded(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A loaded row's columns, its JSON bucket bounds as floats, so summing them never parses again."""
+    out = dict(row)
+    for key in ("latency_buckets", "ttft_buckets"):
+        if out.get(key):
+            out[key] = {float(le): count for le, count in out[key].items()}
     return out
 
 

@@ -4,6 +4,8 @@ clean, refusal of a schema not at head, windows stored and queried, retention do
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect
@@ -115,6 +117,48 @@ def test_downsampling_keeps_totals(store: Store) -> None:
         ]
         assert sum(r.requests for r in rows) == 121 * 5
         assert rows[0].p99_ms == 6.0
+
+
+def test_recent_windows_kept_between_reads_load_only_new_ones_and_follow_a_downsampling(store: Store) -> None:
+    """The controller's reader of recent windows: each read equals a fresh `recent_windows` (same
+    windows, same sums), keeps what it loaded before (the same objects: decoded once), drops what
+    aged out, and follows a downsampling that replaced windows it held."""
+    ids = fleet(store)
+    buckets = {10.0: 1.0, 100.0: 3.0, math.inf: 3.0}
+
+    def add(start: float, n: int, model: str = "chat") -> None:
+        windows = [replace(win(model, start + t, 3, p99=50.0), latency_buckets=buckets) for t in range(n)]
+        with store.session() as session:
+            queries.add_windows(session, ids, windows, {}, 1.0)
+
+    def same(kept: dict[str, list[Any]], fresh: dict[str, list[Any]]) -> None:
+        assert {m: [r.end for r in rows] for m, rows in kept.items()} == {
+            m: [r.end for r in rows] for m, rows in fresh.items()
+        }
+        for m in fresh:
+            assert aggregate(kept[m]) == aggregate(fresh[m])
+
+    reader = queries.RecentWindows()
+    add(0.0, 20)
+    add(0.0, 20, "emb")
+    with store.session() as session:
+        first = reader.read(session, since=5.0)
+        same(first, queries.recent_windows(session, 5.0))
+    assert [r.end for r in first["chat"]] == [float(t) for t in range(5, 21)]
+    assert set(first["chat"][0].latency_buckets) == {10.0, 100.0, math.inf}  # decoded once, to floats
+    add(20.0, 5)
+    with store.session() as session:
+        second = reader.read(session, since=10.0)
+        same(second, queries.recent_windows(session, 10.0))
+    assert second["chat"][0] is first["chat"][5]  # kept, not loaded again
+    assert [r.end for r in second["chat"]][-5:] == [21.0, 22.0, 23.0, 24.0, 25.0]
+    with store.session() as session:  # an operator's short retention replaces windows the reader holds
+        assert queries.downsample(session, older_than=15.0, bucket_s=60.0) == 14 + 14
+    with store.session() as session:
+        third = reader.read(session, since=10.0)
+        same(third, queries.recent_windows(session, 10.0))
+    assert third["chat"][0].requests == 3 * 14  # the minute that replaced windows 1..14, ending at 14
+    assert third["chat"][1] is second["chat"][5]  # the window ending at 15, kept
 
 
 def test_a_database_error_is_a_store_error_and_rolls_back(store: Store) -> None:

@@ -122,6 +122,36 @@ def test_summed_buckets_read_their_json_spelling() -> None:
 
 
 @pytest.mark.parametrize(
+    "rows",
+    [
+        # one set of bounds, added by column; in any key order
+        [{10.0: 1.0, 100.0: 2.0, INF: 2.0}, {INF: 5.0, 100.0: 4.0, 10.0: 0.0}],
+        # bounds that differ: the union, a missing bound counting what its next lower one counts
+        [{10.0: 1.0, 100.0: 2.0, INF: 2.0}, {10.0: 0.0, INF: 5.0}, {"100.0": 3.0, "inf": 3.0}],
+        # the JSON spelling and floats, same bounds
+        [{"10.0": 1.0, "100.0": 2.0, "inf": 2.0}, {10.0: 0.0, 100.0: 4.0, INF: 5.0}],
+        # one set of bounds kept out of order
+        [{INF: 2.0, 10.0: 1.0}, {INF: 3.0, 10.0: 0.0}],
+    ],
+)
+def test_summed_buckets_add_windows_bound_by_bound_whichever_way_they_come(
+    rows: list[dict[Any, float]],
+) -> None:
+    def by_hand(le: float) -> float:  # each window's count at or under `le`
+        total = 0.0
+        for b in rows:
+            own = {float(k): v for k, v in b.items()}
+            below = [k for k in own if k <= le]
+            total += own[max(below)] if below else 0.0
+        return total
+
+    h = summed_buckets(rows)
+    bounds = sorted({float(k) for b in rows for k in b})
+    assert list(h.buckets) == bounds  # sorted, as histogram_quantile walks them
+    assert h.buckets == {le: by_hand(le) for le in bounds} and h.count == by_hand(INF)
+
+
+@pytest.mark.parametrize(
     ("applied_at", "start", "end", "expected"),
     [
         (None, 10.0, 11.0, (None, False)),  # no version recorded yet
