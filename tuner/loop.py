@@ -67,6 +67,8 @@ class TuningConfig:
     """After a restore, how long the tuner may wait for the latency-critical models to meet their
     SLAs again (the queues a broken trial built draining) before it measures anything."""
     remeasure_top: int = 2
+    """The best feasible configurations measured again before one wins (more when none of them
+    holds on its second window); 0 measures none again, and the run names no winner."""
     models: tuple[str, ...] | None = None
     """Models whose knobs are searched (all by default)."""
     rails: Guardrails = field(default_factory=Guardrails)
@@ -295,9 +297,15 @@ class Tuner:
 
     def _remeasure_best(self, outcomes: list[Outcome]) -> tuple[dict[str, Knobs] | None, Score | None]:
         """Measure the best few feasible configurations again; each keeps its worse measurement
-        (lower goodput, larger violations). The best that stays feasible wins."""
+        (lower goodput, larger violations). The best that stays feasible wins. When none of the
+        top `remeasure_top` stays feasible (a window at the edge, a busier host), the next ones are
+        measured in turn until one does: a run that measured a safe configuration ends on one that
+        held twice, not on none."""
         best: tuple[dict[str, Knobs], Score] | None = None
-        for trial in self._best_feasible(self.config.remeasure_top):
+        ranked = self._best_feasible(len(self.study.trials)) if self.config.remeasure_top > 0 else []
+        for rank, trial in enumerate(ranked):
+            if rank >= self.config.remeasure_top and best is not None:
+                break
             knobs = knobs_from_attr(trial.user_attrs["knobs"])
             proposal = self._propose(knobs, known_safe=True)
             if not proposal.accepted:

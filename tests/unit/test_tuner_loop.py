@@ -318,6 +318,25 @@ def test_a_configuration_lucky_once_that_breaks_on_the_re_measure_does_not_win()
     assert plant.current == honest
 
 
+def test_when_the_best_breaks_on_its_re_measure_the_next_feasible_is_measured_until_one_holds() -> None:
+    """remeasure_top=1 and the best feasible configuration breaks on its second window (a busier
+    host): the run does not end without a winner while another configuration measured safe; the
+    next one is measured again, holds, and wins."""
+    lucky, honest = fleet(emb=3, rer=1), fleet(emb=2, rer=1)  # 320/s and 220/s
+
+    def luck(knobs: Mapping[str, Knobs], nth: int) -> Figures:
+        f = rule(knobs)  # lucky: chat 60x4 = 240 ms, over its SLA, but for its first window
+        return Figures(150.0, f.guard_p99_ms, f.embeddings_per_s, f.reranker_per_s) if (
+            key(knobs) == key(lucky) and nth == 0
+        ) else f  # fmt: skip
+
+    plant = FakePlant(dict(START), luck)
+    result = run(plant, scripted({2: params(emb=3, rer=1), 3: params(emb=2, rer=1)}), CONFIG)
+    assert [len(plant.measured(k)) for k in (lucky, honest, PROTECTIVE)] == [2, 2, 1]  # no further
+    assert result.best == honest and plant.current == honest
+    assert result.best_score is not None and result.best_score.feasible
+
+
 def test_the_winner_stays_applied_at_the_end() -> None:
     plant = FakePlant(dict(START))
     config = replace(CONFIG, budget=8, remeasure_top=2)
