@@ -309,6 +309,7 @@ def merge(rows: Sequence[ModelWindow]) -> ModelWindow:
     counts and rates summed over time, quantiles from the summed buckets (else the worst window's),
     the newest pending count. The per-stage averages other than the queue's are not kept."""
     agg = aggregate(rows)
+    latency = summed_buckets(r.latency_buckets for r in rows)
     batches = [(r.avg_batch, r.requests) for r in rows if r.avg_batch is not None and r.requests > 0]
     return ModelWindow(
         model=rows[0].model,
@@ -325,9 +326,9 @@ def merge(rows: Sequence[ModelWindow]) -> ModelWindow:
         avg_batch=sum(b * n for b, n in batches) / sum(n for _, n in batches) if batches else None,
         avg_queue_ms=agg.avg_queue_ms,
         p50_ms=agg.p50_ms,
-        p90_ms=_quantile(0.9, summed_buckets(r.latency_buckets for r in rows), rows, "p90_ms"),
+        p90_ms=_quantile(0.9, latency, rows, "p90_ms"),
         p99_ms=agg.p99_ms,
-        latency_buckets=summed_buckets(r.latency_buckets for r in rows).buckets,
+        latency_buckets=latency.buckets,
         ttft_buckets=summed_buckets(r.ttft_buckets for r in rows).buckets,
         ttft_p50_ms=agg.ttft_p50_ms,
         ttft_p99_ms=agg.ttft_p99_ms,
