@@ -18,8 +18,10 @@ def test_recovery_is_counted_after_each_load_step_that_broke_an_sla() -> None:
     # (the step at 60 s, back under at 71 s), 150-155 s (30 s after the step at 120 s: not its doing).
     bad = set(range(20, 23)) | set(range(63, 71)) | set(range(150, 156))
     broken = [(float(t), t in bad) for t in range(1, 240)]
-    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), broken)
-    assert steps == [{"phase": 1, "step_at": 60.0, "broke_at": 63.0, "recovery_s": 8.0}]
+    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), {"chat-llm": broken})
+    assert steps == [
+        {"phase": 1, "step_at": 60.0, "broke_at": 63.0, "recovery_s": 8.0, "models": ["chat-llm"]}
+    ]
     # Every stretch, step or not, is a violation episode.
     assert episodes(broken) == [3.0, 8.0, 6.0]
 
@@ -29,24 +31,33 @@ def test_a_stretch_already_broken_when_a_step_comes_is_the_earlier_steps_not_cou
     # the tail still breaks the rolling p99. Then a fresh stretch at 200-203 s is steady again's.
     bad = set(range(123, 189))
     broken = [(float(t), t in bad) for t in range(1, 240)]
-    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), broken)
-    assert steps == [{"phase": 2, "step_at": 120.0, "broke_at": 123.0, "recovery_s": 66.0}]
+    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), {"chat-llm": broken})
+    assert steps == [
+        {"phase": 2, "step_at": 120.0, "broke_at": 123.0, "recovery_s": 66.0, "models": ["chat-llm"]}
+    ]
     broken = [(float(t), t in bad | set(range(200, 204))) for t in range(1, 240)]
-    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), broken)
+    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0]), {"chat-llm": broken})
     assert [(s["phase"], s["broke_at"], s["recovery_s"]) for s in steps] == [
         (2, 123.0, 66.0),
         (3, 200.0, 4.0),
     ]
     # Never met at all (the spec's knobs): no step broke a met SLA, so no step has a recovery.
-    assert step_recoveries(run([100.0, 160.0, 220.0, 280.0]), [(float(t), True) for t in range(1, 240)]) == []
+    assert (
+        step_recoveries(
+            run([100.0, 160.0, 220.0, 280.0]), {"chat-llm": [(float(t), True) for t in range(1, 240)]}
+        )
+        == []
+    )
 
 
 def test_a_stretch_is_the_last_steps_before_it_when_phases_are_shorter_than_the_attribution_window() -> None:
     # 10 s phases: steps at 10, 20 and 30 s; one stretch from 30 s is the third step's only.
     bad = set(range(30, 50))
     broken = [(float(t), t in bad) for t in range(1, 60)]
-    steps = step_recoveries(run([100.0, 110.0, 120.0, 130.0]), broken)
-    assert steps == [{"phase": 3, "step_at": 30.0, "broke_at": 30.0, "recovery_s": 20.0}]
+    steps = step_recoveries(run([100.0, 110.0, 120.0, 130.0]), {"chat-llm": broken})
+    assert steps == [
+        {"phase": 3, "step_at": 30.0, "broke_at": 30.0, "recovery_s": 20.0, "models": ["chat-llm"]}
+    ]
 
 
 def test_a_step_recovers_when_its_slas_stay_back_not_at_the_first_second_under_target() -> None:
@@ -54,14 +65,40 @@ def test_a_step_recovers_when_its_slas_stay_back_not_at_the_first_second_under_t
     # target for a second at 182 s is not a recovery: the step recovers at 239 s.
     bad = {181} | set(range(183, 239))
     broken = [(float(t), t in bad) for t in range(1, 300)]
-    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0, 340.0]), broken)
-    assert steps == [{"phase": 3, "step_at": 180.0, "broke_at": 181.0, "recovery_s": 58.0}]
+    steps = step_recoveries(run([100.0, 160.0, 220.0, 280.0, 340.0]), {"chat-llm": broken})
+    assert steps == [
+        {"phase": 3, "step_at": 180.0, "broke_at": 181.0, "recovery_s": 58.0, "models": ["chat-llm"]}
+    ]
 
 
 def test_a_step_still_broken_at_the_end_of_the_run_recovers_never_before_it() -> None:
     broken = [(float(t), t >= 65) for t in range(1, 100)]
-    (step,) = step_recoveries(run([0.0, 60.0]), broken)
+    (step,) = step_recoveries(run([0.0, 60.0]), {"chat-llm": broken})
     assert step["broke_at"] == 65.0 and step["recovery_s"] == 35.0  # to the run's last second + 1
+
+
+def test_one_models_stretch_already_broken_at_a_step_does_not_hide_anothers_that_the_step_breaks() -> None:
+    # Run 1 of 2026-12-07: the guard's rolling p99 broken from 167 s to 187 s, long prompts at 180 s
+    # breaking chat from 183 s to 249 s. The guard's stretch is the earlier step's; chat's is long
+    # prompts'. Judged on any model at once, the step read as already broken and was left out.
+    guard = [(float(t), 167 <= t < 187) for t in range(1, 300)]
+    chat = [(float(t), 183 <= t < 249) for t in range(1, 300)]
+    steps = step_recoveries(
+        run([100.0, 160.0, 220.0, 280.0, 340.0]), {"safety-guard": guard, "chat-llm": chat}
+    )
+    assert steps == [
+        {"phase": 3, "step_at": 180.0, "broke_at": 183.0, "recovery_s": 66.0, "models": ["chat-llm"]}
+    ]
+    # Both break after the step: from the first to break to the last back under target.
+    guard = [(float(t), 181 <= t < 190) for t in range(1, 300)]
+    (step,) = step_recoveries(
+        run([100.0, 160.0, 220.0, 280.0, 340.0]), {"safety-guard": guard, "chat-llm": chat}
+    )
+    assert (step["broke_at"], step["recovery_s"], step["models"]) == (
+        181.0,
+        68.0,
+        ["chat-llm", "safety-guard"],
+    )
 
 
 def test_static_best_is_the_incumbent_of_the_regime_in_force_when_the_first_phase_ends() -> None:
@@ -109,6 +146,7 @@ def test_recovery_is_judged_apart_over_the_steps_into_regimes_the_latency_critic
     ]
     g = goals({"controller": controller, "static-best": static}, feasible, phases)
     assert g["recovery_s_p50"] == 36.5 and not g["recovery_goal_met"]
+    assert g["recovery_goal_met_within_reach"]
     # Chat x2 within reach though no static configuration held it; long prompts beyond it.
     assert g["recovery_s_p50_into_regimes_a_static_configuration_held"] is None
     assert g["recovery_s_p50_into_regimes_within_reach"] == 3.0
