@@ -207,7 +207,12 @@ def _ranges(cores: Iterable[int]) -> str:
 
 
 class TritonProcess:
-    """A tritonserver in its own process group, logging to a file."""
+    """A tritonserver in its own process group, logging to a file.
+
+    Its own process group, not its own session: Linux's autogroup scheduling weighs each session
+    as one task, so a server in a session of its own had its bulk stubs' idle-class time counted
+    against the latency-critical stubs beside them, and any thread of slatune's session (its
+    clients, the control plane) won a core over a waking guard (docs/triton.md, Scheduling)."""
 
     def __init__(
         self,
@@ -298,7 +303,7 @@ class TritonProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
-                start_new_session=True,
+                process_group=0,
                 preexec_fn=_child_setup(self.cores),
             )
         deadline = began + timeout
