@@ -543,9 +543,9 @@ def protective_corner(spec: FleetSpec) -> dict[str, Knobs]:
     return levels(spec, start, ladder())[-1][1]
 
 
-def secs(v: float | None, unit: str = " s") -> str:
-    """Seconds for the page; "-" where nothing broke (or nothing was ever met to break)."""
-    return "-" if v is None else f"{v:.0f}{unit}"
+def secs(v: float | None, unit: str = " s", none: str = "-") -> str:
+    """Seconds for the page; `none` where nothing broke (or nothing was ever met to break)."""
+    return none if v is None else f"{v:.0f}{unit}"
 
 
 def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: list[Phase]) -> dict[str, Any]:
@@ -660,9 +660,10 @@ def markdown(
             g += f"- {r['phase']}: {att} ({need}); bulk work {'-' if ratio is None else f'{ratio:.2f}'} of the best static\n"
         g += (
             f"- recovery p50 {secs(goal['recovery_s_p50'])} after the steps that broke an SLA "
-            f"({secs(goal['recovery_s_p50_into_regimes_a_static_configuration_held'])} after those into regimes "
-            f"a static configuration held, {secs(goal.get('recovery_s_p50_into_regimes_within_reach'))} after those "
-            f"into regimes within the latency-critical traffic's reach; by step: "
+            f"(into regimes a static configuration held: "
+            f"{secs(goal['recovery_s_p50_into_regimes_a_static_configuration_held'], ' s', 'no step broke one')}; "
+            f"into regimes within the latency-critical traffic's reach: "
+            f"{secs(goal.get('recovery_s_p50_into_regimes_within_reach'), ' s', 'no step broke one')}; by step: "
             f"{', '.join(f'{k} {v:.0f} s' for k, v in goal.get('recovery_s_by_step', {}).items()) or 'none broke one'}; "
             f"goal 10 s: {'met' if goal['recovery_goal_met'] else 'missed'} over every step, "
             f"{'met' if goal.get('recovery_goal_met_within_reach') else 'missed'} within reach); "
