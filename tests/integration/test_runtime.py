@@ -35,6 +35,30 @@ def client(default_fleet: Fleet) -> Any:
     c.close()
 
 
+def test_the_server_and_its_stubs_share_slatunes_session_in_a_process_group_of_their_own(
+    default_fleet: Fleet,
+) -> None:
+    """In a session of its own the server was an autogroup of its own, whose bulk stubs' idle-class
+    time Linux weighed against the guard (docs/triton.md, Scheduling); in its own process group a
+    terminal's Ctrl-C reaches slatune alone, which stops it in order."""
+    pid = default_fleet.pid("triton0")
+    assert pid is not None
+    stubs = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == pid]
+    assert stubs, "the server has no stub processes"
+    for p in (pid, *stubs):
+        assert os.getsid(p) == os.getsid(0), p
+        assert os.getpgid(p) == pid, p
+    assert os.getpgid(0) != pid
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def test_embeddings_are_deterministic_and_normalised(client: Any) -> None:
     texts = ["the quick brown fox", "an entirely different sentence about queues", "the quick brown fox"]
     out = client.infer("embeddings", [text_input("TEXT", texts)]).as_numpy("EMBEDDING")
