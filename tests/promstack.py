@@ -13,7 +13,6 @@ and is sent SIGTERM should the test process die first, so nothing is orphaned.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -30,6 +29,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
+
+from runtime.server import child_argv
 
 PROMETHEUS_BINARY = "prometheus"  # /usr/bin/prometheus
 ALERTMANAGER_BINARY = "prometheus-alertmanager"  # /usr/bin/prometheus-alertmanager (Debian's name)
@@ -77,12 +78,6 @@ def _binary(name: str) -> str:
     return path
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: be sent SIGTERM if the test process dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _ready(url: str) -> bool:
     try:
         with httpx.Client(trust_env=False, timeout=1.0) as client:
@@ -119,13 +114,12 @@ def _run(name: str, workdir: Path, config: Mapping[str, Any], command: Sequence[
             log.write(f"\n==== promstack: starting {' '.join(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                argv,
+                child_argv(argv),  # dies with the test process
                 cwd=workdir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
