@@ -173,7 +173,8 @@ def free_ports(count: int) -> list[int]:
 
 def child_argv(argv: Sequence[str], cores: frozenset[int] | None = None) -> list[str]:
     """`argv` started so that it is sent SIGTERM when the thread that starts it dies (util-linux's
-    `setpriv --pdeathsig`: no server outlives slatune), and, given `cores`, runs on those alone
+    `setpriv --pdeathsig`: no server outlives slatune, from the moment setpriv has run, a
+    millisecond or so after the start), and, given `cores`, runs on those alone
     (`taskset`: affinity is inherited by every process the server starts, its python backend stubs
     included, so the whole server stays on its devices' cores). Both wrappers exec what follows:
     the process is the server's, pid and process group.

@@ -29,6 +29,15 @@ def slatune(*args: str, env: dict[str, str], **kw: object) -> subprocess.Popen[s
     )  # fmt: skip
 
 
+def own_metrics(port: int) -> str:
+    """`slatune collect`'s own /metrics page, or "" while it does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            return str(page.read().decode())
+    except OSError:
+        return ""
+
+
 def test_fleet_up_load_and_collect(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'slatune.db'}"
     env = {**os.environ, "SLATUNE_DATA_DIR": str(tmp_path), "SLATUNE_DATABASE_URL": db, "COLUMNS": "200"}
@@ -51,10 +60,15 @@ def test_fleet_up_load_and_collect(tmp_path: Path) -> None:
         assert check.returncode == 1 and "slatune db upgrade" in check.stdout
         subprocess.run([sys.executable, "-m", "controlplane.cli", "db", "upgrade"], env=env, check=True)
         (port,) = free_ports(1)
-        collect = slatune(
-            "collect", "--interval", "0.5", "--duration", "12", "--metrics-port", str(port), env=env
-        )
-        time.sleep(2)
+        # Ctrl-C stops it, once the load's requests are all in: a fixed duration ran out before the
+        # load was done on a busy machine (the load's own start-up takes seconds there).
+        collect = slatune("collect", "--interval", "0.5", "--metrics-port", str(port), env=env)
+        deadline = time.monotonic() + 60
+        while 'slatune_scrapes_total{server="triton0"}' not in own_metrics(port):  # the baseline pass
+            assert collect.poll() is None and time.monotonic() < deadline, (
+                collect.stdout.read() if collect.stdout else ""
+            )
+            time.sleep(0.2)
         out = tmp_path / "load.json"
         load = subprocess.run(
             [sys.executable, "-m", "controlplane.cli", "load", "--rate", "safety-guard=20", "--backlog",
@@ -64,9 +78,11 @@ def test_fleet_up_load_and_collect(tmp_path: Path) -> None:
         assert load.returncode == 0, load.stdout + load.stderr
         report = json.loads(out.read_text())
         assert report["failed"] == 0 and report["models"]["safety-guard"]["sent"] > 20
-        own = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        time.sleep(2)  # four more passes: the last requests' traces are read
+        own = own_metrics(port)
         assert 'slatune_scrapes_total{server="triton0"}' in own
         assert "slatune_windows_written_total" in own and "slatune_store_write_seconds_bucket" in own
+        collect.send_signal(signal.SIGINT)
         collect.wait(60)
         assert collect.returncode == 0, collect.stdout.read() if collect.stdout else ""
         store = Store(db)

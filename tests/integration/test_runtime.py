@@ -106,13 +106,23 @@ def test_what_slatune_starts_is_sent_sigterm_when_slatune_dies() -> None:
     )
     assert slatune.stdout is not None
     child = int(slatune.stdout.readline())
-    assert _alive(child)
+    deadline = time.monotonic() + 10
+    while _command(child) != "sleep" and time.monotonic() < deadline:  # setpriv has set the signal
+        time.sleep(0.01)
+    assert _alive(child) and _command(child) == "sleep"
     slatune.kill()
     slatune.wait()
     deadline = time.monotonic() + 10
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the child outlived the process that started it"
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
