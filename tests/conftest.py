@@ -25,6 +25,21 @@ def default_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         fleet.stop()
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (the state first, then the parent, the
+    process group, ...), or None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running, or about to: not gone, nor a zombie waiting to be reaped (it has already ended)."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def pids_running(pattern: str) -> list[int]:
     """PIDs of processes whose command line contains `pattern` (to check nothing is orphaned)."""
     out = []

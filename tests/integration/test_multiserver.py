@@ -36,7 +36,7 @@ from runtime.server import ServerError
 from store import queries
 from store.db import Store
 from store.models import ConfigVersion, DeviceWindowRow, MetricWindow
-from tests.conftest import pids_running
+from tests.conftest import alive, pids_running, proc_stat
 from tuner.live import run_study
 from tuner.loop import Outcome, TuningConfig
 
@@ -101,21 +101,9 @@ def process_group(leader: int) -> list[int]:
     """The processes of `leader`'s process group: a server and the model stubs it started."""
     out = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) == leader:
-                    out.append(int(proc.name))
-            except (OSError, IndexError, ValueError):
-                pass  # gone meanwhile
+        if proc.name.isdigit() and (fields := proc_stat(int(proc.name))) and int(fields[2]) == leader:
+            out.append(int(proc.name))  # a process gone meanwhile has no fields
     return out
-
-
-def _alive(pid: int) -> bool:
-    """Running, or about to (a zombie waiting to be reaped has already ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def test_cores_this_host_lacks_fail_the_start_naming_them(tmp_path: Path) -> None:
@@ -249,6 +237,6 @@ def test_stopping_the_fleet_stops_both_servers(live: Live) -> None:
     groups = {s: process_group(pid) for s in SERVERS if (pid := live.fleet.pid(s)) is not None}
     assert set(groups) == set(SERVERS)
     live.fleet.stop()
-    leftover = [p for g in groups.values() for p in g if _alive(p)]
+    leftover = [p for g in groups.values() for p in g if alive(p)]
     assert not leftover, leftover
     assert not pids_running(str(live.fleet.work_dir / "repositories"))

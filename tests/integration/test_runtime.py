@@ -23,6 +23,7 @@ from domain.spec import Knobs
 from runtime.fleet import Fleet, ReconfigurationError
 from runtime.load import LoadRun, ModelLoad, targets_for
 from runtime.server import spawn
+from tests.conftest import alive, proc_stat
 
 pytestmark = pytest.mark.integration
 
@@ -109,13 +110,13 @@ def test_what_slatune_starts_is_sent_sigterm_when_slatune_dies() -> None:
     deadline = time.monotonic() + 10
     while _command(child) != "sleep" and time.monotonic() < deadline:  # setpriv has set the signal
         time.sleep(0.01)
-    assert _alive(child) and _command(child) == "sleep"
+    assert alive(child) and _command(child) == "sleep"
     slatune.kill()
     slatune.wait()
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child), "the child outlived the process that started it"
+    assert not alive(child), "the child outlived the process that started it"
 
 
 def _command(pid: int) -> str:
@@ -125,20 +126,9 @@ def _command(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    """Running, not gone nor a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    fields = proc_stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def test_embeddings_are_deterministic_and_normalised(client: Any) -> None:
