@@ -309,12 +309,11 @@ class TritonProcess:
         if self.trace_dir is not None:
             self.trace_dir.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
+        command = self.command()
         with open(self.log_path, "ab") as log:
-            log.write(
-                f"\n==== slatune: starting {' '.join(child_argv(self.command(), self.cores))}\n".encode()
-            )
+            log.write(f"\n==== slatune: starting {' '.join(child_argv(command, self.cores))}\n".encode())
             log.flush()
-            self.proc = spawn(self.command(), log, self.env, self.cores)
+            self.proc = spawn(command, log, self.env, self.cores)
         deadline = began + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -231,7 +231,7 @@ def test_slatune_p99_is_the_servers_exact_p99_of_what_clients_sent(
         client_side = sorted(c - s for c, s in pairs)
         report[model] = {
             "client_requests": len(client),
-            "traced_requests": len(servers.get(model, [])),
+            "traced_requests": len(servers[model]),
             "slatune_requests": agg.requests,
             "client_p99_ms": exact_quantile([c for c, _ in pairs], 0.99),
             "server_p99_ms": exact_quantile([s for _, s in servers[model]], 0.99),
