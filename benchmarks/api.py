@@ -49,6 +49,7 @@ import typer
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import report
+from benchmarks.procs import NOISY_PERCENT, machine_cpu_s, proc_cpu_s
 from domain.stats import percentile
 from runtime.server import free_ports
 
@@ -62,9 +63,7 @@ CDF_AT = [*range(1, 100), 99.5, 99.9, 100]  # the percentiles kept per endpoint 
 STEADY_FILL_S = 60.0  # seconds of windows in the store before the mix's reads return full pages
 EXPIRED = "expired before it was sent"
 SATURATED = 0.97  # an achieved rate under this share of the rate asked: the API did not keep up
-OTHER_NOISE_PERCENT = 10.0  # CPU of processes outside the benchmark (% of one core) that marks a noisy run
 BIN = Path(sys.executable).with_name("slatune")  # beside this Python: the venv's command
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The read mix: (path, weight); {m} is a model of the fleet, picked at random per request. The
 # weights add up to 100: a dashboard polls the summary, windows and the fleet; a probe /healthz; a
@@ -107,23 +106,6 @@ class Procs:
 
 
 # ---------------------------------------------------------------------- processes and /proc
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (its threads included), 0 if it is gone (or pid 0: none)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, over every core."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    total = sum(values[:8])  # guest time is already inside user
-    idle = values[3] + values[4]
-    return (total - idle) / CLK_TCK, total / CLK_TCK
-
-
 def pids_under(path: Path, exclude: set[int]) -> list[int]:
     """Processes whose command line names `path` (tritonserver and its model stubs)."""
     needle = str(path).encode()
@@ -635,7 +617,7 @@ def markdown(res: dict[str, Any], png: Path | None) -> str:
         + (
             f" **Other processes took {cpu['other_percent_of_one_core']:.0f}% of a core: the machine was not quiet, "
             "and these figures overstate the latency.**"
-            if cpu["other_percent_of_one_core"] > OTHER_NOISE_PERCENT
+            if cpu["other_percent_of_one_core"] > NOISY_PERCENT
             else ""
         ),
         *([] if png is None else ["", f"![GET latency over time and per endpoint]({os.path.relpath(png, report.DOC.parent)})"]),

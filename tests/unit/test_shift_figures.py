@@ -3,7 +3,15 @@ stretches of broken seconds at any time."""
 
 from typing import Any
 
-from benchmarks.shift import Run, episodes, first_regime_incumbent, goals, protective_corner, step_recoveries
+from benchmarks.shift import (
+    Run,
+    episodes,
+    first_regime_incumbent,
+    goals,
+    protective_corner,
+    regime_goal,
+    step_recoveries,
+)
 from domain.spec import resolve_spec
 from runtime.load import Phase
 from store import control as records
@@ -152,3 +160,30 @@ def test_recovery_is_judged_apart_over_the_steps_into_regimes_the_latency_critic
     assert g["recovery_s_p50_into_regimes_within_reach"] == 3.0
     assert [r["beyond_the_critical_traffic_alone"] for r in g["per_regime"]] == [[], [], ["chat-llm"]]
     assert g["recovery_s_by_step"] == {"chat x2": 3.0, "long prompts": 70.0}
+
+
+def test_a_pass_measured_beside_other_work_says_so_on_the_page() -> None:
+    # The controller's pass and the best static one run one after the other: the page says how
+    # much of the machine something else took beside each, where it took more than a little.
+    phases = [Phase("steady", 60.0, ())]
+    busy = {"attainment": {"chat-llm": 1.0}, "bulk_goodput": 44.0, "other_cpu_percent_of_one_core": 35.0}
+    quiet = {"attainment": {"chat-llm": 1.0}, "bulk_goodput": 52.0, "other_cpu_percent_of_one_core": 2.0}
+    controller = {
+        "phases": [busy], "recovery_after_steps": [], "recovery_s_p50": None, "failed_requests": 0,
+        "exploration_violation_fraction": 0.0,
+    }  # fmt: skip
+    feasible: list[dict[str, Any]] = [
+        {"static_policies_at_99": ["static-best"], "beyond_the_critical_traffic_alone": []}
+    ]
+    g = goals({"controller": controller, "static-best": {"phases": [quiet]}}, feasible, phases)
+    (r,) = g["per_regime"]
+    assert r["best_static"] == "static-best"
+    assert r["other_cpu_percent_of_one_core"] == {"controller": 35.0, "static-best": 2.0}
+    assert regime_goal(r).endswith(
+        "bulk work 0.85 of the best static (**not a quiet machine**: other processes took 35% of a core beside controller)\n"
+    )
+    controller["phases"] = [quiet]
+    (r,) = goals({"controller": controller, "static-best": {"phases": [quiet]}}, feasible, phases)[
+        "per_regime"
+    ]
+    assert regime_goal(r).endswith("bulk work 1.00 of the best static\n")
