@@ -13,8 +13,9 @@ NOISY_PERCENT = 10.0
 """CPU of processes outside a benchmark (% of one core) that marks its run as not measured on a quiet machine."""
 
 
-def _stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command's name (the state first); None if it is gone."""
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (the state first, then the parent, the
+    process group, ...), or None once the process is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -23,7 +24,7 @@ def _stat(pid: int | str) -> list[str] | None:
 
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process (its threads included), 0 if it is gone (or pid 0: none)."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -42,7 +43,7 @@ def tree_cpu_s(root: int) -> dict[int, float]:
     (a model stub replaced by a reload) is in its parent's reaped time by then."""
     rows: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(entry)) is not None:
+        if entry.isdigit() and (fields := proc_stat(entry)) is not None:
             cpu = sum(int(v) for v in fields[11:15]) / CLK_TCK
             rows[int(entry)] = (int(fields[1]), cpu)
     return {pid: cpu for pid, (_, cpu) in rows.items() if _under(pid, root, rows)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.procs import proc_stat
 from domain.spec import resolve_spec
 from runtime.fleet import Fleet
 from store.db import Store
@@ -23,15 +24,6 @@ def default_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield fleet
     finally:
         fleet.stop()
-
-
-def proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command's name (the state first, then the parent, the
-    process group, ...), or None once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
 
 
 def alive(pid: int) -> bool:
