@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -77,12 +78,31 @@ DataDirOpt = Annotated[
 ]
 
 
+STOPPING = threading.Event()
+"""Set by Ctrl-C or SIGTERM (`_stop_on_signals`); the long-running commands' loops wait on it
+(`_pause`). The signal also raises KeyboardInterrupt, to cut a blocking call short, but Python prints
+and swallows one raised inside a finalizer or a callback: `slatune collect` beside a CPU hog, under
+load, ran on past Ctrl-C that way once in a dozen stops. The event is never lost."""
+
+
 def _stop_on_signals() -> None:
     """Ctrl-C and SIGTERM stop a long-running command cleanly. SIGINT is set explicitly: a process
     started by a parent that ignores it (a test runner whose libraries did, a nohup) inherits the
     ignoring, and Python then installs no KeyboardInterrupt handler: Ctrl-C did nothing."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def stop(signum: int, frame: object) -> None:
+        STOPPING.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _pause(seconds: float) -> None:
+    """Sleep between a loop's passes; KeyboardInterrupt once a stop was asked, even where the
+    signal's own KeyboardInterrupt was swallowed."""
+    if STOPPING.wait(max(seconds, 0.0)):
+        raise KeyboardInterrupt
 
 
 @contextmanager
@@ -181,6 +201,7 @@ def stats_table(
 
 
 def _drive(run: LoadRun, spec: FleetSpec, fleet: Fleet | None, window_s: float = 5.0) -> LoadReport:
+    _stop_on_signals()
     run.start()
     with Live(console=console, refresh_per_second=2) as live:
         try:
@@ -191,7 +212,7 @@ def _drive(run: LoadRun, spec: FleetSpec, fleet: Fleet | None, window_s: float =
                 live.update(
                     stats_table(title, run.snapshot(window_s), spec, fleet.all_knobs() if fleet else None)
                 )
-                time.sleep(1.0)
+                _pause(1.0)
         except KeyboardInterrupt:
             run.stop()
     return run.join()
@@ -347,7 +368,7 @@ def fleet_up(spec: SpecOpt = None, data_dir: DataDirOpt = None) -> None:
     _stop_on_signals()
     try:
         while True:
-            time.sleep(1)
+            _pause(1.0)
     except KeyboardInterrupt:
         pass
     finally:
@@ -623,7 +644,7 @@ def _watch(
                 printed = elapsed
                 console.print(view)
             live.update(view)
-            time.sleep(1.0)
+            _pause(1.0)
 
 
 def _store(database_url: str | None) -> Store:
@@ -794,6 +815,7 @@ def collect(
     source = f"from Prometheus {via} " if via else ""
     console.print(f"collecting every {interval:g} s {source}into {store.safe_url}; Ctrl-C stops")
     began = time.monotonic()
+    _stop_on_signals()
     try:
         with Live(console=console, refresh_per_second=1) as live:
             while duration is None or time.monotonic() - began < duration:
@@ -801,7 +823,7 @@ def collect(
                 result = collector.tick()
                 if result.windows:
                     live.update(windows_table(result.windows, result.failed))
-                time.sleep(max(interval - (time.monotonic() - tick_began), 0))
+                _pause(interval - (time.monotonic() - tick_began))
     except KeyboardInterrupt:
         pass
     finally:
