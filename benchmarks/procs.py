@@ -58,18 +58,6 @@ def _under(pid: int, root: int, rows: Mapping[int, tuple[int, float]]) -> bool:
     return True
 
 
-def elsewhere_cpu_s(
-    machine_before: tuple[float, float],
-    machine_after: tuple[float, float],
-    tree_before: Mapping[int, float],
-    tree_after: Mapping[int, float],
-) -> float:
-    """CPU seconds the machine was busy outside the tree between two readings (every core)."""
-    busy = machine_after[0] - machine_before[0]
-    mine = sum(tree_after.values()) - sum(tree_before.values())
-    return max(busy - mine, 0.0)
-
-
 Reading = tuple[tuple[float, float], dict[int, float]]
 """The machine's (busy, total) CPU seconds and the tree's, at one instant."""
 
@@ -78,8 +66,15 @@ def reading(root: int) -> Reading:
     return machine_cpu_s(), tree_cpu_s(root)
 
 
+def elsewhere_cpu_s(before: Reading, after: Reading) -> float:
+    """CPU seconds the machine was busy outside the tree between two readings (every core)."""
+    busy = after[0][0] - before[0][0]
+    mine = sum(after[1].values()) - sum(before[1].values())
+    return max(busy - mine, 0.0)
+
+
 def elsewhere_percent(before: Reading, after: Reading, wall_s: float) -> float | None:
     """CPU outside the tree between two readings, in % of one core; None when no time passed."""
     if wall_s <= 0:
         return None
-    return 100 * elsewhere_cpu_s(before[0], after[0], before[1], after[1]) / wall_s
+    return 100 * elsewhere_cpu_s(before, after) / wall_s

@@ -128,7 +128,7 @@ def run_policy(policy: str, spec: FleetSpec, phases: list[Phase], work: Path, se
             time.sleep(1.0)
         load.join()
         end = time.monotonic()
-        run.cpu.append((time.monotonic(), procs.reading(os.getpid())))
+        run.cpu.append((end, procs.reading(os.getpid())))
         run.records, run.phase_started, run.end = list(load.records), list(load.phase_started), end
         if mode != "off":  # what the loop cost, on the cores it shares with the fleet
             sample = system.plane.registry.get_sample_value
@@ -510,7 +510,7 @@ def main(
             print(f"[{name}] attainment {json.dumps({m: pct(v) for m, v in f['attainment'].items()})}, "
                   f"bulk {f['bulk_goodput']:.1f} items/s, failed {f['failed_requests']}, "
                   f"recovery p50 {secs(f['recovery_s_p50'])}, exploring violation {pct(f['exploration_violation_fraction'])}, "
-                  f"other processes {cpu(f['other_cpu_percent_of_one_core'])}",
+                  f"other processes {other_cpu_cell(f['other_cpu_percent_of_one_core'])}",
                   flush=True)  # fmt: skip
     result = {name: figures(run, spec, phases) for name, run in zip(names, runs, strict=True)}
     static = [n for n in STATIC if n in result]
@@ -565,7 +565,7 @@ def protective_corner(spec: FleetSpec) -> dict[str, Knobs]:
     return levels(spec, start, ladder())[-1][1]
 
 
-def cpu(v: float | None) -> str:
+def other_cpu_cell(v: float | None) -> str:
     """CPU outside the benchmark, % of one core, for the page ("-" from runs before it was kept)."""
     return (
         "-" if v is None else f"{v:.0f}% of a core" + (" (**not quiet**)" if v > procs.NOISY_PERCENT else "")
@@ -676,7 +676,7 @@ def markdown(
         rows.append(
             f"| {name}{tag} | " + " | ".join(cells)
             + f" | {pct(f['rolling_p99_met_fraction'])} | {f['bulk_goodput']:.1f} | {f['failed_requests']}"
-            f" | {f['shed_bulk_requests']} | {secs(f['recovery_s_p50'], '')} / {secs(f.get('violation_episode_s_p50'), '')} | {pct(f['exploration_violation_fraction'])} | {cpu(f.get('other_cpu_percent_of_one_core'))} |"
+            f" | {f['shed_bulk_requests']} | {secs(f['recovery_s_p50'], '')} / {secs(f.get('violation_episode_s_p50'), '')} | {pct(f['exploration_violation_fraction'])} | {other_cpu_cell(f.get('other_cpu_percent_of_one_core'))} |"
         )  # fmt: skip
     per = "\n\nPer regime (client view: each latency-critical model's requests within target; bulk items/s):\n\n"
     per += "| policy | " + " | ".join(p.name for p in phases) + " |\n" + "|---" * (len(phases) + 1) + "|\n"
