@@ -66,7 +66,11 @@ import matplotlib.pyplot as plt
 
 app = typer.Typer(add_completion=False)
 ROLLING_S = 10.0
-POLICIES = ("static-spec", "controller", "advisory", "one-shot", "static-best", "static-protective")
+POLICIES = ("static-protective", "static-spec", "controller", "advisory", "one-shot", "static-best")
+"""In run order. The protective corner runs first and, as static-best, last (whenever the controller
+keeps it for the first regime): its two passes bracket the controller's, so a machine that speeds up
+or slows down over the half hour (bulk work moved by half between a morning and an afternoon) moves
+the yardstick with it."""
 STATIC = ("static-spec", "static-best", "static-protective")
 
 
@@ -577,10 +581,27 @@ def secs(v: float | None, unit: str = " s", none: str = "-") -> str:
     return none if v is None else f"{v:.0f}{unit}"
 
 
+def static_configurations(
+    result: Mapping[str, Any], pool: Sequence[str], i: int
+) -> list[tuple[list[str], float]]:
+    """The static configurations measured in phase `i`, each with the passes that ran it and its bulk
+    goodput, the mean over them. Passes that ran the same knobs (static-best is the protective corner
+    whenever the controller kept it for the first regime) measure one configuration twice: its
+    luckier pass is not what it packs. Identical knobs packed 6% apart in one run."""
+    by: dict[str, list[str]] = {}
+    for n in pool:
+        knobs = result[n].get("knobs_at_phase_end") or []
+        by.setdefault(json.dumps(knobs[i], sort_keys=True) if i < len(knobs) else n, []).append(n)
+    return [
+        (names, statistics.fmean(result[n]["phases"][i]["bulk_goodput"] for n in names))
+        for names in by.values()
+    ]
+
+
 def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: list[Phase]) -> dict[str, Any]:
     """The controller against the issue's goals: 99% within target in every regime some static
     configuration held at 99%; bulk goodput at least 0.9 of the best static one that held there (of
-    any static one where none held); recovery p50 <= 10 s; no failed request; exploration <= 1%."""
+    any static one where none held; a configuration run in more than one pass by its mean); recovery p50 <= 10 s; no failed request; exploration <= 1%."""
     c = result.get("controller")
     if c is None:
         return {}
@@ -591,8 +612,9 @@ def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: lis
             break
         held = feasible[i]["static_policies_at_99"]
         pool = held or static
-        best_of = max(pool, key=lambda n: result[n]["phases"][i]["bulk_goodput"], default=None)
-        best = None if best_of is None else result[best_of]["phases"][i]["bulk_goodput"]
+        configs = static_configurations(result, pool, i)
+        passes, best = max(configs, key=lambda c: c[1], default=([], None))
+        best_pass = max((result[n]["phases"][i]["bulk_goodput"] for n in pool), default=None)
         att = c["phases"][i]["attainment"]
         per_regime.append({
             "phase": ph.name,
@@ -601,10 +623,13 @@ def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: lis
             "attainment": att,
             "attainment_goal_met": None if not held else all((v or 0) >= 0.99 for v in att.values()),
             "bulk_goodput_vs_best_static": None if not best else c["phases"][i]["bulk_goodput"] / best,
-            "best_static": best_of,
-            # Two passes, one after the other, on a shared machine: what else ran beside each.
+            "best_static": passes,
+            "best_static_bulk_goodput": best,
+            # The yardstick before passes of one configuration were pooled: its luckier pass.
+            "bulk_goodput_vs_best_static_pass": None if not best_pass else c["phases"][i]["bulk_goodput"] / best_pass,
+            # Passes one after another on a shared machine: what else ran beside each.
             "other_cpu_percent_of_one_core": {
-                n: result[n]["phases"][i].get("other_cpu_percent_of_one_core") for n in ("controller", best_of) if n
+                n: result[n]["phases"][i].get("other_cpu_percent_of_one_core") for n in ("controller", *passes)
             },
         })  # fmt: skip
     # Recovery is only possible where some configuration holds: the steps into regimes a static
@@ -648,6 +673,11 @@ def regime_goal(r: Mapping[str, Any]) -> str:
         else "no static configuration held 99%"
     )
     ratio = r["bulk_goodput_vs_best_static"]
+    passes = r.get("best_static") or []
+    of = "the best static"
+    if isinstance(passes, list) and len(passes) > 1:  # runs before passes were pooled name one
+        lucky = r.get("bulk_goodput_vs_best_static_pass")
+        of += f" ({' and '.join(passes)}, one configuration: the mean of its passes; {lucky:.2f} of its better pass)"
     other = r.get("other_cpu_percent_of_one_core", {})
     noisy = {n: v for n, v in other.items() if v is not None and v > procs.NOISY_PERCENT}
     note = (
@@ -655,7 +685,7 @@ def regime_goal(r: Mapping[str, Any]) -> str:
         + ", ".join(f"{v:.0f}% of a core beside {n}" for n, v in noisy.items()) + ")"
         if noisy else ""
     )  # fmt: skip
-    return f"- {r['phase']}: {att} ({need}); bulk work {'-' if ratio is None else f'{ratio:.2f}'} of the best static{note}\n"
+    return f"- {r['phase']}: {att} ({need}); bulk work {'-' if ratio is None else f'{ratio:.2f}'} of {of}{note}\n"
 
 
 def markdown(
