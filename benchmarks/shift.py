@@ -601,7 +601,8 @@ def static_configurations(
 def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: list[Phase]) -> dict[str, Any]:
     """The controller against the issue's goals: 99% within target in every regime some static
     configuration held at 99%; bulk goodput at least 0.9 of the best static one that held there (of
-    any static one where none held; a configuration run in more than one pass by its mean); recovery p50 <= 10 s; no failed request; exploration <= 1%."""
+    any static one where none held; a configuration run in more than one pass by its mean); recovery
+    p50 <= 10 s; no failed request; exploration <= 1%."""
     c = result.get("controller")
     if c is None:
         return {}
@@ -613,7 +614,7 @@ def goals(result: Mapping[str, Any], feasible: list[dict[str, Any]], phases: lis
         held = feasible[i]["static_policies_at_99"]
         pool = held or static
         configs = static_configurations(result, pool, i)
-        passes, best = max(configs, key=lambda c: c[1], default=([], None))
+        passes, best = max(configs, key=lambda config: config[1], default=([], None))
         best_pass = max((result[n]["phases"][i]["bulk_goodput"] for n in pool), default=None)
         att = c["phases"][i]["attainment"]
         per_regime.append({
@@ -673,10 +674,9 @@ def regime_goal(r: Mapping[str, Any]) -> str:
         else "no static configuration held 99%"
     )
     ratio = r["bulk_goodput_vs_best_static"]
-    passes = r.get("best_static") or []
+    passes, lucky = r.get("best_static") or [], r.get("bulk_goodput_vs_best_static_pass")
     of = "the best static"
-    if isinstance(passes, list) and len(passes) > 1:  # runs before passes were pooled name one
-        lucky = r.get("bulk_goodput_vs_best_static_pass")
+    if len(passes) > 1 and lucky is not None:
         of += f" ({' and '.join(passes)}, one configuration: the mean of its passes; {lucky:.2f} of its better pass)"
     other = r.get("other_cpu_percent_of_one_core", {})
     noisy = {n: v for n, v in other.items() if v is not None and v > procs.NOISY_PERCENT}
