@@ -9,14 +9,14 @@ afterwards.
 
 The guard's target is set where this host's step breaks it. A 20 s probe of the step, with the
 controller advisory, then 40 s of the quiet load, measures the guard's p95 as slatune serves it
-(what the controller reads); the target is 0.8 of that p95, held between 2 and 3.5 times the clients' quiet
-p95. On an idle 2-core host the quiet p95 was 7 ms and the step took the p99 to 32-42 ms; beside a
-CPU hog the p99 was 45 ms quiet and 243 ms in the step, the hog stalling the clients themselves. A
-target fixed from the quiet load alone (at least the spec's 20 ms, 3.5 times the quiet p95) missed
-twice: once the controller's 3 s p95 read 33 ms at most against 26 ms, once (a CI host, quiet p95
-6.2 ms) the step took the guard's p99 to 19 ms and slatune's 10 s p95 to 11-14 ms against 21.8: no
-reading at risk in the whole step, the test showing nothing. The premise's failure message prints
-the target, the probe, the quiet quantiles and the step's figures."""
+(what the controller reads); the target is 0.8 of that p95, held between 2 and 3.5 times the
+clients' quiet p95. On an idle 2-core host the quiet p95 was 7 ms and the step took the p99 to 32-42
+ms; beside a CPU hog the p99 was 45 ms quiet and 243 ms in the step, the hog stalling the clients
+themselves. A target fixed from the quiet load alone (at least the spec's 20 ms, 3.5 times the quiet
+p95) missed twice: once the controller's 3 s p95 read 33 ms at most against 26 ms, once (a CI host,
+quiet p95 6.2 ms) the step took the guard's p99 to 19 ms and slatune's 10 s p95 to 11-14 ms against
+21.8: no reading at risk in the whole step, the test showing nothing. The premise's failure message
+prints the target, the probe, the quiet quantiles and the step's figures."""
 
 from __future__ import annotations
 
