@@ -76,16 +76,18 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
 
 def test_history_reorders_the_ladder_most_effective_first_within_free_and_costly() -> None:
     # bulk-background brought the worst ratio to 0.6 of what it was, critical-first to 0.9: first of
-    # the rungs that cost no bulk work; bulk-instances (0.5) first of those that do, never below a
+    # the rungs that cost no bulk work; bulk-delay (0.5) first of those that do, never below a
     # free rung (free rungs are never released, so a costly rung under one would stay for good).
-    order = [r.name for r in ladder({"bulk-instances": 0.5, "bulk-background": 0.6, "critical-first": 0.9})]
+    order = [r.name for r in ladder({"bulk-delay": 0.5, "bulk-background": 0.6, "critical-first": 0.9})]
     assert order == [
         "bulk-background",
         "critical-first",
         "critical-instances",
-        "bulk-instances",
         "bulk-delay",
+        "bulk-instances",
     ]
+    # Without history: the queue delay, the costliest rung, last (released first).
+    assert [r.name for r in ladder()][-2:] == ["bulk-instances", "bulk-delay"]
 
 
 @pytest.mark.parametrize(
@@ -158,12 +160,7 @@ def test_release_with_hysteresis_and_cooldown(
     )
     assert d.kind == kind
     if kind == "release":
-        assert (
-            d.rung == "bulk-instances"
-            and d.state.level == 4
-            and d.known_safe
-            and d.state.released_at == 100.0
-        )
+        assert d.rung == "bulk-delay" and d.state.level == 4 and d.known_safe and d.state.released_at == 100.0
         assert d.target == levels(SPEC, START, ladder())[4][1]
 
 
@@ -175,7 +172,7 @@ def test_rungs_that_cost_no_bulk_work_are_never_released_they_become_the_incumbe
     assert d.state.level == 0 and d.state.incumbent == steps[3][1]
     assert "critical-first, critical-instances, bulk-background stay" in d.reason
     # From there on the ladder has only the costly rungs left, and exploring may start (level 0).
-    assert [r for r, _ in levels(SPEC, d.state.incumbent, ladder())][1:] == ["bulk-delay", "bulk-instances"]
+    assert [r for r, _ in levels(SPEC, d.state.incumbent, ladder())][1:] == ["bulk-instances", "bulk-delay"]
     later = decide(SPEC, obs(100.0), d.state, 100.0 + CFG.explore_calm_s, CFG)
     assert later.kind == "explore"
 

@@ -10,7 +10,7 @@ import pytest
 
 from controlplane.controller import Action, Controller
 from controlplane.startup import register_fleet
-from domain.control import Candidate, State
+from domain.control import BULK_DELAY_US, Candidate, State
 from domain.spec import Knobs, resolve_spec
 from domain.windows import AppliedVersion, ModelWindow
 from runtime.server import Endpoints
@@ -166,8 +166,8 @@ def test_a_new_regime_with_nothing_known_starts_protected_and_gives_back_what_he
     assert c.state is not None and c.state.level > 0 and corner["embeddings"].instances == 1
     healthy(100)  # each costly rung given back after 30 s under target, then the free ones kept
     assert actions[2:] == [
-        ("release", "bulk-instances"),
         ("release", "bulk-delay"),
+        ("release", "bulk-instances"),
         ("floor", "bulk-background"),
     ]
     assert c.state.level == 0 and c.state.incumbent == running
@@ -224,11 +224,11 @@ def released(store: Store) -> tuple[Controller, dict[str, Knobs], Clock, list[tu
     clock = Clock()
     c, running = controller(store, clock)
     kinds: list[tuple[str, str | None]] = []
-    while ("release", "bulk-instances") not in kinds and len(kinds) < 10:
+    while ("release", "bulk-delay") not in kinds and len(kinds) < 10:
         write_tail(store, clock, slow=0)
         a = tick_applying(c, running, store, clock)
         kinds += [(a.decision.kind, a.decision.rung)] if a else []
-    assert kinds[-1] == ("release", "bulk-instances") and running["embeddings"].instances == 2
+    assert kinds[-1] == ("release", "bulk-delay") and running["embeddings"].max_queue_delay_us == 0
     return c, running, clock, kinds
 
 
@@ -253,9 +253,9 @@ def test_a_release_whose_tail_breaks_is_caught_within_the_watch(
         write_tail(store, clock, slow=slow)
         a = tick_applying(c, running, store, clock)
         kinds += [(a.decision.kind, a.decision.rung)] if a else []
-    assert [k for k in kinds if k[0] == "floor"] == [("floor", "bulk-instances")], kinds
+    assert [k for k in kinds if k[0] == "floor"] == [("floor", "bulk-delay")], kinds
     assert c.state is not None and c.state.level == 0
-    assert running["embeddings"].instances == 1  # the released rung is back
+    assert running["embeddings"].max_queue_delay_us == BULK_DELAY_US  # the released rung is back
     with store.session() as session:
         (floor,) = [a for a in records.actions(session) if a.kind == "floor"]
     assert floor.at - released_at <= within_s and "p99 over 10 s" in floor.reason, floor.reason
