@@ -27,8 +27,8 @@ Two loops share one state:
 Traffic regimes (`regime_key`): latency-critical models by arrival rate, bulk models by how many
 requests their clients keep in flight (rate times latency, Little's law: a closed-loop backlog is the
 same backlog whatever the knobs), both on a log-2 scale. The store keeps the incumbent per regime;
-entering a regime seen before applies its incumbent at once, a new regime starts with every
-protective step on top of the spec's knobs, and each release that holds is kept for it.
+entering a regime seen before applies its incumbent at once, a new regime starts from the most
+protective configuration known safe, with every protective step on top.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ Kind = Literal[
     "adopt",
     "reject",
     "interference",
-    "held",
 ]
 
 
@@ -479,6 +478,11 @@ def regime_key(
     return _key(spec, point)
 
 
+def most_protective(known: Mapping[str, Known]) -> Known | None:
+    """Of the configurations known safe in any regime, the one that packed the least bulk work."""
+    return min(known.values(), key=lambda k: k.goodput, default=None)
+
+
 # --------------------------------------------------------------------------- neighbours
 def _step(knob: str, value: int, sign: int) -> int:
     """One step of a knob on its integer scale: priority is a weight (2 is scheduled half as often
@@ -728,16 +732,16 @@ def decide(
                 "regime", new, dict(known.knobs), known_safe=True,
                 reason=f"regime {regime} (seen before: its incumbent){ended}",
             )  # fmt: skip
-        # Releases walk back toward the spec's knobs, not toward the most protective configuration
-        # known elsewhere: every rung on top of any configuration is the protective corner (the rungs
-        # set values), so the start is as protected either way, but a start whose incumbent is the
-        # corner has nothing to release (in the shift benchmark the controller then ran the corner's
-        # 20 ms bulk queue delay through every regime after the first, 7-10% of the bulk work).
-        incumbent = {m.name: m.knobs for m in spec.models}
+        base = most_protective(obs.known)
+        incumbent = dict(base.knobs) if base is not None else dict(state.incumbent)
         fresh = levels(spec, incumbent, rungs)
-        new = replace(state, regime=regime, incumbent=incumbent, level=len(fresh) - 1, calm_since=None)
+        new = replace(
+            state, regime=regime, incumbent=incumbent, level=len(fresh) - 1, calm_since=None,
+            incumbent_goodput=base.goodput if base is not None else state.incumbent_goodput,
+        )  # fmt: skip
         protected = fresh[-1][1]
-        reason = f"regime {regime}: new: every protective step over the spec's knobs, released one at a time as it measures safe{ended}"
+        start = "the most protective configuration known safe" if base is not None else "what runs"
+        reason = f"regime {regime}: new: every protective step over {start}, released one at a time as it measures safe{ended}"
         if protected == running:  # already there: nothing to reload
             return Decision("regime", new, reason=reason)
         new = replace(new, last_step_at=now)
@@ -821,15 +825,6 @@ def decide(
     settled = max((r.settled_ratio for r in obs.readings.values()), default=0.0)
     calm_since = now if state.calm_since is None else state.calm_since
     state = replace(state, calm_since=calm_since)
-
-    if state.released_at > -math.inf and not state.watching_release(now, cfg) and state.regime is not None:
-        # A release held through its watch: what runs is known safe for the regime, so a return to it
-        # starts here, not from before the release (with 60 s regimes, one release each).
-        new = replace(state, released_at=-math.inf)
-        return Decision(
-            "held", new, kept=steps[state.level][1],
-            reason=f"the last release held for {cfg.floor_watch_s:.0f} s, every SLA under {cfg.protect_at:.0%} of target: kept for regime {state.regime}",
-        )  # fmt: skip
 
     if state.candidate is not None:
         c = state.candidate

@@ -216,24 +216,26 @@ def test_a_regime_seen_before_brings_its_incumbent_back_at_once() -> None:
     assert d.kind == "regime" and d.known_safe and d.target == safer and d.state.regime == other
 
 
-def test_a_new_regime_starts_with_every_protective_step_over_the_spec_knobs() -> None:
+def test_a_new_regime_starts_protected_over_the_most_protective_known_safe() -> None:
     known = {
         "a": Known(levels(SPEC, START, ladder())[2][1], 70.0),
-        "b": Known(levels(SPEC, START, ladder())[5][1], 30.0),
+        "b": Known(levels(SPEC, START, ladder())[4][1], 30.0),
     }
-    top = levels(SPEC, START, ladder())
-    for seen in (known, {}):
-        state = settled(seen_regime="new", seen_since=90.0, incumbent=known["a"].knobs)
-        d = decide(SPEC, obs(regime="new", known=seen), state, 100.0, CFG)
-        # Nothing is known safe for this traffic: every protective step, over the spec's knobs, which
-        # releases walk back toward, whatever ran before and whatever is known elsewhere (b is the
-        # protective corner itself: over it there would be nothing to release).
-        assert d.kind == "regime" and d.known_safe and d.target == top[-1][1] and d.rung == top[-1][0]
-        assert d.state.incumbent == START and d.state.level == len(top) - 1 and d.state.regime == "new"
+    state = settled(seen_regime="new", seen_since=90.0)
+    d = decide(SPEC, obs(regime="new", known=known), state, 100.0, CFG)
+    # Nothing is known safe for this traffic: every protective step, over the configuration that
+    # packed least where something was known (b), which becomes the regime's incumbent.
+    top = levels(SPEC, known["b"].knobs, ladder())
+    assert d.kind == "regime" and d.known_safe and d.target == top[-1][1] and d.rung == top[-1][0]
+    assert d.state.incumbent == known["b"].knobs and d.state.level == len(top) - 1
+    assert d.state.regime == "new" and d.state.incumbent_goodput == 30.0
     # Already protected that far: the regime changes, nothing is reloaded.
-    at_top = settled(seen_regime="new", seen_since=90.0, incumbent=known["b"].knobs)
+    at_top = settled(seen_regime="new", seen_since=90.0, incumbent=known["b"].knobs, level=len(top) - 1)
     kept = decide(SPEC, obs(regime="new", known=known), at_top, 100.0, CFG)
     assert kept.kind == "regime" and kept.target is None and kept.state.level == len(top) - 1
+    # Nothing known safe anywhere: every protective step over what runs.
+    bare = decide(SPEC, obs(regime="new"), settled(seen_regime="new", seen_since=90.0), 100.0, CFG)
+    assert bare.target == levels(SPEC, START, ladder())[-1][1] and bare.state.incumbent == START
 
 
 def test_a_new_regime_gives_back_its_costly_rungs_one_at_a_time_then_keeps_the_free_ones() -> None:
@@ -243,7 +245,7 @@ def test_a_new_regime_gives_back_its_costly_rungs_one_at_a_time_then_keeps_the_f
     assert d.state.level == top
     calm = obs(regime="new", guard=5.0, known={})
     t, state, kinds = 100.0, d.state, []
-    for _ in range(2 * top + 1):  # each release waits out its 30 s of calm, then its watch
+    for _ in range(top + 1):  # each release waits out its 30 s of calm
         t += CFG.release_after_s + 1
         r = decide(SPEC, calm, replace(state, calm_since=t - CFG.release_after_s - 1), t, CFG)
         kinds.append((r.kind, r.rung))
@@ -251,10 +253,8 @@ def test_a_new_regime_gives_back_its_costly_rungs_one_at_a_time_then_keeps_the_f
         if r.kind == "floor":
             break
     costly = [rung.name for rung in ladder() if rung.costs_bulk]
-    # The costly rungs go first, the costliest (the top) first, each kept for the regime once it
-    # has held through its watch; the free rungs stay as the incumbent.
-    released = [k for name in reversed(costly) for k in (("release", name), ("held", None))]
-    assert kinds == [*released, ("floor", "bulk-background")]
+    # The costly rungs go first, the costliest (the top) first; the free rungs stay as the incumbent.
+    assert kinds == [("release", name) for name in reversed(costly)] + [("floor", "bulk-background")]
     assert state.level == 0 and state.incumbent == steps[top - len(costly)][1]
 
 
@@ -471,13 +471,10 @@ def test_a_release_on_probation_is_judged_from_protect_at(p99_ms: float, kind: s
     released = decide(SPEC, obs(100.0), settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
     assert released.kind == "release"
     assert decide(SPEC, _guard_settled_at(p99_ms), released.state, 110.0, CFG).kind == kind
-    # Outside a watch the same 0.9 is no risk (hysteresis: the target itself is), only a 1.05 is:
-    # the release held, and what runs is kept for the regime.
+    # Outside a watch the same 0.9 is no risk (hysteresis: the target itself is), only a 1.05 is.
     after = 100.0 + CFG.floor_watch_s + 1.0
-    outside = decide(SPEC, _guard_settled_at(p99_ms), released.state, after, CFG)
-    assert outside.kind == ("held" if p99_ms < 20.0 else "protect")
-    if outside.kind == "held":
-        assert outside.kept == levels(SPEC, START, ladder())[4][1] and outside.target is None
+    outside = decide(SPEC, _guard_settled_at(p99_ms), released.state, after, CFG).kind
+    assert outside == ("hold" if p99_ms < 20.0 else "protect")
 
 
 def test_a_trial_is_abandoned_when_its_settled_figure_nears_the_target() -> None:

@@ -167,9 +167,7 @@ def test_a_new_regime_with_nothing_known_starts_protected_and_gives_back_what_he
     healthy(100)  # each costly rung given back after 30 s under target, then the free ones kept
     assert actions[2:] == [
         ("release", "bulk-delay"),
-        ("held", None),
         ("release", "bulk-instances"),
-        ("held", None),
         ("floor", "bulk-background"),
     ]
     assert c.state.level == 0 and c.state.incumbent == running
