@@ -6,9 +6,8 @@ Two loops share one state:
 - **Protect and release (fast).** When a latency-critical model's short-window SLA figure (or its
   pending requests) nears its target (`protect_at` of it), the controller takes the next rung of a
   ladder of protective steps for the bulk models (`ladder`): latency-critical models first at the
-  rate limiter, bulk priority down, bulk instances down, bulk rate-limiter tokens up (fewer bulk
-  executions at once), a longer bulk queue delay (bigger batches, less time each), a bulk queue cap
-  (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
+  rate limiter, a spare latency-critical instance, bulk compute in the background, bulk instances
+  down, and optionally a bulk queue cap (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
   once, as Knative's panic window does; a regime with nothing known safe for it yet starts at the
   top too, and releases find out what its traffic allows. Once every latency-critical model has
   stayed under `release_below` of its target for `release_after_s`, one rung is released, the
@@ -330,11 +329,6 @@ RUNGS: tuple[Rung, ...] = (
         costs_bulk=False,
     ),
     Rung("bulk-instances", _bulk("instances", lambda r, v: r.low), "bulk models at their fewest instances"),
-    Rung(
-        "bulk-delay",
-        _bulk("max_queue_delay_us", lambda r, v: min(r.high, max(v, BULK_DELAY_US))),
-        "a longer bulk queue delay (bigger batches, less time each)",
-    ),
 )
 """The default order: what costs bulk work least first, so that releases (from the top) give back the
 costliest rung first. The first rung takes every model off the rate limiter's tokens: Triton's rate
@@ -350,11 +344,12 @@ Triton's lowest model priority (`optimization.priority`
 PRIORITY_MIN: low-priority CUDA streams on a GPU, nice 19 and SCHED_IDLE on the CPU), which costs bulk work next to
 nothing (70.1 against 70.0 items/s at the demo load, docs/triton.md) and halves chat's time to
 first token: bulk work still fills whatever the latency-critical models leave.
-Of the two that cost bulk work, the queue delay costs more: on the protective corner at the shift
-benchmark's loads, no bulk queue delay packed 7-10% more bulk work than 20 ms with the guard held
-(the bulk clients are closed-loop: a delay only lowers their rate), where a second embeddings
-instance gave about 2% (docs/triton.md). It is therefore last, released first: a regime that starts
-protected gets the most back from its first release, and a 60 s regime has time for one.
+A longer bulk queue delay is not a rung: the bulk clients here are closed-loop, so a delay only
+lowers their rate. On the protective corner at the shift benchmark's loads, no bulk queue delay
+packed 7-10% more bulk work than 20 ms with the guard held (docs/triton.md, Scheduling); as a rung
+it stayed in force through every regime after the first (a new regime starts over the most
+protective configuration known safe, the corner, where there is nothing to release). The slow optimizer still tries delays, one 5 ms step at a time, where they pack
+more.
 Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
 incumbent that is already the protective corner changes nothing (and reloads nothing)."""
 
@@ -366,7 +361,6 @@ SHED = Rung(
 """Not in the default ladder (`ControlConfig.shed` adds it last): on the default fleet one bulk
 execution at a time already leaves the latency-critical models a core, a cap sheds bulk requests
 without freeing more, and the shed clients' back-off makes their backlog look like another regime."""
-BULK_DELAY_US = 20_000
 
 
 def ladder(effects: Mapping[str, float] | None = None, rungs: Sequence[Rung] = RUNGS) -> list[Rung]:

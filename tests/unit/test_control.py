@@ -65,7 +65,7 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
     assert top["embeddings"].instances == 1 and top["reranker"].instances == 1
     assert top["embeddings"].resources == {}  # nobody waits at the rate limiter's head
     assert top["embeddings"].priority == 1  # priority orders only instances waiting for tokens
-    assert top["embeddings"].max_queue_delay_us == 20_000  # batches of both backlog clients
+    assert top["embeddings"].max_queue_delay_us == 0  # a delay only slows closed-loop bulk clients
     assert top["embeddings"].max_queue_size == 0  # no shedding unless the config asks for it
     assert top["embeddings"].compute_priority == "min" and top["chat-llm"].compute_priority == "default"
     # The top is a fixed point: protecting it changes nothing, so nothing is reloaded.
@@ -76,18 +76,12 @@ def test_the_ladder_goes_from_the_incumbent_towards_the_protective_corner() -> N
 
 def test_history_reorders_the_ladder_most_effective_first_within_free_and_costly() -> None:
     # bulk-background brought the worst ratio to 0.6 of what it was, critical-first to 0.9: first of
-    # the rungs that cost no bulk work; bulk-delay (0.5) first of those that do, never below a
+    # the rungs that cost no bulk work; bulk-shed (0.5) first of those that do, never below a
     # free rung (free rungs are never released, so a costly rung under one would stay for good).
-    order = [r.name for r in ladder({"bulk-delay": 0.5, "bulk-background": 0.6, "critical-first": 0.9})]
-    assert order == [
-        "bulk-background",
-        "critical-first",
-        "critical-instances",
-        "bulk-delay",
-        "bulk-instances",
-    ]
-    # Without history: the queue delay, the costliest rung, last (released first).
-    assert [r.name for r in ladder()][-2:] == ["bulk-instances", "bulk-delay"]
+    effects = {"bulk-shed": 0.5, "bulk-background": 0.6, "critical-first": 0.9}
+    order = [r.name for r in ladder(effects, (*RUNGS, SHED))]
+    assert order == ["bulk-background", "critical-first", "critical-instances", "bulk-shed", "bulk-instances"]
+    assert [r.name for r in ladder()] == [r.name for r in RUNGS]  # without history: the default order
 
 
 @pytest.mark.parametrize(
@@ -104,7 +98,7 @@ def test_history_reorders_the_ladder_most_effective_first_within_free_and_costly
         # 5 s after: the next rung
         (180.0, 5.0, 0.0, settled(level=1, last_step_at=95.0), 100.0, "protect", 2),
         # 31 ms / 20 = 1.55 >= 1.5: panic, every rung at once
-        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 5),
+        (50.0, 31.0, 0.0, settled(level=1, last_step_at=94.0), 100.0, "panic", 4),
         # ...but not while the last step settles (a reload's CPU is no reason for another)
         (50.0, 31.0, 0.0, settled(level=1, last_step_at=99.5), 100.0, "hold", 1),
     ],
@@ -156,12 +150,17 @@ def test_release_with_hysteresis_and_cooldown(
     chat: float, calm_since: float, last_step_at: float, kind: str
 ) -> None:
     d = decide(
-        SPEC, obs(chat), settled(level=5, calm_since=calm_since, last_step_at=last_step_at), 100.0, CFG
+        SPEC, obs(chat), settled(level=4, calm_since=calm_since, last_step_at=last_step_at), 100.0, CFG
     )
     assert d.kind == kind
     if kind == "release":
-        assert d.rung == "bulk-delay" and d.state.level == 4 and d.known_safe and d.state.released_at == 100.0
-        assert d.target == levels(SPEC, START, ladder())[4][1]
+        assert (
+            d.rung == "bulk-instances"
+            and d.state.level == 3
+            and d.known_safe
+            and d.state.released_at == 100.0
+        )
+        assert d.target == levels(SPEC, START, ladder())[3][1]
 
 
 def test_rungs_that_cost_no_bulk_work_are_never_released_they_become_the_incumbent() -> None:
@@ -172,20 +171,20 @@ def test_rungs_that_cost_no_bulk_work_are_never_released_they_become_the_incumbe
     assert d.state.level == 0 and d.state.incumbent == steps[3][1]
     assert "critical-first, critical-instances, bulk-background stay" in d.reason
     # From there on the ladder has only the costly rungs left, and exploring may start (level 0).
-    assert [r for r, _ in levels(SPEC, d.state.incumbent, ladder())][1:] == ["bulk-instances", "bulk-delay"]
+    assert [r for r, _ in levels(SPEC, d.state.incumbent, ladder())][1:] == ["bulk-instances"]
     later = decide(SPEC, obs(100.0), d.state, 100.0 + CFG.explore_calm_s, CFG)
     assert later.kind == "explore"
 
 
 def test_a_breach_right_after_a_release_makes_the_rung_the_floor() -> None:
-    released = decide(SPEC, obs(100.0), settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
+    released = decide(SPEC, obs(100.0), settled(level=4, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
     assert released.kind == "release"
     # 2 s later a breach is the reload settling: not yet a reason.
     assert decide(SPEC, obs(190.0), released.state, 102.0, CFG).kind == "hold"
-    # 10 s later the chat SLA nears again: level 5 was needed; it becomes the incumbent.
+    # 10 s later the chat SLA nears again: level 4 was needed; it becomes the incumbent.
     d = decide(SPEC, obs(190.0), released.state, 110.0, CFG)
     assert d.kind == "floor" and d.keep and d.known_safe
-    assert d.state.level == 0 and d.state.incumbent == levels(SPEC, START, ladder())[5][1]
+    assert d.state.level == 0 and d.state.incumbent == levels(SPEC, START, ladder())[4][1]
 
 
 def test_regimes_are_centres_of_rates_and_backlogs_with_hysteresis() -> None:
@@ -269,7 +268,7 @@ def test_neighbours_move_one_knob_one_step_towards_bulk_work() -> None:
         changed = [m for m in knobs if knobs[m] != incumbent[m]]
         assert len(changed) == 1 and SPEC.model(changed[0]).role == "bulk", what
     whats = [w for w, _ in neighbours(SPEC, incumbent)]
-    assert "embeddings instances 1 -> 2" in whats and "embeddings max_queue_delay_us 20000 -> 15000" in whats
+    assert "embeddings instances 1 -> 2" in whats and "embeddings max_queue_delay_us 0 -> 5000" in whats
     # the batch size both ways, by powers of two; never the compute priority back (it costs bulk
     # work next to nothing, so raising it could only spend the margin)
     assert not any("compute_priority" in w for w in whats)
@@ -392,13 +391,13 @@ def test_releases_and_exploring_read_the_settled_figure() -> None:
     noisy = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
                          "safety-guard": Reading("safety-guard", 20.0, 10.0, settled_ms=16.0)}, REGIME, 80.0)  # fmt: skip
     assert (
-        decide(SPEC, noisy, settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind == "hold"
+        decide(SPEC, noisy, settled(level=4, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind == "hold"
     )
     # ...and a 3 s p99 at 16 ms (0.8, not at risk) with 10 ms over 30 s (0.5) is.
     steady = Observation({"chat-llm": Reading("chat-llm", 200.0, 50.0),
                           "safety-guard": Reading("safety-guard", 20.0, 16.0, settled_ms=10.0)}, REGIME, 80.0)  # fmt: skip
     assert (
-        decide(SPEC, steady, settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind
+        decide(SPEC, steady, settled(level=4, calm_since=50.0, last_step_at=50.0), 100.0, CFG).kind
         == "release"
     )
     assert (
@@ -468,7 +467,7 @@ def _guard_settled_at(p99_ms: float) -> Observation:
     ],
 )
 def test_a_release_on_probation_is_judged_from_protect_at(p99_ms: float, kind: str) -> None:
-    released = decide(SPEC, obs(100.0), settled(level=5, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
+    released = decide(SPEC, obs(100.0), settled(level=4, calm_since=50.0, last_step_at=50.0), 100.0, CFG)
     assert released.kind == "release"
     assert decide(SPEC, _guard_settled_at(p99_ms), released.state, 110.0, CFG).kind == kind
     # Outside a watch the same 0.9 is no risk (hysteresis: the target itself is), only a 1.05 is.
@@ -498,15 +497,15 @@ def test_a_breach_only_the_settled_figure_shows_waits_for_a_window_after_the_las
     ("p99", "level", "last_step_at", "interference_at", "kind"),
     [
         # every rung in force for 60 s, the guard's 30 s p99 25 ms over 20: it cannot share its device
-        (25.0, 5, 40.0, -math.inf, "interference"),
+        (25.0, 4, 40.0, -math.inf, "interference"),
         # ...said once a minute at most
-        (25.0, 5, 40.0, 70.0, "hold"),
+        (25.0, 4, 40.0, 70.0, "hold"),
         # only 30 s since the last rung: the protection has not had its chance
-        (25.0, 5, 70.0, -math.inf, "hold"),
+        (25.0, 4, 70.0, -math.inf, "hold"),
         # a rung left to take: take it, do not give up on sharing
-        (25.0, 4, 40.0, -math.inf, "protect"),
+        (25.0, 3, 40.0, -math.inf, "protect"),
         # near the target (p95 at 90%) but not over it: no rule
-        (19.0, 5, 40.0, -math.inf, "hold"),
+        (19.0, 4, 40.0, -math.inf, "hold"),
     ],
 )
 def test_a_breach_the_whole_ladder_cannot_stop_is_interference(

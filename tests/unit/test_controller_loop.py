@@ -10,7 +10,7 @@ import pytest
 
 from controlplane.controller import Action, Controller
 from controlplane.startup import register_fleet
-from domain.control import BULK_DELAY_US, Candidate, State
+from domain.control import Candidate, State
 from domain.spec import Knobs, resolve_spec
 from domain.windows import AppliedVersion, ModelWindow
 from runtime.server import Endpoints
@@ -84,7 +84,7 @@ def test_knowing_nothing_safe_it_starts_protected_through_the_proposal_path(stor
     # compute at the lowest priority, a longer bulk queue delay, bulk at its fewest instances.
     assert pending["embeddings"].resources == {} and pending["embeddings"].compute_priority == "min"
     assert pending["safety-guard"].resources == {} and pending["safety-guard"].instances == 2
-    assert pending["embeddings"].max_queue_delay_us == 20_000 and pending["embeddings"].instances == 1
+    assert pending["embeddings"].compute_priority == "min" and pending["embeddings"].instances == 1
     assert [a.kind for a in journal] == ["regime"] and "nothing known safe" in journal[0].reason
 
 
@@ -164,9 +164,8 @@ def test_a_new_regime_with_nothing_known_starts_protected_and_gives_back_what_he
     assert [k for k, _ in actions] == ["regime", "regime"]
     corner = dict(running)
     assert c.state is not None and c.state.level > 0 and corner["embeddings"].instances == 1
-    healthy(100)  # each costly rung given back after 30 s under target, then the free ones kept
+    healthy(80)  # the costly rung given back after 30 s under target, then the free ones kept
     assert actions[2:] == [
-        ("release", "bulk-delay"),
         ("release", "bulk-instances"),
         ("floor", "bulk-background"),
     ]
@@ -224,11 +223,11 @@ def released(store: Store) -> tuple[Controller, dict[str, Knobs], Clock, list[tu
     clock = Clock()
     c, running = controller(store, clock)
     kinds: list[tuple[str, str | None]] = []
-    while ("release", "bulk-delay") not in kinds and len(kinds) < 10:
+    while ("release", "bulk-instances") not in kinds and len(kinds) < 10:
         write_tail(store, clock, slow=0)
         a = tick_applying(c, running, store, clock)
         kinds += [(a.decision.kind, a.decision.rung)] if a else []
-    assert kinds[-1] == ("release", "bulk-delay") and running["embeddings"].max_queue_delay_us == 0
+    assert kinds[-1] == ("release", "bulk-instances") and running["embeddings"].instances == 2
     return c, running, clock, kinds
 
 
@@ -253,9 +252,9 @@ def test_a_release_whose_tail_breaks_is_caught_within_the_watch(
         write_tail(store, clock, slow=slow)
         a = tick_applying(c, running, store, clock)
         kinds += [(a.decision.kind, a.decision.rung)] if a else []
-    assert [k for k in kinds if k[0] == "floor"] == [("floor", "bulk-delay")], kinds
+    assert [k for k in kinds if k[0] == "floor"] == [("floor", "bulk-instances")], kinds
     assert c.state is not None and c.state.level == 0
-    assert running["embeddings"].max_queue_delay_us == BULK_DELAY_US  # the released rung is back
+    assert running["embeddings"].instances == 1  # the released rung is back
     with store.session() as session:
         (floor,) = [a for a in records.actions(session) if a.kind == "floor"]
     assert floor.at - released_at <= within_s and "p99 over 10 s" in floor.reason, floor.reason
