@@ -7,9 +7,10 @@ Two loops share one state:
   pending requests) nears its target (`protect_at` of it), the controller takes the next rung of a
   ladder of protective steps for the bulk models (`ladder`): latency-critical models first at the
   rate limiter, a spare latency-critical instance, bulk compute in the background, bulk instances
-  down, and optionally a bulk queue cap (bulk requests shed as back-pressure). A breach of `panic_at` times the target jumps to the top at
-  once, as Knative's panic window does; a regime with nothing known safe for it yet starts at the
-  top too, and releases find out what its traffic allows. Once every latency-critical model has
+  down, and optionally a bulk queue cap (bulk requests shed as back-pressure). A breach of
+  `panic_at` times the target jumps to the top at once, as Knative's panic window does; a regime
+  with nothing known safe for it yet starts at the top too, and releases find out what its traffic
+  allows. Once every latency-critical model has
   stayed under `release_below` of its target for `release_after_s`, one rung is released, the
   costliest first; a rung that costs no bulk work is never released (it would give nothing back):
   what runs then becomes the incumbent. A release is on probation for `floor_watch_s`: its SLA
@@ -348,8 +349,8 @@ A longer bulk queue delay is not a rung: the bulk clients here are closed-loop, 
 lowers their rate. On the protective corner at the shift benchmark's loads, no bulk queue delay
 packed 7-10% more bulk work than 20 ms with the guard held (docs/triton.md, Scheduling); as a rung
 it stayed in force through every regime after the first (a new regime starts over the most
-protective configuration known safe, the corner, where there is nothing to release). The slow optimizer still tries delays, one 5 ms step at a time, where they pack
-more.
+protective configuration known safe, the corner, where there is nothing to release). The slow
+optimizer still tries delays, one 5 ms step at a time, where they pack more.
 Each rung sets values, not steps, so the top of the ladder is a fixed point: protecting an
 incumbent that is already the protective corner changes nothing (and reloads nothing)."""
 

@@ -81,10 +81,10 @@ def test_knowing_nothing_safe_it_starts_protected_through_the_proposal_path(stor
         pending = configs.pending_knobs(session)
         journal = records.actions(session)
     # Every protective step: nobody on the rate limiter's tokens, a spare guard instance, bulk
-    # compute at the lowest priority, a longer bulk queue delay, bulk at its fewest instances.
+    # compute at the lowest priority, bulk at its fewest instances (and no bulk queue delay added).
     assert pending["embeddings"].resources == {} and pending["embeddings"].compute_priority == "min"
     assert pending["safety-guard"].resources == {} and pending["safety-guard"].instances == 2
-    assert pending["embeddings"].compute_priority == "min" and pending["embeddings"].instances == 1
+    assert pending["embeddings"].max_queue_delay_us == 0 and pending["embeddings"].instances == 1
     assert [a.kind for a in journal] == ["regime"] and "nothing known safe" in journal[0].reason
 
 
