@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 
-.PHONY: setup services migrations demo test lint unit integration bench clean
+.PHONY: setup allocator services migrations demo test lint unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (the bundled Triton's python backend stub is built per Python version)"; exit 1; }
@@ -36,7 +36,14 @@ services:
 	    test ! -x /etc/init.d/$$d || /etc/init.d/$$d stop >/dev/null 2>&1 || true; done; \
 	  exit $$status; }
 
-demo: setup
+# tritonserver runs on jemalloc (runtime/server.py, ALLOCATOR): with glibc's malloc a use-after-free
+# in its trace API now and then kills it. Install Debian's libjemalloc2 if the loader does not know it.
+allocator:
+	@/sbin/ldconfig -p | grep -q 'libjemalloc\.so\.2 ' || { echo "installing libjemalloc2"; \
+	  inst() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libjemalloc2; }; \
+	  inst || { apt-get update -q && inst; }; }
+
+demo: setup allocator
 	$(BIN)/slatune up --demo-load
 
 lint: setup
@@ -47,7 +54,7 @@ lint: setup
 unit: setup
 	$(BIN)/pytest -q tests/unit
 
-integration: setup services
+integration: setup services allocator
 	$(BIN)/pytest -q tests/integration
 
 # The migrations reach the models' schema: upgrade a scratch database to head, then `alembic check`
@@ -56,10 +63,10 @@ migrations: setup
 	@tmp=$$(mktemp -d) && export SLATUNE_DATABASE_URL=sqlite:///$$tmp/check.db && \
 	  $(BIN)/alembic upgrade head && $(BIN)/alembic check; status=$$?; rm -rf $$tmp; exit $$status
 
-test: lint services migrations
+test: lint services allocator migrations
 	$(BIN)/pytest -q -ra --durations=10
 
-bench: setup services
+bench: setup services allocator
 	$(BIN)/python -m benchmarks.reconfigure
 	$(BIN)/python -m benchmarks.reconfigure --guard-timeout-ms 750
 	$(BIN)/python -m benchmarks.collect

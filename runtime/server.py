@@ -9,6 +9,8 @@ find this environment's packages, so the backend folder and the environment are 
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
+import logging
 import os
 import re
 import signal
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 LOOPBACK = "127.0.0.1"
+log = logging.getLogger("slatune.runtime.server")
 
 
 class ServerError(RuntimeError):
@@ -132,10 +135,44 @@ def python_backend_dir(work_dir: Path) -> Path:
     return backends
 
 
+ALLOCATOR = "jemalloc"
+"""The allocator tritonserver runs on, by `LD_PRELOAD` (Debian's libjemalloc2, installed by `make allocator`).
+
+Not for speed: tritonserver 2.51's trace API unlocks a mutex in memory it has just freed
+(`TraceManager::TraceRelease` deletes the request's `Trace` inside a lock guard on the `Trace`'s
+own mutex). slatune traces every request, so with glibc's malloc, whose freed chunks another
+thread can take at once, the unlock now and then read a reused chunk and the server died of
+SIGILL (about once per 30-60 minutes of the shift benchmark's load; docs/triton.md, Server).
+jemalloc keeps a freed block in the freeing thread's own cache and writes nothing into it, so the
+late unlock finds the mutex as it was. Triton's docs suggest jemalloc or tcmalloc anyway, for the
+memory glibc's arenas hold on to."""
+
+
+def allocator_preload(env: Mapping[str, str]) -> str | None:
+    """`LD_PRELOAD` with the allocator's library first (an operator's own preloads kept after it),
+    or None when the library is not installed (`ldconfig` does not know it)."""
+    lib = ctypes.util.find_library(ALLOCATOR)
+    if lib is None:
+        return None
+    rest = [p for p in re.split(r"[:\s]+", env.get("LD_PRELOAD", "")) if p and p != lib]
+    return ":".join([lib, *rest])
+
+
 def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment the server (and so each model's stub) runs with: this interpreter's
-    libpython and bin first, one math thread per model instance (instances are the parallelism)."""
+    libpython and bin first, one math thread per model instance (instances are the parallelism),
+    and jemalloc preloaded (`ALLOCATOR`; without it, a warning and glibc's malloc)."""
     env = dict(os.environ if base is None else base)
+    preload = allocator_preload(env)
+    if preload is None:
+        log.warning(
+            "lib%s is not installed: tritonserver runs on glibc's malloc, with which a use-after-free "
+            "in its trace API now and then kills it (SIGILL; docs/triton.md). Install Debian's "
+            "libjemalloc2 (`make allocator`; `make demo` and `make test` run it)",
+            ALLOCATOR,
+        )
+    else:
+        env["LD_PRELOAD"] = preload
     libdirs = [str(sysconfig.get_config_var("LIBDIR")), str(_pytriton_libs())]
     if env.get("LD_LIBRARY_PATH"):
         libdirs.append(env["LD_LIBRARY_PATH"])

@@ -57,6 +57,16 @@ def test_the_server_and_its_stubs_share_slatunes_session_in_a_process_group_of_t
     assert os.getpgid(0) != pid
 
 
+def test_the_server_and_its_stubs_run_on_jemalloc(default_fleet: Fleet) -> None:
+    """With glibc's malloc a use-after-free in the trace API now and then killed the server
+    (runtime/server.py, ALLOCATOR): the server and every stub it started have jemalloc mapped."""
+    pid = default_fleet.pid("triton0")
+    assert pid is not None
+    stubs = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == pid]
+    for p in (pid, *stubs):
+        assert "libjemalloc.so" in Path(f"/proc/{p}/maps").read_text(), p
+
+
 SPAWNS = 400
 """Children started in a row while gRPC is busy: with a preexec_fn about 1.8% of them died (36 of
 2,000), so 400 would lose about 7 and all live by chance less than once in a thousand."""
