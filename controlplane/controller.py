@@ -53,6 +53,8 @@ EFFECT_AFTER_S = 10.0
 REGIME_WINDOW_S = 30.0
 """Traffic is classified over this long: chat at 3 requests/s is 30 arrivals in 10 s, which wander
 by a fifth (a regime flip), and 90 in 30 s."""
+REGIME_LATEST_S = 10.0
+"""The recent traffic that says whether the regime window still straddles a step (`traffic_moving`)."""
 ALERT_HOLD_S = 10.0
 
 
@@ -257,21 +259,18 @@ class Controller:
                 pending.get(m.name, 0.0), sum(agg.failures.values()),
                 settled_ms=settled_ms, settled_s=round(settled_s),
             )  # fmt: skip
-        rate, inflight = {}, {}
-        for name in recent:
-            agg = over(name, now - REGIME_WINDOW_S)
-            rate[name] = agg.request_rate
-            # Little's law over the requests served (their mean time in the server): a client's
-            # backlog, whatever the knobs.
-            served = agg.success / agg.seconds if agg.seconds > 0 else 0.0
-            inflight[name] = served * (agg.avg_request_ms or agg.p50_ms or 0.0) / 1000.0
+        traffic = {
+            span: self._traffic(recent, over, now - span) for span in (REGIME_WINDOW_S, REGIME_LATEST_S)
+        }
         bulk = [m.name for m in self.spec.models if m.role == "bulk"]
         goodput = sum(over(name, now - self.cfg.trial_s).inference_rate for name in bulk)
         alert = None
         if self._alert is not None and now - self._alert[1] <= ALERT_HOLD_S:
             alert = self._alert[0]
         previous = self.state.seen_regime if self.state else None
-        regime = regime_key(self.spec, rate, inflight, previous, list(known))
+        regime = regime_key(
+            self.spec, *traffic[REGIME_WINDOW_S], previous, list(known), latest=traffic[REGIME_LATEST_S]
+        )
         queue = {name: over(name, now - self.cfg.short_s).avg_queue_ms for name in recent}
         gating = {
             name: step
@@ -281,6 +280,21 @@ class Controller:
         return Observation(
             readings, regime, goodput, known, history, alert, applying, gating, elsewhere=elsewhere
         )
+
+    @staticmethod
+    def _traffic(
+        recent: Mapping[str, Any], over: Callable[[str, float], Aggregate], since: float
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Each model's request rate and requests in flight since `since`."""
+        rate, inflight = {}, {}
+        for name in recent:
+            agg = over(name, since)
+            rate[name] = agg.request_rate
+            # Little's law over the requests served (their mean time in the server): a client's
+            # backlog, whatever the knobs.
+            served = agg.success / agg.seconds if agg.seconds > 0 else 0.0
+            inflight[name] = served * (agg.avg_request_ms or agg.p50_ms or 0.0) / 1000.0
+        return rate, inflight
 
     def _act(self, decision: Decision, obs: Observation, now: float, tried: Candidate | None) -> Action:
         applied, refused, changes = False, None, {}

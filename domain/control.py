@@ -403,17 +403,43 @@ REGIME_JOIN = 0.45
 (1.0) is always a new one."""
 
 
+def _traffic(
+    spec: FleetSpec, rate: Mapping[str, float], inflight: Mapping[str, float]
+) -> dict[str, tuple[float, float]]:
+    """Each latency-critical model's arrival rate and each bulk model's requests in flight, with
+    the least of it that counts as traffic."""
+    out = {}
+    for m in spec.models:
+        critical = m.role == "latency-critical"
+        out[m.name] = (rate.get(m.name, 0.0), 0.25) if critical else (inflight.get(m.name, 0.0), 0.5)
+    return out
+
+
 def regime_point(
     spec: FleetSpec, rate: Mapping[str, float], inflight: Mapping[str, float]
 ) -> dict[str, float | None]:
     """Each latency-critical model's arrival rate and each bulk model's requests in flight, log 2;
     None for a model without traffic."""
-    out: dict[str, float | None] = {}
-    for m in spec.models:
-        value, least = (rate.get(m.name, 0.0), 0.25) if m.role == "latency-critical" else (
-            inflight.get(m.name, 0.0), 0.5)  # fmt: skip
-        out[m.name] = math.log2(value) if value >= least else None
-    return out
+    return {
+        name: math.log2(value) if value >= least else None
+        for name, (value, least) in _traffic(spec, rate, inflight).items()
+    }
+
+
+def traffic_moving(
+    spec: FleetSpec,
+    longer: tuple[Mapping[str, float], Mapping[str, float]],
+    latest: tuple[Mapping[str, float], Mapping[str, float]],
+) -> bool:
+    """Whether the traffic of a recent, shorter window is more than `REGIME_JOIN` (log 2) from the
+    same traffic over the longer window that regimes are keyed on, for some model: the longer one
+    still holds the traffic before a step. A model's traffic under the least that counts is taken
+    as that least, so one that hovers at the edge of idle does not keep the traffic moving."""
+    a, b = _traffic(spec, *longer), _traffic(spec, *latest)
+    return any(
+        abs(math.log2(max(a[name][0], least)) - math.log2(max(b[name][0], least))) > REGIME_JOIN
+        for name, (_, least) in a.items()
+    )
 
 
 def _key(spec: FleetSpec, point: Mapping[str, float | None]) -> str:
@@ -455,15 +481,24 @@ def regime_key(
     inflight: Mapping[str, float],
     previous: str | None = None,
     seen: Sequence[str] = (),
+    latest: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> str | None:
     """The traffic's regime, named by its centre ("chat-llm:r1.6" is about 3 requests/s): the
     `previous` regime while the traffic stays within `REGIME_STAY` of its centre, else the nearest
     regime `seen` before within `REGIME_JOIN`, else a new one centred here. Regimes are centres, not
     fixed buckets, so traffic sitting on a bucket's edge does not flip between two. None when no
-    model has traffic."""
+    model has traffic.
+
+    `latest`: the same traffic (rate, inflight) over a shorter, more recent window. While it is
+    `traffic_moving` from this one, the regime stays `previous`: a window that straddles a step
+    holds traffic that is neither regime, and keyed it was a regime of its own. The shift
+    benchmark's every 60 s phase took two keys so, each starting protection over again (the
+    controller's journal, 2026-12-07)."""
     point = regime_point(spec, rate, inflight)
     if all(v is None for v in point.values()):
         return None
+    if previous is not None and latest is not None and traffic_moving(spec, (rate, inflight), latest):
+        return previous
     if previous is not None and regime_distance(point, parse_regime(previous)) <= REGIME_STAY:
         return previous
     near = [(regime_distance(point, parse_regime(k)), k) for k in seen]

@@ -25,6 +25,7 @@ from domain.control import (
     neighbours,
     rank_neighbours,
     regime_key,
+    traffic_moving,
 )
 from domain.spec import Knobs, resolve_spec
 
@@ -203,6 +204,31 @@ def test_regimes_are_centres_of_rates_and_backlogs_with_hysteresis() -> None:
     assert back == key
     # A model that goes idle is another regime.
     assert "reranker:idle" in str(regime_key(SPEC, steady[0], {"embeddings": 2.0}, previous=key))
+
+
+def test_a_window_that_straddles_a_step_is_not_a_regime_of_its_own() -> None:
+    steady = ({"chat-llm": 3.0, "safety-guard": 15.0}, {"embeddings": 2.0, "reranker": 0.9})
+    key = regime_key(SPEC, *steady)
+    tripled = ({**steady[0], "chat-llm": 9.0}, steady[1])  # the last 10 s: log2 9 = 3.17
+    # 10 s into a tripling of chat the 30 s window holds 5/s: 0.74 (log 2) from the centre, a
+    # regime of its own before, but 0.85 from the last 10 s: moving, so still the old regime...
+    straddling = ({**steady[0], "chat-llm": 5.0}, steady[1])
+    assert traffic_moving(SPEC, straddling, tripled)
+    assert regime_key(SPEC, *straddling, previous=key, latest=tripled) == key
+    assert regime_key(SPEC, *straddling, previous=key) not in (None, key)  # what it was
+    # ...and once the two agree (0.17 apart), one new regime, centred near where traffic went.
+    settled = ({**steady[0], "chat-llm": 8.0}, steady[1])
+    assert not traffic_moving(SPEC, settled, tripled)
+    assert "chat-llm:r3.0" in str(regime_key(SPEC, *settled, previous=key, latest=tripled))
+    # With no regime yet, moving traffic still gets one.
+    assert regime_key(SPEC, *straddling, latest=tripled) is not None
+    # A backlog hovering at the edge of idle (0.55 in flight over 30 s, 0.4 over the last 10 s,
+    # under the 0.5 that counts) is not traffic moving...
+    assert not traffic_moving(
+        SPEC, (steady[0], {**steady[1], "reranker": 0.55}), (steady[0], {**steady[1], "reranker": 0.4})
+    )
+    # ...a model that stopped is: its last 10 s are idle while the 30 s window still holds it.
+    assert traffic_moving(SPEC, steady, (steady[0], {"embeddings": 2.0}))
 
 
 def test_a_regime_seen_before_brings_its_incumbent_back_at_once() -> None:
