@@ -28,6 +28,7 @@ from domain.spec import FleetSpec, Knobs, ServerSpec, knob_problems, memory_prob
 from runtime import render
 from runtime.render import ModelConfig
 from runtime.server import (
+    ALLOCATOR,
     Endpoints,
     Ports,
     ServerError,
@@ -101,16 +102,20 @@ class Fleet:
         warmup: bool = True,
         read_deadline_s: float = READ_DEADLINE_S,
         load_deadline_s: float = LOAD_DEADLINE_S,
+        allocator: str | None = ALLOCATOR,
     ) -> None:
         """`warmup=False` drops the models' warmup samples: only the benchmark that shows what
         they prevent switches them off. The deadlines bound every call to Triton (see
-        READ_DEADLINE_S): models that take minutes to load (a large LLM) need a longer load one."""
+        READ_DEADLINE_S): models that take minutes to load (a large LLM) need a longer load one.
+        `allocator=None` runs the servers on glibc's malloc: only the benchmark that shows what
+        jemalloc prevents (`benchmarks.soak`) does that."""
         self.spec = spec
         self.work_dir = Path(work_dir)
         self.supervise = supervise
         self.warmup = warmup
         self.read_deadline_s = read_deadline_s
         self.load_deadline_s = load_deadline_s
+        self.allocator = allocator
         self._servers: dict[str, _Server] = {}
         self._applied: dict[str, ModelConfig] = {}
         # One reconfiguration per server at a time: concurrent reloads would stack their start-up
@@ -133,7 +138,7 @@ class Fleet:
             if managed:
                 binary = find_tritonserver(self.spec.tritonserver)
                 backends = python_backend_dir(self.work_dir)
-                env = server_environment()
+                env = server_environment(allocator=self.allocator)
             for s in self.spec.servers:
                 began = time.monotonic()
                 if s.attached:

@@ -148,31 +148,34 @@ late unlock finds the mutex as it was. Triton's docs suggest jemalloc or tcmallo
 memory glibc's arenas hold on to."""
 
 
-def allocator_preload(env: Mapping[str, str]) -> str | None:
+def allocator_preload(env: Mapping[str, str], allocator: str = ALLOCATOR) -> str | None:
     """`LD_PRELOAD` with the allocator's library first (an operator's own preloads kept after it),
     or None when the library is not installed (`ldconfig` does not know it)."""
-    lib = ctypes.util.find_library(ALLOCATOR)
+    lib = ctypes.util.find_library(allocator)
     if lib is None:
         return None
     rest = [p for p in re.split(r"[:\s]+", env.get("LD_PRELOAD", "")) if p and p != lib]
     return ":".join([lib, *rest])
 
 
-def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_environment(
+    base: Mapping[str, str] | None = None, allocator: str | None = ALLOCATOR
+) -> dict[str, str]:
     """The environment the server (and so each model's stub) runs with: this interpreter's
     libpython and bin first, one math thread per model instance (instances are the parallelism),
-    and jemalloc preloaded (`ALLOCATOR`; without it, a warning and glibc's malloc)."""
+    and `allocator` preloaded (`ALLOCATOR`; when it is not installed, a warning and glibc's malloc;
+    None: glibc's malloc, for the benchmark that shows why not)."""
     env = dict(os.environ if base is None else base)
-    preload = allocator_preload(env)
-    if preload is None:
+    preload = None if allocator is None else allocator_preload(env, allocator)
+    if preload is not None:
+        env["LD_PRELOAD"] = preload
+    elif allocator is not None:
         log.warning(
             "lib%s is not installed: tritonserver runs on glibc's malloc, with which a use-after-free "
-            "in its trace API now and then kills it (SIGILL; docs/triton.md). Install Debian's "
+            "in its trace API now and then kills it (docs/triton.md, Server). Install Debian's "
             "libjemalloc2 (`make allocator`; `make demo` and `make test` run it)",
-            ALLOCATOR,
+            allocator,
         )
-    else:
-        env["LD_PRELOAD"] = preload
     libdirs = [str(sysconfig.get_config_var("LIBDIR")), str(_pytriton_libs())]
     if env.get("LD_LIBRARY_PATH"):
         libdirs.append(env["LD_LIBRARY_PATH"])

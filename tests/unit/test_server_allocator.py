@@ -27,3 +27,13 @@ def test_without_jemalloc_the_server_runs_on_glibcs_malloc_and_says_why_it_shoul
     assert env["LD_PRELOAD"] == "libfoo.so"
     assert "libjemalloc is not installed" in caplog.text
     assert "libjemalloc2" in caplog.text
+
+
+def test_the_soak_benchmark_can_run_the_server_on_glibcs_malloc_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=server.log.name):
+        env = server_environment({"PATH": "/bin", "LD_PRELOAD": "libfoo.so"}, allocator=None)
+    assert env["LD_PRELOAD"] == "libfoo.so"
+    assert "LD_PRELOAD" not in server_environment({"PATH": "/bin"}, allocator=None)
+    assert caplog.text == ""
