@@ -375,6 +375,16 @@ class TritonProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def responsive(self) -> bool:
+        """Whether the server answers its liveness endpoint (within 2 s): a process can be alive
+        and serve nothing (the supervisor's hang check)."""
+        url = f"http://{self.endpoints.http}/v2/health/live"
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the server's process group (the server and its model stubs), then SIGKILL."""
         proc, self.proc = self.proc, None

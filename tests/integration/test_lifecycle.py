@@ -3,6 +3,7 @@ processes, a dead server restarted with its last applied configuration."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -99,6 +100,30 @@ def test_a_dead_server_is_restarted_with_its_last_applied_configuration(tmp_path
         observed = knobs_of(fleet.observed_config("safety-guard"))
         assert (observed.max_queue_delay_us, observed.instances) == (700, 2)
         assert fleet.endpoints("triton0") == proc.endpoints  # same ports: clients reconnect
+    assert pids_running(str(work / "repositories")) == []
+
+
+def test_a_hung_server_is_stopped_and_restarted(tmp_path: Path) -> None:
+    """A server that aborts can hang in Triton's signal handler, alive and serving nothing: one
+    frozen (SIGSTOP) stands in for it. The supervisor here judges 3 s of silence a hang (30 s in
+    production), asking every second."""
+    spec = load_spec(small_spec(tmp_path))
+    work = tmp_path / "work"
+    with Fleet(spec, work) as fleet:
+        supervisor = fleet._supervisor
+        assert supervisor is not None
+        supervisor.hang_s, supervisor.probe_s = 3.0, 1.0
+        proc = fleet._servers["triton0"].process
+        assert proc is not None and proc.proc is not None
+        frozen = proc.proc.pid
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: fleet.restarts("triton0") == 1 and proc.ready(), 60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+        assert proc.proc is not None and proc.proc.pid != frozen
+        assert not os.path.exists(f"/proc/{frozen}")
     assert pids_running(str(work / "repositories")) == []
 
 

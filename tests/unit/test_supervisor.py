@@ -1,5 +1,5 @@
 """The supervisor's restarts and backoff, on stand-in processes (no tritonserver, no time passes).
-A real tritonserver killed and brought back is tests/integration/test_lifecycle.py."""
+A real tritonserver killed, or frozen, and brought back is tests/integration/test_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -28,9 +28,14 @@ class FakeProcess:
         self.proc: Exit | None = Exit(-9)
         self.failures = failures
         self.starts = 0
+        self.answers = True
+        self.stops = 0
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def responsive(self) -> bool:
+        return self.alive() and self.answers
 
     def start(self, timeout: float = 120.0) -> float:
         self.starts += 1
@@ -38,10 +43,11 @@ class FakeProcess:
             self.failures -= 1
             self.proc = Exit(1)
             raise ServerError("exited with status 1 while starting")
-        self.proc = Exit(None)
+        self.proc, self.answers = Exit(None), True
         return 0.0
 
     def stop(self, timeout: float = 20.0) -> None:
+        self.stops += 1
         self.proc = None
 
 
@@ -136,3 +142,64 @@ def test_the_thread_stops_promptly() -> None:
     began = time.monotonic()
     sup.stop(timeout=5)
     assert not thread.is_alive() and time.monotonic() - began < 5
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hanging(clock: Clock, lock: threading.Lock | None = None) -> tuple[Supervisor, FakeProcess]:
+    """A supervisor of one server, alive and not answering, on `clock` (asked every 5 s)."""
+    proc = FakeProcess()
+    proc.proc, proc.answers = Exit(None), False
+    sup = Supervisor(
+        {"triton0": proc}, {"triton0": lock or threading.Lock()}, wait=lambda s: False, clock=clock
+    )
+    return sup, proc
+
+
+def test_a_server_alive_but_silent_for_30_s_is_stopped_and_restarted() -> None:
+    clock = Clock()
+    sup, proc = hanging(clock)
+    for t in (0.0, 1.0, 5.0, 10.0, 25.0):  # silent since 0; asked at 0, 5, 10, 25 (1 is too soon)
+        clock.now = t
+        assert sup.check()
+    assert (proc.stops, proc.starts) == (0, 0)
+    clock.now = 30.0
+    assert sup.check()
+    assert (proc.stops, proc.starts, sup.restarts("triton0")) == (1, 1, 1)
+    assert proc.responsive()  # the restarted server answers (FakeProcess.start)
+
+
+def test_one_answer_starts_the_silence_over() -> None:
+    clock = Clock()
+    sup, proc = hanging(clock)
+    for t, answers in ((0.0, False), (20.0, True), (25.0, False), (50.0, False)):
+        clock.now, proc.answers = t, answers
+        sup.check()
+    assert proc.starts == 0  # silent 25 s since the answer at 20
+    clock.now = 55.0
+    sup.check()
+    assert proc.starts == 1
+
+
+def test_a_server_is_not_judged_silent_while_a_reconfiguration_holds_its_lock() -> None:
+    """A reload or a move under way may keep a server from answering: not a hang."""
+    clock, lock = Clock(), threading.Lock()
+    sup, proc = hanging(clock, lock)
+    with lock:
+        for t in range(0, 65, 5):
+            clock.now = float(t)
+            sup.check()
+    assert proc.starts == 0
+    for t in (65.0, 90.0):  # released: silent from 65 s, not from 0
+        clock.now = t
+        sup.check()
+    assert proc.starts == 0
+    clock.now = 95.0
+    sup.check()
+    assert proc.starts == 1
