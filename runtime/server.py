@@ -365,12 +365,7 @@ class TritonProcess:
         raise ServerError(self._failure(f"was not ready within {timeout:.0f} s"))
 
     def ready(self) -> bool:
-        url = f"http://{self.endpoints.http}/v2/health/ready"
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return self._health("ready", timeout=1.0)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -378,9 +373,13 @@ class TritonProcess:
     def responsive(self) -> bool:
         """Whether the server answers its liveness endpoint (within 2 s): a process can be alive
         and serve nothing (the supervisor's hang check)."""
-        url = f"http://{self.endpoints.http}/v2/health/live"
+        return self._health("live", timeout=2.0)
+
+    def _health(self, which: str, timeout: float) -> bool:
+        """Whether Triton's `/v2/health/<which>` answers 200 within `timeout`."""
+        url = f"http://{self.endpoints.http}/v2/health/{which}"
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as resp:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
             return False
