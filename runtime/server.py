@@ -141,8 +141,9 @@ ALLOCATOR = "jemalloc"
 Not for speed: tritonserver 2.51's trace API unlocks a mutex in memory it has just freed
 (`TraceManager::TraceRelease` deletes the request's `Trace` inside a lock guard on the `Trace`'s
 own mutex). slatune traces every request, so with glibc's malloc, whose freed chunks another
-thread can take at once, the unlock now and then read a reused chunk and the server died of
-SIGILL (about once per 30-60 minutes of the shift benchmark's load; docs/triton.md, Server).
+thread can take at once, the unlock now and then read or wrote a reused chunk and the server died
+of SIGILL or SIGSEGV, or corrupted its heap and hung (about once per 30-60 minutes of the shift
+benchmark's load, within minutes of `benchmarks.soak`'s; docs/triton.md, Server).
 jemalloc keeps a freed block in the freeing thread's own cache and writes nothing into it, so the
 late unlock finds the mutex as it was. Triton's docs suggest jemalloc or tcmalloc anyway, for the
 memory glibc's arenas hold on to."""
