@@ -268,9 +268,14 @@ class Controller:
         if self._alert is not None and now - self._alert[1] <= ALERT_HOLD_S:
             alert = self._alert[0]
         previous = self.state.seen_regime if self.state else None
-        regime = regime_key(
-            self.spec, *traffic[REGIME_WINDOW_S], previous, list(known), latest=traffic[REGIME_LATEST_S]
-        )
+        regime = None
+        # Traffic over less than the regime window is no regime yet: a fleet whose store starts
+        # with its load keyed the ramp up, three regimes in the shift benchmark's first minute.
+        first = min((rows[0].start for rows in recent.values() if rows), default=now)
+        if now - first >= REGIME_WINDOW_S:
+            regime = regime_key(
+                self.spec, *traffic[REGIME_WINDOW_S], previous, list(known), latest=traffic[REGIME_LATEST_S]
+            )
         queue = {name: over(name, now - self.cfg.short_s).avg_queue_ms for name in recent}
         gating = {
             name: step

@@ -493,7 +493,8 @@ def regime_key(
     `traffic_moving` from this one, the regime stays `previous`: a window that straddles a step
     holds traffic that is neither regime, and keyed it was a regime of its own. The shift
     benchmark's every 60 s phase took two keys so, each starting protection over again (the
-    controller's journal, 2026-12-07)."""
+    controller's journal, 2026-12-07). A new regime is centred on `latest` (a model busy over the
+    longer window stays busy, at the least that counts)."""
     point = regime_point(spec, rate, inflight)
     if all(v is None for v in point.values()):
         return None
@@ -505,6 +506,12 @@ def regime_key(
     near = [(d, k) for d, k in near if d <= REGIME_JOIN]
     if near:
         return min(near)[1]
+    if latest is not None:
+        # Centred on the settled traffic, the latest: the longer window still holds some of what
+        # came before. Keyed on that, bulk x2's key sat on chat's rate half-way down from its
+        # doubling, and the phase took a second key once the window filled (shift, 2026-12-07).
+        settled = _traffic(spec, *latest)
+        point = {name: None if v is None else math.log2(max(*settled[name])) for name, v in point.items()}
     return _key(spec, point)
 
 
@@ -751,6 +758,15 @@ def decide(
         running = steps[state.level][1] if state.candidate is None else dict(state.candidate.knobs)
         ended = "" if state.candidate is None else f" (the trial of {state.candidate.what} ends unjudged)"
         regime = state.seen_regime
+        if state.regime is None and not obs.known:
+            # The first regime, with nothing known: the start protected against this traffic and
+            # has been releasing as it measured safe. Starting over from every step undid that:
+            # each of the shift benchmark's three keys as its load ramped up put the first minute
+            # back at the top (2026-12-07).
+            return Decision(
+                "regime", replace(state, regime=regime),
+                reason=f"regime {regime}: the first, with nothing known safe: the start's protection carries on",
+            )  # fmt: skip
         state = replace(state, candidate=None)
         known = obs.known.get(regime)
         if known is not None:

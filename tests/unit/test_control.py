@@ -216,10 +216,16 @@ def test_a_window_that_straddles_a_step_is_not_a_regime_of_its_own() -> None:
     assert traffic_moving(SPEC, straddling, tripled)
     assert regime_key(SPEC, *straddling, previous=key, latest=tripled) == key
     assert regime_key(SPEC, *straddling, previous=key) not in (None, key)  # what it was
-    # ...and once the two agree (0.17 apart), one new regime, centred near where traffic went.
+    # ...and once the two agree (0.17 apart), one new regime, centred on where traffic went (the
+    # last 10 s, 9/s: log2 3.17), not on the 30 s window's 8/s that still holds some of the step.
     settled = ({**steady[0], "chat-llm": 8.0}, steady[1])
     assert not traffic_moving(SPEC, settled, tripled)
-    assert "chat-llm:r3.0" in str(regime_key(SPEC, *settled, previous=key, latest=tripled))
+    new = regime_key(SPEC, *settled, previous=key, latest=tripled)
+    assert new == "chat-llm:r3.2 embeddings:c1.0 reranker:c-0.2 safety-guard:r3.9"
+    # A model busy over the 30 s window but under the least that counts over the last 10 s is
+    # keyed busy, at that least (log2 0.5 = -1), not idle: idle against busy is another regime.
+    fading = ({**steady[0], "chat-llm": 9.0}, {**steady[1], "reranker": 0.6})
+    assert "reranker:c-1.0" in str(regime_key(SPEC, *fading, latest=(tripled[0], {"embeddings": 2.0})))
     # With no regime yet, moving traffic still gets one.
     assert regime_key(SPEC, *straddling, latest=tripled) is not None
     # A backlog hovering at the edge of idle (0.55 in flight over 30 s, 0.4 over the last 10 s,

@@ -160,13 +160,18 @@ def test_a_new_regime_with_nothing_known_starts_protected_and_gives_back_what_he
             a = tick_applying(c, running, store, clock)
             actions.extend([(a.decision.kind, a.decision.rung)] if a else [])
 
-    healthy(8)  # protected at the start; the regime, confirmed 5 s later, is new: it stays protected
-    assert [k for k, _ in actions] == ["regime", "regime"]
+    healthy(8)  # protected at the start, before any regime: 8 s of traffic is none yet
+    assert actions == [("regime", "bulk-instances")]
     corner = dict(running)
     assert c.state is not None and c.state.level > 0 and corner["embeddings"].instances == 1
-    healthy(80)  # the costly rung given back after 30 s under target, then the free ones kept
-    assert actions[2:] == [
+    assert c.state.regime is None and c.state.seen_regime is None
+    # The regime is keyed once 30 s of traffic are in (confirmed 5 s later); the first, it carries
+    # the start's protection on. The costly rung is given back after 30 s under target, then the
+    # free ones are kept.
+    healthy(80)
+    assert actions[1:] == [
         ("release", "bulk-instances"),
+        ("regime", None),
         ("floor", "bulk-background"),
     ]
     assert c.state.level == 0 and c.state.incumbent == running
