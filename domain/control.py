@@ -103,6 +103,11 @@ class ControlConfig:
     explore_calm_s: float = 30.0
     """No reading at risk this long, this long since any step, and every SLA figure over the release
     window under `explore_below` of its target, before a neighbour is tried."""
+    explore_instances_below: float = 0.5
+    """A neighbour that starts an instance needs more headroom: the instance's start is a burst of
+    CPU before it serves (a Python stub process, its model loaded). In the pipeline demo a second
+    indexer instance, tried with every SLA under 70%, broke the chat pipeline's 10 s row (p99 272 ms
+    against 250) in the 1.1 s before it was abandoned (2026-12-08)."""
     trial_s: float = 20.0
     warmup_s: float = 4.0
     """The first seconds of a trial are not scored (the reload, the queues adjusting)."""
@@ -929,9 +934,13 @@ def decide(
         and now - state.last_step_at >= cfg.explore_calm_s
         and settled < cfg.explore_below
     ):
-        ranked = rank_neighbours(
-            spec, state.incumbent, obs.history, state.tabu, now, obs.goodput, obs.elsewhere
-        )
+        ranked = [
+            (what, knobs)
+            for what, knobs in rank_neighbours(
+                spec, state.incumbent, obs.history, state.tabu, now, obs.goodput, obs.elsewhere
+            )
+            if settled < cfg.explore_instances_below or not _starts_instances(state.incumbent, knobs)
+        ]
         if ranked:
             what, knobs = ranked[0]
             cand = Candidate(knobs, what, now + cfg.warmup_s, obs.goodput)
@@ -969,6 +978,10 @@ def _one_more_instance(
         return None
     out = {**knobs, model: knobs[model].with_values({"instances": have + 1})}
     return None if memory_problems(spec, out) else out
+
+
+def _starts_instances(incumbent: Mapping[str, Knobs], knobs: Mapping[str, Knobs]) -> bool:
+    return any(k.instances > incumbent[m].instances for m, k in knobs.items() if m in incumbent)
 
 
 def _costs_bulk(rung: str | None, rungs: Sequence[Rung]) -> bool:

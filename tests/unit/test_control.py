@@ -370,6 +370,22 @@ def test_explores_only_with_headroom_and_abandons_on_the_first_bad_window() -> N
     assert bad.state.candidate is None and fingerprint(d.state.candidate.knobs) in bad.state.tabu
 
 
+@pytest.mark.parametrize(("chat_ms", "starts_one"), [(80.0, True), (120.0, False)])
+def test_a_neighbour_that_starts_an_instance_needs_more_headroom(chat_ms: float, starts_one: bool) -> None:
+    more = next(k for w, k in neighbours(SPEC, START) if "instances" in w and _adds_instance(k))
+    # It held here before and packed the most: ranked first, tried at 40% of target...
+    history = (Trial(more, safe=True, goodput=120.0),)
+    d = decide(SPEC, replace(obs(chat_ms, 5.0), history=history), settled(calm_since=0.0), 100.0, CFG)
+    assert d.kind == "explore" and d.state.candidate is not None
+    # ...but at 60%, under `explore_below` (70%) yet over `explore_instances_below` (50%), the next
+    # move that starts nothing is tried instead.
+    assert _adds_instance(d.state.candidate.knobs) is starts_one, d.state.candidate.what
+
+
+def _adds_instance(knobs: dict[str, Knobs]) -> bool:
+    return any(k.instances > START[m].instances for m, k in knobs.items())
+
+
 def test_a_trial_the_traffic_leaves_ends_unjudged_and_the_new_regime_starts_protected() -> None:
     explore = decide(SPEC, obs(100.0, 5.0), settled(calm_since=0.0), 100.0, CFG)
     assert explore.kind == "explore" and explore.state.candidate is not None
