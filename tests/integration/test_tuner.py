@@ -81,8 +81,8 @@ def live(tmp_path: Path) -> Iterator[tuple[Fleet, Store, LivePlant]]:
             load.join()
 
 
-CONFIG = TuningConfig(  # the baseline, the protective corner the study tries second, two sampled
-    budget=4, warmup_s=3, window_s=8, check_every_s=4, remeasure_top=1, rails=Guardrails(cooldown_s=0)
+CONFIG = TuningConfig(  # the baseline, the protective corner the study tries second, one sampled
+    budget=3, warmup_s=3, window_s=8, check_every_s=4, remeasure_top=1, rails=Guardrails(cooldown_s=0)
 )
 
 
