@@ -760,8 +760,6 @@ def decide(
         and state.seen_regime != state.regime
         and now - state.seen_since >= cfg.regime_confirm_s
     ):
-        running = steps[state.level][1] if state.candidate is None else dict(state.candidate.knobs)
-        ended = "" if state.candidate is None else f" (the trial of {state.candidate.what} ends unjudged)"
         regime = state.seen_regime
         if state.regime is None and not obs.known:
             # The first regime, with nothing known: the start protected against this traffic and
@@ -772,6 +770,8 @@ def decide(
                 "regime", replace(state, regime=regime),
                 reason=f"regime {regime}: the first, with nothing known safe: the start's protection carries on",
             )  # fmt: skip
+        running = steps[state.level][1] if state.candidate is None else dict(state.candidate.knobs)
+        ended = "" if state.candidate is None else f" (the trial of {state.candidate.what} ends unjudged)"
         state = replace(state, candidate=None)
         known = obs.known.get(regime)
         if known is not None:
